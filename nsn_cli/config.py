@@ -7,7 +7,7 @@ Kernels import ``JIT`` / ``JIT_PARALLEL`` from here; a test fails on any hard-co
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
-JIT = {"nopython": True, "cache": True, "fastmath": FASTMATH, "nogil": True}
+JIT = {"cache": True, "fastmath": FASTMATH, "nogil": True}
 JIT_PARALLEL = {**JIT, "parallel": True}
 
 #: Default ZCA regulariser on [0, 1] pixels (SPEC.md).

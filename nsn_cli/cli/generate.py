@@ -1,0 +1,73 @@
+"""``nsn sample``, ``nsn style`` and ``nsn inpaint``: everything that runs NSN-Gen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from nsn_cli.cli._common import app, console, console_err, default_model_path, progress_bar, task_advancer
+from nsn_cli.errors import NsnError
+from nsn_cli.model import DecodeParams, load_model
+from nsn_cli.sample import arithmetic, generate, interpolate, one_filter, write_images
+
+_GEN = "NSN-Gen"
+
+
+def _params(delta1, delta2, delta3, draws, noise_layers, noise_scale) -> DecodeParams:
+    return DecodeParams(delta1, delta2, delta3, draws, noise_layers, noise_scale).validate()
+
+
+@app.command("sample")
+def sample_cli(
+    model_path: Optional[Path] = typer.Option(None, "-m", "--model", help="Model file (default $NSN_MODEL or model.h5)."),
+    n: int = typer.Option(64, "-n", help="Number of samples."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Start from layer k (1..L, default L): patches of its receptive field."),
+    output: Path = typer.Option(Path("samples.png"), "-o", "--output", help=".png grid, .npz/.npy/.h5 arrays, or a folder/ of PNGs."),
+    prior: str = typer.Option("counts", "--prior", help="Top vector: normal (paper), counts, mix or pca (need top statistics)."),
+    delta1: float = typer.Option(100.0, "--delta1", help="Sharpness of softmax(delta1 * v).", rich_help_panel=_GEN),
+    delta2: float = typer.Option(0.0, "--delta2", help="Filter noise scale (Eq. 5).", rich_help_panel=_GEN),
+    delta3: float = typer.Option(1.0, "--delta3", help="Contrast of generated patches.", rich_help_panel=_GEN),
+    draws: int = typer.Option(1, "--draws", help="Multinomial draws n per position (Eq. 4).", rich_help_panel=_GEN),
+    noise_layers: str = typer.Option("all", "--noise-layers", help="Where delta2 noise applies: all or pixel.", rich_help_panel=_GEN),
+    noise_scale: str = typer.Option("rms", "--noise-scale", help="sigma as in Eq. 5 (rms) or per dimension, sigma/sqrt(D) (dim).", rich_help_panel=_GEN),
+    filter_index: Optional[int] = typer.Option(None, "--filter", help="Sample from one top filter (one-hot top vector)."),
+    interpolate_pair: Optional[str] = typer.Option(None, "--interpolate", help="i:j - interpolate between top filters i and j."),
+    steps: int = typer.Option(8, "--steps", help="Steps for --interpolate."),
+    arithmetic_expr: Optional[str] = typer.Option(None, "--arithmetic", help="'a+b-c' on the generated F[L-1] maps of top filters."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same images (any batch size, any thread count)."),
+    grid: Optional[int] = typer.Option(None, "--grid", help="Columns of the PNG grid."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Generate images with NSN-Gen (from the top or any hidden layer)."""
+    params = _params(delta1, delta2, delta3, draws, noise_layers, noise_scale)
+    if n < 1:
+        raise NsnError(f"-n must be at least 1, got {n}")
+    chosen = [o for o in (filter_index, interpolate_pair, arithmetic_expr) if o is not None]
+    if len(chosen) > 1:
+        raise NsnError("give at most one of --filter, --interpolate, --arithmetic")
+    model = load_model(default_model_path(str(model_path) if model_path else None))
+    if not model.complete:
+        console_err.print(f"[yellow]note:[/] the model has {len(model.layers)} of {len(model.arch)} layers; sampling from layer {len(model.layers)}")
+    columns = grid
+    if filter_index is not None:
+        images = one_filter(model, filter_index, n, params, seed)
+    elif interpolate_pair is not None:
+        try:
+            a, b = (int(v) for v in interpolate_pair.split(":"))
+        except ValueError:
+            raise NsnError(f"--interpolate: '{interpolate_pair}' must be i:j with two filter numbers") from None
+        images = interpolate(model, a, b, steps, params, seed)
+        columns = columns or steps
+    elif arithmetic_expr is not None:
+        images = arithmetic(model, arithmetic_expr, n, params, seed)
+        columns = columns or n
+    else:
+        with progress_bar(quiet) as progress:
+            images = generate(model, n, layer=layer, prior=prior, params=params, seed=seed,
+                              progress=task_advancer(progress, "sample")(n, 1))
+    written = write_images(images, output, columns=columns, force=force)
+    h, w, c = images.shape[1:]
+    console.print(f"wrote {written.count} samples ({h}x{w}x{c}) to {written.path} ({written.kind})", highlight=False)

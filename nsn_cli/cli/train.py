@@ -1,0 +1,97 @@
+"""``nsn train``: layer-wise EM with a checkpoint per layer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from nsn_cli import config
+from nsn_cli.cli._common import app, console, console_err, parse_float_list, parse_int_list, progress_bar
+from nsn_cli.train import TrainOptions, train
+
+
+class _ProgressReporter:
+    """Draws one progress bar per layer: filters, created, changed and seconds per iteration."""
+
+    def __init__(self, progress, quiet: bool):
+        self.progress = progress
+        self.quiet = quiet
+        self.tasks: dict[int, int] = {}
+
+    def layer_start(self, layer, layers, patches, dims, resumed):
+        if self.quiet:
+            return
+        if resumed:
+            console_err.print(f"layer {layer}/{layers}: kept from the checkpoint (--resume)")
+            return
+        console_err.print(f"layer {layer}/{layers}: {patches:,} patches of {dims} dims")
+
+    def _task(self, layer, total):
+        if self.progress is None:
+            return None
+        if layer not in self.tasks:
+            self.tasks[layer] = self.progress.add_task(f"layer {layer}", total=total)
+        return self.tasks[layer]
+
+    def iteration(self, layer, iteration, iterations, stats):
+        task = self._task(layer, iterations)
+        if task is not None:
+            self.progress.update(task, completed=iteration + 1, status=(
+                f"filters {stats.filters}  created {stats.created}  changed {stats.changed:,}  {stats.seconds:.2f} s/it"))
+
+    def probe(self, layer, alpha, count):
+        task = self._task(layer, None)
+        if task is not None:
+            self.progress.update(task, status=f"alpha {alpha:.3f} -> {count} filters")
+
+    def layer_done(self, layer, fitted):
+        task = self._task(layer, len(fitted.history))
+        if task is not None:
+            self.progress.update(task, total=len(fitted.history), completed=len(fitted.history),
+                                 status=f"{fitted.filters} filters, alpha {fitted.alpha:.3f}, {fitted.seconds:.1f} s")
+
+
+@app.command("train")
+def train_cli(
+    data: Path = typer.Argument(..., help="An nsn data set (.h5) from nsn prep."),
+    output: Path = typer.Option(Path("model.h5"), "-o", "--output", help="Model file (rewritten after every layer)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="mnist, lfw64 or 'PxP/S,...'. Default: by image size (28 -> mnist, 64 -> lfw64)."),
+    alpha: Optional[str] = typer.Option(None, "--alpha", help="Creation threshold per layer, e.g. -2.09,-2.04,-2.47."),
+    filters: Optional[str] = typer.Option(None, "--filters", help="Target filters per layer (alpha found by search), e.g. 96,130,131."),
+    iterations: int = typer.Option(config.ITERATIONS, "--iterations", help="EM iterations per layer (stops early when stable)."),
+    max_patches: Optional[int] = typer.Option(None, "--max-patches", help="EM on a seeded random subsample of this many patches per layer."),
+    max_filters: int = typer.Option(config.MAX_FILTERS, "--max-filters", help="Stop with an error when a layer grows past this."),
+    activation: str = typer.Option("sigmoid", "--activation", help="Layer output: sigmoid (paper) or relative."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same model bits."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Numba threads (default: all cores)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last completed layer in the output."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Train an NSN layer by layer with non-parametric hard EM."""
+    options = TrainOptions(
+        arch=arch, alphas=parse_float_list(alpha, "--alpha"), targets=parse_int_list(filters, "--filters"),
+        iterations=iterations, max_patches=max_patches, max_filters=max_filters, activation=activation, seed=seed,
+    )
+    with progress_bar(quiet or as_json) as progress:
+        model = train(data, output, options, resume=resume, force=force, threads=threads,
+                      reporter=_ProgressReporter(progress, quiet or as_json))
+    rows = [
+        {"layer": i, "patch": f"{l.shape.patch}x{l.shape.patch}/{l.shape.stride}", "filters": l.filters,
+         "alpha": round(l.alpha, 4), "iterations": len(l.history), "seconds": round(l.seconds, 2)}
+        for i, l in enumerate(model.layers, 1)
+    ]
+    if as_json:
+        print(json.dumps({"model": str(output), "layers": rows}, indent=2))
+        return
+    table = Table(title=f"trained {output}")
+    for col in rows[0]:
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)

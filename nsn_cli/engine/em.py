@@ -1,0 +1,326 @@
+"""Non-parametric hard EM for one layer (paper section 2, SPEC "Training one layer").
+
+One iteration (:func:`em_step`):
+
+1. E-step, batched: best filter and best Sim of every patch (:func:`~.similarity.best_filter`).
+2. Creation pass (DP-means): patches whose best Sim is below ``alpha`` are visited in a fixed
+   random order; each joins the nearest filter created earlier in this pass if it lies within
+   ``alpha`` of it, else starts a new one. A new filter has ``sigma_new(alpha)``, at which
+   ``Sim >= alpha`` is exactly ``||x - mu|| <= sigma_new``, so the test is a distance test.
+   Candidates are taken in blocks: distances to filters made in earlier blocks are one matrix
+   product, those to filters made inside the block a short sequential kernel. This gives the
+   same filters and labels as the fully sequential rule.
+3. M-step, Eq. 2-3: ``mu = mean``, ``sigma = sqrt(mean ||x - mu||^2)`` floored at
+   ``sigma_floor``; empty filters are dropped. Sums run per filter over its patches in index
+   order (parallel over filters), so the bits do not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+from numba import njit, prange
+
+from nsn_cli.config import JIT, JIT_PARALLEL, SIGMA_FLOOR_DIVISOR
+from nsn_cli.engine.similarity import best_filter
+from nsn_cli.errors import NsnError
+
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+_CREATION_BLOCK = 2048
+
+
+def sigma_new(alpha: float) -> float:
+    """``exp(-alpha - 1/2) / sqrt(2 pi)``: the widest sigma whose filter still scores ``alpha``
+    at its own radius, i.e. ``Sim(x, new) >= alpha  <=>  ||x - mu|| <= sigma_new``."""
+    return math.exp(-alpha - 0.5) / _SQRT_2PI
+
+
+def alpha_for_radius(radius: float) -> float:
+    """Inverse of :func:`sigma_new`."""
+    return -math.log(_SQRT_2PI * radius) - 0.5
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@njit(**JIT)
+def _creation_block(x, old_d2, old_label, radius2, first_new, seed_rows, labels):
+    """Sequential DP-means over one block of candidates ``x`` (b, D), in order.
+
+    IN  old_d2, old_label: nearest filter created before this block (inf / -1 if none).
+    OUT seed_rows: rows of x that start a filter; labels: filter of each row, numbered from
+        ``first_new`` for filters started here. Returns the number of filters started.
+    """
+    started = 0
+    dims = x.shape[1]
+    for t in range(x.shape[0]):
+        best_d2 = old_d2[t]
+        best = old_label[t]
+        for k in range(started):
+            r = seed_rows[k]
+            d2 = 0.0
+            for d in range(dims):
+                diff = np.float64(x[t, d]) - np.float64(x[r, d])
+                d2 += diff * diff
+            if d2 < best_d2:
+                best_d2 = d2
+                best = first_new + k
+        if best >= 0 and best_d2 <= radius2:
+            labels[t] = best
+        else:
+            seed_rows[started] = t
+            labels[t] = first_new + started
+            started += 1
+    return started
+
+
+@njit(**JIT_PARALLEL)
+def _filter_moments(patches, order, starts, mu, mean_sq):
+    """Per filter k, over patches order[starts[k]:starts[k+1]] in index order:
+    OUT mu[k] = mean patch (float32), mean_sq[k] = mean ||x - mu_k||^2 (float64)."""
+    dims = patches.shape[1]
+    for k in prange(starts.shape[0] - 1):
+        a, b = starts[k], starts[k + 1]
+        if b == a:
+            mean_sq[k] = 0.0
+            continue
+        acc = np.zeros(dims)
+        for i in range(a, b):
+            for d in range(dims):
+                acc[d] += patches[order[i], d]
+        for d in range(dims):
+            acc[d] /= b - a
+        total = 0.0
+        for i in range(a, b):
+            for d in range(dims):
+                diff = patches[order[i], d] - acc[d]
+                total += diff * diff
+        mean_sq[k] = total / (b - a)
+        for d in range(dims):
+            mu[k, d] = acc[d]
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def creation_pass(candidates: np.ndarray, radius: float, block: int = _CREATION_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """DP-means over ``candidates`` (m, D), visited in row order.
+
+    Returns ``labels`` (m,) int64 numbering the new filters 0.. in order of creation, and
+    ``seeds`` (n_new,) int64: the row that started each filter.
+    """
+    candidates = np.ascontiguousarray(candidates, dtype=np.float32)
+    m, dims = candidates.shape
+    labels = np.empty(m, dtype=np.int64)
+    seeds: list[np.ndarray] = []
+    seed_mu = np.empty((0, dims), dtype=np.float32)
+    radius2 = float(radius) ** 2
+    for a in range(0, m, block):
+        b = min(m, a + block)
+        x = candidates[a:b]
+        if seed_mu.shape[0]:
+            xx = np.einsum("nd,nd->n", x, x, dtype=np.float64)
+            ss = np.einsum("kd,kd->k", seed_mu, seed_mu, dtype=np.float64)
+            d2 = np.maximum(xx[:, None] - 2.0 * (x @ seed_mu.T) + ss[None, :], 0.0)
+            old_label = np.argmin(d2, axis=1).astype(np.int64)
+            old_d2 = d2[np.arange(b - a), old_label]
+        else:
+            old_label = np.full(b - a, -1, dtype=np.int64)
+            old_d2 = np.full(b - a, np.inf)
+        rows = np.empty(b - a, dtype=np.int64)
+        started = _creation_block(x, old_d2, old_label, radius2, seed_mu.shape[0], rows, labels[a:b])
+        if started:
+            seeds.append(a + rows[:started])
+            seed_mu = np.concatenate([seed_mu, x[rows[:started]]])
+    seed_index = np.concatenate(seeds) if seeds else np.empty(0, dtype=np.int64)
+    return labels, seed_index
+
+
+def m_step(patches: np.ndarray, labels: np.ndarray, n_filters: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eq. 2-3 for ``n_filters`` filters from hard ``labels`` (n,).
+
+    Returns ``mu`` (K, D) float32, ``rms`` (K,) float64 (unfloored sigma) and ``counts`` (K,).
+    """
+    patches = np.ascontiguousarray(patches, dtype=np.float32)
+    order = np.argsort(labels, kind="stable")
+    counts = np.bincount(labels, minlength=n_filters).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    mu = np.zeros((n_filters, patches.shape[1]), dtype=np.float32)
+    mean_sq = np.zeros(n_filters, dtype=np.float64)
+    _filter_moments(patches, order, starts, mu, mean_sq)
+    return mu, np.sqrt(mean_sq), counts
+
+
+@dataclass
+class StepStats:
+    """What one EM iteration did (recorded per iteration in the model file)."""
+
+    filters: int
+    created: int
+    dropped: int
+    changed: int
+    mean_sim: float
+    seconds: float
+
+
+def em_step(
+    patches: np.ndarray,
+    mu: np.ndarray,
+    sigma: np.ndarray,
+    *,
+    alpha: float,
+    sigma_floor: float,
+    rng: np.random.Generator,
+    previous_labels: np.ndarray | None = None,
+    max_filters: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, StepStats]:
+    """One E-step, creation pass and M-step.
+
+    patches: (n, D) float32; mu: (K, D); sigma: (K,). ``alpha = -inf`` switches creation off.
+    Returns new ``mu``, ``sigma``, ``counts``, ``labels`` (n,) and the step's statistics.
+    """
+    started = time.perf_counter()
+    n_filters = mu.shape[0]
+    labels, best = best_filter(patches, mu, sigma)
+    created = 0
+    if np.isfinite(alpha):
+        candidates = np.flatnonzero(best < alpha)
+        if candidates.size:
+            candidates = candidates[rng.permutation(candidates.size)]
+            new_labels, seeds = creation_pass(patches[candidates], sigma_new(alpha))
+            created = seeds.size
+            if max_filters is not None and n_filters + created > max_filters:
+                raise FilterCapError(n_filters + created, max_filters)
+            labels[candidates] = n_filters + new_labels
+    new_mu, rms, counts = m_step(patches, labels, n_filters + created)
+    keep = counts > 0
+    remap = np.cumsum(keep) - 1
+    labels = remap[labels]
+    changed = labels.size if previous_labels is None else int(np.count_nonzero(labels != previous_labels))
+    stats = StepStats(
+        filters=int(keep.sum()),
+        created=int(created),
+        dropped=int((~keep).sum()),
+        changed=changed,
+        mean_sim=float(best.mean()),
+        seconds=time.perf_counter() - started,
+    )
+    sigma_out = np.maximum(rms[keep], sigma_floor)
+    return new_mu[keep], sigma_out, counts[keep], labels, stats
+
+
+class FilterCapError(NsnError):
+    """A layer grew past ``--max-filters``."""
+
+    def __init__(self, filters: int, cap: int):
+        super().__init__(f"{filters} filters exceed --max-filters {cap}")
+        self.filters = filters
+        self.cap = cap
+
+
+@dataclass
+class LayerFit:
+    """A trained layer's filters (flat means), its final labels and its EM history."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    counts: np.ndarray
+    alpha: float
+    labels: np.ndarray
+    history: list[StepStats] = field(default_factory=list)
+
+    def history_table(self) -> list[dict]:
+        return [asdict(s) for s in self.history]
+
+
+def fit_layer(
+    patches: np.ndarray,
+    alpha: float,
+    *,
+    iterations: int,
+    seed: int,
+    max_filters: int,
+    on_iteration: Callable[[int, StepStats], None] | None = None,
+) -> LayerFit:
+    """Train one layer on ``patches`` (n, D) from a single random-patch filter.
+
+    Runs ``iterations`` EM steps, stopping early when nothing changes and nothing is
+    created. Raises :class:`FilterCapError` when the layer grows past ``max_filters``.
+    """
+    patches = np.ascontiguousarray(patches, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    width = sigma_new(alpha)
+    floor = width / SIGMA_FLOOR_DIVISOR
+    mu = patches[rng.integers(patches.shape[0])][None, :].copy()
+    sigma = np.array([width])
+    labels = None
+    counts = np.zeros(1, dtype=np.int64)
+    history: list[StepStats] = []
+    for iteration in range(iterations):
+        mu, sigma, counts, labels, stats = em_step(
+            patches, mu, sigma, alpha=alpha, sigma_floor=floor, rng=rng,
+            previous_labels=labels, max_filters=max_filters,
+        )
+        history.append(stats)
+        if on_iteration is not None:
+            on_iteration(iteration, stats)
+        if iteration > 0 and stats.created == 0 and stats.changed == 0 and stats.dropped == 0:
+            break
+    return LayerFit(mu, sigma, counts, alpha, labels, history)
+
+
+def fit_layer_to_count(
+    patches: np.ndarray,
+    target: int,
+    *,
+    iterations: int,
+    seed: int,
+    max_filters: int,
+    tolerance: float = 0.05,
+    max_fits: int = 14,
+    on_fit: Callable[[float, int], None] | None = None,
+) -> LayerFit:
+    """Find ``alpha`` whose fit has about ``target`` filters (within ``tolerance``).
+
+    Searches the creation radius ``sigma_new(alpha)`` on a log scale: bisection bracketed by
+    the patch spread, refined by interpolating log(count) against log(radius). Each probe is a
+    full :func:`fit_layer` with the same seed; the closest one is returned.
+    """
+    if target < 1 or target > max_filters:
+        raise NsnError(f"--filters: target {target} must lie in 1..--max-filters ({max_filters})")
+    patches = np.ascontiguousarray(patches, dtype=np.float32)
+    sample = patches[:: max(1, patches.shape[0] // 20000)]
+    spread = float(np.sqrt(((sample - sample.mean(axis=0)) ** 2).sum(axis=1).max())) or 1.0
+    lo, hi = math.log(spread * 1e-4), math.log(spread * 2.0)  # log radius: many .. one filter
+    count_lo, count_hi = math.inf, 1.0
+    best: LayerFit | None = None
+    for _ in range(max_fits):
+        if math.isfinite(count_lo) and count_lo > 0 and count_hi > 0 and count_lo != count_hi:
+            # interpolate log(count) linearly in log(radius), kept inside the bracket
+            t = (math.log(target) - math.log(count_lo)) / (math.log(count_hi) - math.log(count_lo))
+            probe = lo + min(0.9, max(0.1, t)) * (hi - lo)
+        else:
+            probe = 0.5 * (lo + hi)
+        alpha = alpha_for_radius(math.exp(probe))
+        try:
+            fit = fit_layer(patches, alpha, iterations=iterations, seed=seed, max_filters=max_filters)
+            count = fit.mu.shape[0]
+        except FilterCapError:
+            fit, count = None, math.inf
+        if on_fit is not None:
+            on_fit(alpha, count)
+        if fit is not None and (best is None or abs(count - target) < abs(best.mu.shape[0] - target)):
+            best = fit
+        if fit is not None and abs(count - target) <= tolerance * target:
+            break
+        if count > target:
+            lo, count_lo = probe, count
+        else:
+            hi, count_hi = probe, count
+    if best is None:
+        raise NsnError(f"--filters {target}: every alpha tried exceeded --max-filters {max_filters}")
+    return best

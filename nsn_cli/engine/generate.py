@@ -1,0 +1,175 @@
+"""NSN-Gen's top-down step (paper Eq. 4-5, SPEC "NSN-Gen") and its random numbers.
+
+For every position with channel vector ``v`` of ``F[l]``:
+``p = softmax(delta1 * v)``, ``w = Multinomial(n, p) / n`` and the patch of ``F[l-1]`` is
+``delta3 * sum_j w_j (mu_j + delta2 * sigma_j * M_j)``. The noise is drawn once per element:
+``sum_j w_j sigma_j M_j`` has the law of ``sqrt(sum_j w_j^2 sigma_j^2) * N(0, 1)``.
+
+Random numbers come from a counter-based generator (splitmix64) keyed by the run's seed, the
+sample's index and the layer, so a sample's pixels do not depend on the batch it was drawn in
+or on the number of threads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from nsn_cli.config import JIT, JIT_PARALLEL
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(**JIT)
+def _splitmix(state):
+    """One splitmix64 step: returns (new state, 64 random bits)."""
+    state = state + np.uint64(0x9E3779B97F4A7C15)
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return state, z ^ (z >> np.uint64(31))
+
+
+@njit(**JIT)
+def _uniform(state):
+    state, bits = _splitmix(state)
+    return state, (bits >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(**JIT)
+def _normal(state):
+    """Box-Muller; one normal per call (the second is discarded for simplicity)."""
+    state, u1 = _uniform(state)
+    state, u2 = _uniform(state)
+    u1 = max(u1, 1e-300)
+    return state, math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+@njit(**JIT)
+def _key(seed, sample, stream):
+    """A generator state for (seed, sample, stream): mixed so nearby inputs are unrelated."""
+    state = np.uint64(seed) * np.uint64(0xD1B54A32D192ED03)
+    state, a = _splitmix(state ^ np.uint64(sample))
+    state, b = _splitmix(a ^ (np.uint64(stream) * np.uint64(0x9E3779B97F4A7C15)))
+    return b
+
+
+@njit(**JIT_PARALLEL)
+def _normal_block(seed, first_sample, stream, out):
+    """OUT out (n, k): N(0, 1) draws; row i belongs to sample first_sample + i."""
+    for i in prange(out.shape[0]):
+        state = _key(seed, first_sample + i, stream)
+        for j in range(out.shape[1]):
+            state, out[i, j] = _normal(state)
+
+
+@njit(**JIT_PARALLEL)
+def _uniform_block(seed, first_sample, stream, out):
+    """OUT out (n, k): U[0, 1) draws; row i belongs to sample first_sample + i."""
+    for i in prange(out.shape[0]):
+        state = _key(seed, first_sample + i, stream)
+        for j in range(out.shape[1]):
+            state, out[i, j] = _uniform(state)
+
+
+@njit(**JIT)
+def _decode_position(v, mu, var, delta1, delta2, delta3, draws, state, prob, weight, out):
+    """One position: OUT out (D,) = the generated patch; returns the generator state."""
+    k = v.shape[0]
+    top = -np.inf
+    for j in range(k):
+        top = max(top, delta1 * v[j])
+    total = 0.0
+    for j in range(k):
+        prob[j] = math.exp(delta1 * v[j] - top)
+        total += prob[j]
+    for j in range(k):
+        weight[j] = 0.0
+    for _ in range(draws):  # inverse-CDF draws of the multinomial
+        state, u = _uniform(state)
+        u *= total
+        acc = 0.0
+        pick = k - 1
+        for j in range(k):
+            acc += prob[j]
+            if u < acc:
+                pick = j
+                break
+        weight[pick] += 1.0 / draws
+    noise_var = 0.0
+    for d in range(out.shape[0]):
+        out[d] = 0.0
+    for j in range(k):
+        if weight[j] > 0.0:
+            noise_var += weight[j] * weight[j] * var[j]
+            for d in range(out.shape[0]):
+                out[d] += weight[j] * mu[j, d]
+    scale = delta2 * math.sqrt(noise_var)
+    for d in range(out.shape[0]):
+        noise = 0.0
+        if scale > 0.0:
+            state, noise = _normal(state)
+        out[d] = delta3 * (out[d] + scale * noise)
+    return state
+
+
+@njit(**JIT_PARALLEL)
+def _decode_step(maps, mu, var, delta1, delta2, delta3, draws, seed, first_sample, stream, out):
+    """IN maps (N, h, w, K); OUT out (N, h, w, D): the generated patch of every position."""
+    n, h, w, k = maps.shape
+    for i in prange(n):
+        state = _key(seed, first_sample + i, stream)
+        prob = np.empty(k)
+        weight = np.empty(k)
+        for r in range(h):
+            for c in range(w):
+                state = _decode_position(maps[i, r, c], mu, var, delta1, delta2, delta3, draws, state,
+                                         prob, weight, out[i, r, c])
+
+
+def decode_patches(
+    maps: np.ndarray,
+    mu: np.ndarray,
+    sigma: np.ndarray,
+    *,
+    delta1: float,
+    delta2: float,
+    delta3: float,
+    draws: int,
+    seed: int,
+    first_sample: int,
+    stream: int,
+) -> np.ndarray:
+    """Generate the patches of ``F[l-1]`` from ``maps`` = ``F[l]`` (N, h, w, K).
+
+    mu: (K, D) filter means; sigma: (K,) the noise scale per filter (already scaled as the
+    caller wants). Sample ``i`` of the batch draws from stream ``(seed, first_sample + i,
+    stream)``. Returns (N, h, w, D) float32.
+    """
+    maps = np.ascontiguousarray(maps, dtype=np.float32)
+    mu = np.ascontiguousarray(mu, dtype=np.float32)
+    var = np.asarray(sigma, dtype=np.float64) ** 2
+    if maps.shape[-1] != mu.shape[0]:
+        raise ValueError(f"maps have {maps.shape[-1]} channels, layer has {mu.shape[0]} filters")
+    if draws < 1:
+        raise ValueError("draws must be at least 1")
+    out = np.empty(maps.shape[:3] + (mu.shape[1],), dtype=np.float32)
+    _decode_step(maps, mu, var, float(delta1), float(delta2), float(delta3), int(draws),
+                 np.uint64(seed), np.int64(first_sample), np.int64(stream), out)
+    return out
+
+
+def normal_draws(seed: int, first_sample: int, count: int, width: int, stream: int) -> np.ndarray:
+    """N(0, 1) draws (count, width), row i from sample ``first_sample + i``'s own stream."""
+    out = np.empty((count, width), dtype=np.float64)
+    _normal_block(np.uint64(seed), np.int64(first_sample), np.int64(stream), out)
+    return out
+
+
+def uniform_draws(seed: int, first_sample: int, count: int, width: int, stream: int) -> np.ndarray:
+    """U[0, 1) draws (count, width), row i from sample ``first_sample + i``'s own stream."""
+    out = np.empty((count, width), dtype=np.float64)
+    _uniform_block(np.uint64(seed), np.int64(first_sample), np.int64(stream), out)
+    return out

@@ -1,0 +1,111 @@
+"""Patch extraction from ``(N, H, W, C)`` maps and overlap-averaged stitching back.
+
+A patch is flattened in ``(row, col, channel)`` order, so a filter mean of shape
+``(patch, patch, C)`` and its flat ``(patch * patch * C,)`` form are the same array.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from nsn_cli.config import JIT, JIT_PARALLEL
+
+
+@njit(**JIT_PARALLEL)
+def _gather(maps, patch, stride, image, row, col, out):
+    """OUT out[t] = maps[image[t], row[t]*s : +p, col[t]*s : +p, :] flattened."""
+    channels = maps.shape[3]
+    for t in prange(image.shape[0]):
+        n, r0, c0 = image[t], row[t] * stride, col[t] * stride
+        k = 0
+        for dy in range(patch):
+            for dx in range(patch):
+                for c in range(channels):
+                    out[t, k] = maps[n, r0 + dy, c0 + dx, c]
+                    k += 1
+
+
+@njit(**JIT)
+def _stitch_one(patches, patch, stride, out):
+    """OUT out (H, W, C) = overlap-average of patches (h, w, D) of one map."""
+    h, w = patches.shape[0], patches.shape[1]
+    channels = out.shape[2]
+    out[:] = 0.0
+    for i in range(h):
+        for j in range(w):
+            k = 0
+            for dy in range(patch):
+                for dx in range(patch):
+                    for c in range(channels):
+                        out[i * stride + dy, j * stride + dx, c] += patches[i, j, k]
+                        k += 1
+
+
+@njit(**JIT_PARALLEL)
+def _stitch(patches, patch, stride, inverse_count, out):
+    """OUT out (N, H, W, C); inverse_count (H, W) is 1 / (patches covering each pixel)."""
+    for n in prange(patches.shape[0]):
+        _stitch_one(patches[n], patch, stride, out[n])
+        for y in range(out.shape[1]):
+            for x in range(out.shape[2]):
+                for c in range(out.shape[3]):
+                    out[n, y, x, c] *= inverse_count[y, x]
+
+
+def grid_size(size: int, patch: int, stride: int) -> int:
+    """Patch positions along an axis of length ``size``."""
+    return 0 if size < patch else (size - patch) // stride + 1
+
+
+def extract_patches(
+    maps: np.ndarray,
+    patch: int,
+    stride: int,
+    image: np.ndarray | None = None,
+    position: np.ndarray | None = None,
+) -> np.ndarray:
+    """Patches of ``maps`` (N, H, W, C) as float32 rows of ``patch * patch * C``.
+
+    With ``image`` and ``position`` (flat index ``row * w + col`` into the ``h x w`` grid) only
+    those patches are cut, in that order; otherwise all of them, image-major, row-major.
+    Returns an array of shape ``(n_patches, patch * patch * C)``.
+    """
+    maps = np.ascontiguousarray(maps, dtype=np.float32)
+    n, height, width, channels = maps.shape
+    h, w = grid_size(height, patch, stride), grid_size(width, patch, stride)
+    if h == 0 or w == 0:
+        raise ValueError(f"a {patch}x{patch} patch does not fit in a {height}x{width} map")
+    if image is None:
+        image = np.repeat(np.arange(n, dtype=np.int64), h * w)
+        position = np.tile(np.arange(h * w, dtype=np.int64), n)
+    image = np.asarray(image, dtype=np.int64)
+    position = np.asarray(position, dtype=np.int64)
+    out = np.empty((image.shape[0], patch * patch * channels), dtype=np.float32)
+    _gather(maps, patch, stride, image, position // w, position % w, out)
+    return out
+
+
+def coverage(height: int, width: int, patch: int, stride: int) -> np.ndarray:
+    """How many patches cover each pixel of a ``height x width`` map (int64)."""
+    h, w = grid_size(height, patch, stride), grid_size(width, patch, stride)
+    count = np.zeros((height, width), dtype=np.int64)
+    for i in range(h):
+        for j in range(w):
+            count[i * stride : i * stride + patch, j * stride : j * stride + patch] += 1
+    return count
+
+
+def stitch_patches(patches: np.ndarray, patch: int, stride: int, channels: int) -> np.ndarray:
+    """Average overlapping patches ``(N, h, w, patch * patch * channels)`` into maps
+    ``(N, (h-1)*stride + patch, (w-1)*stride + patch, channels)`` (float32)."""
+    patches = np.ascontiguousarray(patches, dtype=np.float32)
+    n, h, w, d = patches.shape
+    if d != patch * patch * channels:
+        raise ValueError(f"patch length {d} != {patch}*{patch}*{channels}")
+    height, width = (h - 1) * stride + patch, (w - 1) * stride + patch
+    count = coverage(height, width, patch, stride)
+    inverse = np.where(count > 0, 1.0 / np.maximum(count, 1), 0.0).astype(np.float32)
+    out = np.empty((n, height, width, channels), dtype=np.float32)
+    _stitch(patches, patch, stride, inverse, out)
+    return out

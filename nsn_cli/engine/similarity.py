@@ -1,0 +1,140 @@
+"""Eq. 1 similarity, the two layer activations, and best-filter search.
+
+``Sim(x, j) = -log(sqrt(2 pi) sigma_j) - ||x - mu_j||^2 / (2 sigma_j^2)``, with
+``||x - mu||^2 = ||x||^2 - 2 x.mu + ||mu||^2``: the cross term is one float32 matrix product
+per chunk of patches (BLAS, all cores), the rest a fused numba kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from nsn_cli.config import JIT_PARALLEL
+
+ACTIVATIONS = ("sigmoid", "relative")
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+#: Rows of patches per matrix product: keeps the (rows, K) block near 16 MB.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def log_norm(sigma: np.ndarray) -> np.ndarray:
+    """``-log(sqrt(2 pi) sigma)`` per filter (float64)."""
+    return -np.log(_SQRT_2PI * np.asarray(sigma, dtype=np.float64))
+
+
+@njit(**JIT_PARALLEL)
+def _best_from_dots(dots, xx, mm, lognorm, inv_two_var, labels, best):
+    """IN dots (n, K) = X mu^T; OUT labels (n), best (n): argmax_j Sim and its value.
+    Ties go to the lowest index; squared distances are clipped at 0."""
+    for i in prange(dots.shape[0]):
+        top = -np.inf
+        arg = 0
+        for j in range(dots.shape[1]):
+            d2 = xx[i] - 2.0 * dots[i, j] + mm[j]
+            if d2 < 0.0:
+                d2 = 0.0
+            s = lognorm[j] - d2 * inv_two_var[j]
+            if s > top:
+                top = s
+                arg = j
+        labels[i] = arg
+        best[i] = top
+
+
+@njit(**JIT_PARALLEL)
+def _sims_from_dots(dots, xx, mm, lognorm, inv_two_var, out):
+    """IN dots (n, K); OUT out (n, K) float32 = Sim of every patch to every filter."""
+    for i in prange(dots.shape[0]):
+        for j in range(dots.shape[1]):
+            d2 = xx[i] - 2.0 * dots[i, j] + mm[j]
+            if d2 < 0.0:
+                d2 = 0.0
+            out[i, j] = lognorm[j] - d2 * inv_two_var[j]
+
+
+@njit(**JIT_PARALLEL)
+def _activate(sims, kind, out):
+    """OUT out = sigmoid(sims) (kind 0) or exp(sims - max_j sims) per row (kind 1)."""
+    for i in prange(sims.shape[0]):
+        if kind == 0:
+            for j in range(sims.shape[1]):
+                s = sims[i, j]
+                if s >= 0:
+                    out[i, j] = 1.0 / (1.0 + math.exp(-s))
+                else:
+                    e = math.exp(s)
+                    out[i, j] = e / (1.0 + e)
+        else:
+            top = -np.inf
+            for j in range(sims.shape[1]):
+                top = max(top, sims[i, j])
+            for j in range(sims.shape[1]):
+                out[i, j] = math.exp(sims[i, j] - top)
+
+
+def _prepared(mu: np.ndarray, sigma: np.ndarray):
+    mu = np.ascontiguousarray(mu, dtype=np.float32)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if mu.ndim != 2 or sigma.shape != (mu.shape[0],):
+        raise ValueError(f"mu must be (K, D) and sigma (K,), got {mu.shape} and {sigma.shape}")
+    mm = np.einsum("kd,kd->k", mu, mu, dtype=np.float64)
+    return mu, mm, log_norm(sigma), 0.5 / sigma**2
+
+
+def _blocks(n: int, k: int):
+    rows = max(256, _BLOCK_ELEMENTS // max(k, 1))
+    for start in range(0, n, rows):
+        yield start, min(n, start + rows)
+
+
+def best_filter(patches: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best filter of every patch.
+
+    patches: array of shape (n, D); mu: (K, D); sigma: (K,).
+    Returns labels (n,) int64 and best Sim (n,) float64.
+    """
+    patches = np.ascontiguousarray(patches, dtype=np.float32)
+    mu, mm, lognorm, inv = _prepared(mu, sigma)
+    n = patches.shape[0]
+    labels = np.empty(n, dtype=np.int64)
+    best = np.empty(n, dtype=np.float64)
+    for a, b in _blocks(n, mu.shape[0]):
+        x = patches[a:b]
+        xx = np.einsum("nd,nd->n", x, x, dtype=np.float64)
+        _best_from_dots(x @ mu.T, xx, mm, lognorm, inv, labels[a:b], best[a:b])
+    return labels, best
+
+
+def activation_code(kind: str) -> int:
+    if kind not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {kind!r}")
+    return ACTIVATIONS.index(kind)
+
+
+def similarity(patches: np.ndarray, mu: np.ndarray, sigma: np.ndarray, activation: str | None = None) -> np.ndarray:
+    """Sim of every patch (n, D) to every filter (K, D): array (n, K) float32.
+
+    With ``activation`` (``sigmoid`` or ``relative``) the layer's output instead of raw Sim.
+    """
+    patches = np.ascontiguousarray(patches, dtype=np.float32)
+    mu, mm, lognorm, inv = _prepared(mu, sigma)
+    code = -1 if activation is None else activation_code(activation)
+    out = np.empty((patches.shape[0], mu.shape[0]), dtype=np.float32)
+    for a, b in _blocks(patches.shape[0], mu.shape[0]):
+        x = patches[a:b]
+        xx = np.einsum("nd,nd->n", x, x, dtype=np.float64)
+        _sims_from_dots(x @ mu.T, xx, mm, lognorm, inv, out[a:b])
+        if code >= 0:
+            _activate(out[a:b], code, out[a:b])
+    return out
+
+
+def activate(sims: np.ndarray, kind: str) -> np.ndarray:
+    """Layer output from similarities (n, K): ``sigmoid`` (paper) or ``relative``."""
+    sims = np.ascontiguousarray(sims, dtype=np.float32)
+    out = np.empty_like(sims)
+    _activate(sims, activation_code(kind), out)
+    return out

@@ -1,0 +1,323 @@
+"""An NSN: its layers, encode (up) and decode (down), and its versioned model file.
+
+Model file layout (``encoding-type = "nsn-model"``, version 1)::
+
+    attrs: encoding-type, encoding-version, nsn-version, created, source,
+           arch, activation, image-shape (H, W, C), layers-complete, dataset-fingerprint
+    /config                JSON: every training option, so a run can be resumed or repeated
+    /layers/<l>/mu         (K, p, p, C_in) float32     filter means (l = 1..L)
+    /layers/<l>/sigma      (K,) float64
+    /layers/<l>/counts     (K,) int64                  patches per filter after the last M-step
+    /layers/<l>            attrs: alpha, patch, stride, seconds, patches
+    /layers/<l>/history/*  per EM iteration: filters, created, dropped, changed, mean_sim, seconds
+    /zca/{mean,whiten,unwhiten}   the data set's preprocessing, so outputs are de-whitened
+    /top/...               optional top-layer statistics for the diverse priors (see sample.py)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from nsn_cli.engine.generate import decode_patches
+from nsn_cli.engine.geometry import LayerShape, arch_string, map_sizes, parse_arch
+from nsn_cli.engine.patches import extract_patches, stitch_patches
+from nsn_cli.engine.similarity import similarity
+from nsn_cli.errors import NsnError
+from nsn_cli.files import MODEL_TYPE, Zca, atomic_path, open_nsn_file, stamp
+
+HISTORY_KEYS = ("filters", "created", "dropped", "changed", "mean_sim", "seconds")
+NOISE_LAYERS = ("all", "pixel")
+NOISE_SCALES = ("rms", "dim")
+
+
+@dataclass
+class Layer:
+    """One trained layer: ``mu`` (K, p, p, C_in), ``sigma`` (K,), ``counts`` (K,)."""
+
+    shape: LayerShape
+    mu: np.ndarray
+    sigma: np.ndarray
+    counts: np.ndarray
+    alpha: float
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    patches: int = 0
+
+    @property
+    def filters(self) -> int:
+        return int(self.mu.shape[0])
+
+    @property
+    def flat_mu(self) -> np.ndarray:
+        return self.mu.reshape(self.mu.shape[0], -1)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.mu.shape[-1])
+
+
+@dataclass
+class DecodeParams:
+    """NSN-Gen hyper-parameters (paper section 4.2; defaults from SPEC.md)."""
+
+    delta1: float = 100.0
+    delta2: float = 0.0
+    delta3: float = 1.0
+    draws: int = 1
+    noise_layers: str = "all"
+    noise_scale: str = "rms"
+
+    def validate(self) -> "DecodeParams":
+        if not np.isfinite(self.delta1) or self.delta1 < 0:
+            raise NsnError(f"--delta1 must be a finite number >= 0, got {self.delta1}")
+        if not np.isfinite(self.delta2) or self.delta2 < 0:
+            raise NsnError(f"--delta2 must be a finite number >= 0, got {self.delta2}")
+        if not np.isfinite(self.delta3) or self.delta3 <= 0:
+            raise NsnError(f"--delta3 must be a finite number > 0, got {self.delta3}")
+        if self.draws < 1:
+            raise NsnError(f"--draws must be at least 1, got {self.draws}")
+        if self.noise_layers not in NOISE_LAYERS:
+            raise NsnError(f"--noise-layers must be one of {', '.join(NOISE_LAYERS)}, got {self.noise_layers!r}")
+        if self.noise_scale not in NOISE_SCALES:
+            raise NsnError(f"--noise-scale must be one of {', '.join(NOISE_SCALES)}, got {self.noise_scale!r}")
+        return self
+
+
+@dataclass
+class NSNModel:
+    """A (possibly partly) trained NSN."""
+
+    arch: list[LayerShape]
+    image_shape: tuple[int, int, int]
+    activation: str = "sigmoid"
+    layers: list[Layer] = field(default_factory=list)
+    zca: Zca | None = None
+    config: dict = field(default_factory=dict)
+    source: str = ""
+    fingerprint: str = ""
+    top: dict | None = None
+
+    # ------------------------------------------------------------------ shape facts
+
+    @property
+    def complete(self) -> bool:
+        return len(self.layers) == len(self.arch)
+
+    def map_shape(self, level: int, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+        """Shape (h, w, C) of ``F[level]`` for an input of the given (default: training) size."""
+        h, w, c = self.image_shape
+        sizes = map_sizes(self.arch, height or h, width or w)
+        channels = c if level == 0 else self.layers[level - 1].filters
+        return sizes[level][0], sizes[level][1], channels
+
+    def check_layer(self, layer: int) -> None:
+        """Refuse a layer number outside 1..(trained layers)."""
+        if not self.layers:
+            raise NsnError("the model has no trained layer yet; run nsn train (with --resume) first")
+        if not 1 <= layer <= len(self.layers):
+            extra = "" if self.complete else f" (trained {len(self.layers)} of {len(self.arch)})"
+            raise NsnError(f"--layer {layer} does not exist: the model has layers 1..{len(self.layers)}{extra}")
+
+    # ------------------------------------------------------------------ up
+
+    def encode_layer(self, maps: np.ndarray, layer: int, chunk: int = 256) -> np.ndarray:
+        """``F[layer]`` from ``F[layer-1]`` (N, H, W, C_in): (N, h, w, K) float32, in chunks."""
+        spec = self.layers[layer - 1]
+        n, height, width, channels = maps.shape
+        if channels != spec.in_channels:
+            raise NsnError(f"layer {layer} reads {spec.in_channels} channels, the input has {channels}")
+        h = spec.shape.out_size(height)
+        w = spec.shape.out_size(width)
+        if h == 0 or w == 0:
+            raise NsnError(f"a {height}x{width} input is smaller than layer {layer}'s {spec.shape.patch}x{spec.shape.patch} patch")
+        out = np.empty((n, h, w, spec.filters), dtype=np.float32)
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            patches = extract_patches(maps[a:b], spec.shape.patch, spec.shape.stride)
+            out[a:b] = similarity(patches, spec.flat_mu, spec.sigma, self.activation).reshape(b - a, h, w, -1)
+        return out
+
+    def prepare_images(self, images: np.ndarray) -> np.ndarray:
+        """Pixels in [0, 1] to the model's input space (ZCA-whitened if it was trained so)."""
+        return self.zca.apply(images) if self.zca is not None else images.astype(np.float32, copy=False)
+
+    def finish_images(self, maps: np.ndarray) -> np.ndarray:
+        """``F[0]`` back to pixels: de-whiten (ZCA models), clip to [0, 1]."""
+        if self.zca is not None:
+            maps = self.zca.invert(maps)
+        return np.clip(maps, 0.0, 1.0).astype(np.float32, copy=False)
+
+    def encode(self, images: np.ndarray, upto: int | None = None, whitened: bool = False) -> list[np.ndarray]:
+        """Maps ``[F[0], F[1], .., F[upto]]`` of images (N, H, W, C) in [0, 1]."""
+        upto = len(self.layers) if upto is None else upto
+        maps = [images if whitened else self.prepare_images(images)]
+        for layer in range(1, upto + 1):
+            maps.append(self.encode_layer(maps[-1], layer))
+        return maps
+
+    # ------------------------------------------------------------------ down
+
+    def decode_layer(
+        self, maps: np.ndarray, layer: int, params: DecodeParams, *, seed: int, first_sample: int, stream: int
+    ) -> np.ndarray:
+        """One NSN-Gen step: ``F[layer-1]`` (N, H, W, C_in) from ``F[layer]`` (N, h, w, K)."""
+        spec = self.layers[layer - 1]
+        noisy = params.noise_layers == "all" or layer == 1
+        scale = 1.0 if params.noise_scale == "rms" else 1.0 / np.sqrt(spec.flat_mu.shape[1])
+        patches = decode_patches(
+            maps, spec.flat_mu, spec.sigma * scale,
+            delta1=params.delta1, delta2=params.delta2 if noisy else 0.0, delta3=params.delta3,
+            draws=params.draws, seed=seed, first_sample=first_sample, stream=stream,
+        )
+        return stitch_patches(patches, spec.shape.patch, spec.shape.stride, spec.in_channels)
+
+    def decode(
+        self,
+        maps: np.ndarray,
+        from_layer: int,
+        params: DecodeParams,
+        *,
+        seed: int,
+        first_sample: int = 0,
+        stream: int = 0,
+        to_layer: int = 0,
+    ) -> np.ndarray:
+        """Decode ``F[from_layer]`` down to ``F[to_layer]`` (raw maps; pixels need :meth:`finish_images`)."""
+        for layer in range(from_layer, to_layer, -1):
+            maps = self.decode_layer(maps, layer, params, seed=seed, first_sample=first_sample,
+                                     stream=stream * 64 + layer)
+        return maps
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model atomically (temporary file, then rename)."""
+        with atomic_path(path) as temp, h5py.File(temp, "w") as handle:
+            stamp(handle, MODEL_TYPE, self.source)
+            handle.attrs["arch"] = arch_string(self.arch)
+            handle.attrs["activation"] = self.activation
+            handle.attrs["image-shape"] = np.asarray(self.image_shape, dtype=np.int64)
+            handle.attrs["layers-complete"] = len(self.layers)
+            handle.attrs["dataset-fingerprint"] = self.fingerprint
+            handle.create_dataset("config", data=json.dumps(self.config, sort_keys=True))
+            group = handle.create_group("layers")
+            for index, layer in enumerate(self.layers, 1):
+                g = group.create_group(str(index))
+                g.create_dataset("mu", data=layer.mu, compression="gzip", compression_opts=4)
+                g.create_dataset("sigma", data=layer.sigma)
+                g.create_dataset("counts", data=layer.counts)
+                g.attrs.update(alpha=layer.alpha, patch=layer.shape.patch, stride=layer.shape.stride,
+                               seconds=layer.seconds, patches=layer.patches)
+                hist = g.create_group("history")
+                for key in HISTORY_KEYS:
+                    hist.create_dataset(key, data=np.asarray([row[key] for row in layer.history]))
+            if self.zca is not None:
+                self.zca.write(handle)
+            if self.top is not None:
+                top = handle.create_group("top")
+                top.attrs["version"] = 1
+                for key, value in self.top.items():
+                    top.create_dataset(key, data=value, compression="gzip", compression_opts=4)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "NSNModel":
+        """Read a model file, checking type, version and every key it needs."""
+        where = str(path)
+        with open_nsn_file(path, MODEL_TYPE) as handle:
+            try:
+                arch = parse_arch(str(handle.attrs["arch"]))
+                image_shape = tuple(int(v) for v in handle.attrs["image-shape"])
+                activation = str(handle.attrs["activation"])
+                complete = int(handle.attrs["layers-complete"])
+                config = json.loads(handle["config"][()]) if "config" in handle else {}
+            except KeyError as exc:
+                raise NsnError(f"{where}: missing HDF5 key or attribute {exc}") from None
+            layers = []
+            for index in range(1, complete + 1):
+                key = f"layers/{index}"
+                if key not in handle:
+                    raise NsnError(f"{where}: missing HDF5 key /{key}")
+                g = handle[key]
+                for part in ("mu", "sigma", "counts"):
+                    if part not in g:
+                        raise NsnError(f"{where}: missing HDF5 key /{key}/{part}")
+                hist = g.get("history")
+                history = []
+                if hist is not None:
+                    columns = {k: hist[k][()] for k in HISTORY_KEYS if k in hist}
+                    rows = len(next(iter(columns.values()))) if columns else 0
+                    history = [{k: columns[k][i].item() for k in columns} for i in range(rows)]
+                layers.append(Layer(
+                    shape=LayerShape(int(g.attrs["patch"]), int(g.attrs["stride"])),
+                    mu=g["mu"][()].astype(np.float32), sigma=g["sigma"][()].astype(np.float64),
+                    counts=g["counts"][()].astype(np.int64), alpha=float(g.attrs["alpha"]),
+                    history=history, seconds=float(g.attrs.get("seconds", 0.0)),
+                    patches=int(g.attrs.get("patches", 0)),
+                ))
+            top = None
+            if "top" in handle:
+                top = {k: handle["top"][k][()] for k in handle["top"]}
+            model = cls(
+                arch=arch, image_shape=image_shape, activation=activation, layers=layers,
+                zca=Zca.read(handle, where), config=config, source=str(handle.attrs.get("source", "")),
+                fingerprint=str(handle.attrs.get("dataset-fingerprint", "")), top=top,
+            )
+        for index, layer in enumerate(model.layers, 1):
+            expected_channels = image_shape[2] if index == 1 else model.layers[index - 2].filters
+            if layer.mu.ndim != 4 or layer.in_channels != expected_channels or layer.sigma.shape != (layer.filters,):
+                raise NsnError(f"{where}: /layers/{index} has inconsistent shapes (mu {layer.mu.shape})")
+        return model
+
+
+def load_model(path: str | os.PathLike) -> NSNModel:
+    """Load a model, with a hint when the default file is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise NsnError(f"{path}: no such model file (train one with: nsn train DATA.h5 -o {path})")
+    return NSNModel.load(path)
+
+
+def describe_model(path: str | os.PathLike) -> dict:
+    """Summary of a model file for ``nsn info``."""
+    model = NSNModel.load(path)
+    with h5py.File(path, "r") as handle:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in handle.attrs.items()}
+    sizes = map_sizes(model.arch, model.image_shape[0], model.image_shape[1])
+    layers = []
+    for index, layer in enumerate(model.layers, 1):
+        layers.append({
+            "layer": index,
+            "patch": f"{layer.shape.patch}x{layer.shape.patch}",
+            "stride": layer.shape.stride,
+            "in": f"{sizes[index - 1][0]}x{sizes[index - 1][1]}x{layer.in_channels}",
+            "out": f"{sizes[index][0]}x{sizes[index][1]}x{layer.filters}",
+            "filters": layer.filters,
+            "alpha": round(layer.alpha, 4),
+            "iterations": len(layer.history),
+            "seconds": round(layer.seconds, 2),
+            "history": layer.history,
+        })
+    h, w, c = model.image_shape
+    return {
+        "encoding-type": attrs.get("encoding-type"),
+        "encoding-version": attrs.get("encoding-version"),
+        "nsn-version": attrs.get("nsn-version"),
+        "created": attrs.get("created"),
+        "source": attrs.get("source"),
+        "file": str(path),
+        "architecture": arch_string(model.arch),
+        "image size": f"{h} x {w} x {c}",
+        "activation": model.activation,
+        "layers trained": f"{len(model.layers)} of {len(model.arch)}",
+        "filters per layer": ", ".join(str(layer.filters) for layer in model.layers) or "-",
+        "training seconds": round(sum(layer.seconds for layer in model.layers), 2),
+        "zca": "none" if model.zca is None else f"channel-wise, eps {model.zca.eps:g}",
+        "top statistics": "yes" if model.top is not None else "no",
+        "layers": layers,
+    }
