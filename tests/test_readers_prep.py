@@ -1,0 +1,147 @@
+"""Readers, resizing, ZCA and the data set file (foundation issue)."""
+
+from __future__ import annotations
+
+import gzip
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from nsn_cli.errors import NsnError
+from nsn_cli.files import load_images, open_dataset
+from nsn_cli.prep import fit_zca, parse_size, prep, resize_image
+from nsn_cli.readers import open_source, read_idx, read_labels
+
+from .conftest import FACES, MNIST_IMAGES, MNIST_LABELS
+
+
+def test_idx_bundled_digits_have_400_per_class():
+    images = read_idx(MNIST_IMAGES)
+    labels = read_labels(MNIST_LABELS)
+    assert images.shape == (4000, 28, 28) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [400] * 10
+
+
+def test_idx_raw_equals_gzip(tmp_path):
+    raw = tmp_path / "x-images-idx3-ubyte"
+    raw.write_bytes(gzip.open(MNIST_IMAGES).read())
+    assert np.array_equal(read_idx(raw), read_idx(MNIST_IMAGES))
+
+
+def test_idx_wrong_magic(tmp_path):
+    bad = tmp_path / "bad-images-idx3-ubyte"
+    bad.write_bytes(b"\x00\x00\x09\x03" + b"\x00" * 20)
+    with pytest.raises(NsnError, match="magic number 0x00000903"):
+        read_idx(bad)
+
+
+def test_idx_truncated(tmp_path):
+    bad = tmp_path / "cut-images-idx3-ubyte"
+    bad.write_bytes(gzip.open(MNIST_IMAGES).read()[:5000])
+    with pytest.raises(NsnError, match="truncated"):
+        read_idx(bad)
+
+
+def test_folder_reads_80_faces_in_sorted_order():
+    source = open_source(FACES)
+    assert len(source) == 80
+    first = source.read(0, 1)[0]
+    direct = np.asarray(Image.open(FACES / "face000.png").convert("L"))
+    assert np.array_equal(first[..., 0], direct)
+
+
+def test_folder_skips_non_images_with_warning(tmp_path):
+    for i in range(2):
+        Image.fromarray(np.full((5, 5), 10 * i, np.uint8)).save(tmp_path / f"im{i}.png")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.warns(UserWarning, match="skipped 1 non-image"):
+        source = open_source(tmp_path)
+    assert len(source) == 2
+
+
+def test_resize_matches_pillow_directly():
+    image = np.asarray(Image.open(FACES / "face003.png").convert("L"))
+    ours = resize_image(image[..., None], (13, 17))
+    theirs = np.asarray(Image.fromarray(image).resize((17, 13), Image.Resampling.LANCZOS), dtype=np.float32) / 255
+    assert ours.shape == (13, 17, 1)
+    assert np.array_equal(ours[..., 0], theirs)
+
+
+@pytest.mark.parametrize("text, expected", [("28", (28, 28)), ("64x48", (64, 48)), (" 7X9 ", (7, 9))])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+def test_zca_whitens_and_inverts(rng):
+    # correlated 6x6 "images": smooth fields plus noise
+    base = rng.normal(size=(3000, 6, 6, 2)).cumsum(axis=1).cumsum(axis=2) * 0.05 + 0.5
+    images = base.astype(np.float32)
+    zca = fit_zca(images, eps=1e-6)
+    white = zca.apply(images)
+    for ch in range(2):
+        x = white[..., ch].reshape(len(white), -1).astype(np.float64)
+        cov = np.cov(x, rowvar=False, bias=True)
+        assert np.allclose(cov, np.eye(36), atol=0.02)
+    assert np.max(np.abs(zca.invert(white) - images)) < 1e-4
+
+
+def test_zca_eps_only_whitens_components_above_eps(rng):
+    images = (rng.normal(size=(2000, 4, 4, 1)) * 0.3 + 0.5).astype(np.float32)
+    zca = fit_zca(images, eps=1e-2)
+    x = zca.apply(images)[..., 0].reshape(2000, -1)
+    variances = np.linalg.eigvalsh(np.cov(x, rowvar=False, bias=True))
+    # lambda / (lambda + eps) with lambda ~ 0.09: close to, and below, 1
+    assert np.all(variances < 1.0) and np.all(variances > 0.85)
+
+
+def test_prep_round_trips_through_reader(tmp_path):
+    out = tmp_path / "m.h5"
+    result = prep([MNIST_IMAGES], out, limit=50)
+    assert result.shape == (50, 28, 28, 1) and result.labels
+    images, labels, zca = load_images(out)
+    assert zca is None
+    assert np.array_equal(images[..., 0], read_idx(MNIST_IMAGES)[:50] / np.float32(255))
+    assert np.array_equal(labels, read_labels(MNIST_LABELS)[:50])
+    with open_dataset(out) as dataset:
+        assert dataset.attrs["encoding-type"] == "nsn-dataset"
+        assert dataset.images.compression == "gzip"
+    # an nsn data set is itself an input
+    again = tmp_path / "again.h5"
+    prep([out], again)
+    assert np.array_equal(load_images(again)[0], images)
+
+
+def test_prep_zca_faces_stores_matrices(tmp_path):
+    out = tmp_path / "f.h5"
+    prep([FACES], out, zca=True)
+    images, _, zca = load_images(out)
+    assert images.shape == (80, 25, 25, 1)
+    assert zca.whiten.shape == (1, 625, 625) and zca.eps == pytest.approx(1e-2)
+    raw = np.stack([np.asarray(Image.open(FACES / f"face{i:03d}.png").convert("L")) for i in range(80)])
+    assert np.max(np.abs(zca.invert(images)[..., 0] - raw / 255.0)) < 1e-4
+
+
+def test_prep_rgb_and_gray_conversion(tmp_path):
+    arr = np.random.default_rng(0).integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
+    np.save(tmp_path / "rgb.npy", arr)
+    prep([tmp_path / "rgb.npy"], tmp_path / "g.h5", channels=1)
+    gray = load_images(tmp_path / "g.h5")[0]
+    expected = np.asarray(Image.fromarray(arr[0]).convert("L"), dtype=np.float32) / 255
+    assert np.max(np.abs(gray[0, ..., 0] - expected)) <= 1 / 255 + 1e-6
+    prep([tmp_path / "rgb.npy"], tmp_path / "c.h5")
+    assert load_images(tmp_path / "c.h5")[0].shape == (4, 8, 8, 3)
+
+
+def test_dataset_reader_names_bad_key(tmp_path):
+    path = tmp_path / "bad.h5"
+    with h5py.File(path, "w") as handle:
+        handle.attrs["encoding-type"] = "nsn-dataset"
+        handle.attrs["encoding-version"] = "1"
+    with pytest.raises(NsnError, match="missing HDF5 key /images"):
+        load_images(path)
+    with h5py.File(path, "a") as handle:
+        handle.attrs["encoding-version"] = "99"
+    with pytest.raises(NsnError, match="encoding-version '99' is not supported"):
+        load_images(path)
