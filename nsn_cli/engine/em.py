@@ -48,12 +48,13 @@ def alpha_for_radius(radius: float) -> float:
 
 
 @njit(**JIT)
-def _creation_block(x, old_d2, old_label, radius2, first_new, seed_rows, labels):
+def _creation_block(x, old_d2, old_label, radius2, first_new, budget, seed_rows, labels):
     """Sequential DP-means over one block of candidates ``x`` (b, D), in order.
 
     IN  old_d2, old_label: nearest filter created before this block (inf / -1 if none).
     OUT seed_rows: rows of x that start a filter; labels: filter of each row, numbered from
-        ``first_new`` for filters started here. Returns the number of filters started.
+        ``first_new`` for filters started here. Returns the number of filters started, or
+        ``budget + 1`` as soon as more than ``budget`` would be started (the pass is void).
     """
     started = 0
     dims = x.shape[1]
@@ -72,6 +73,8 @@ def _creation_block(x, old_d2, old_label, radius2, first_new, seed_rows, labels)
         if best >= 0 and best_d2 <= radius2:
             labels[t] = best
         else:
+            if started == budget:
+                return budget + 1
             seed_rows[started] = t
             labels[t] = first_new + started
             started += 1
@@ -107,11 +110,15 @@ def _filter_moments(patches, order, starts, mu, mean_sq):
 # --------------------------------------------------------------------------- steps
 
 
-def creation_pass(candidates: np.ndarray, radius: float, block: int = _CREATION_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+def creation_pass(
+    candidates: np.ndarray, radius: float, block: int = _CREATION_BLOCK, max_new: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """DP-means over ``candidates`` (m, D), visited in row order.
 
     Returns ``labels`` (m,) int64 numbering the new filters 0.. in order of creation, and
-    ``seeds`` (n_new,) int64: the row that started each filter.
+    ``seeds`` (n_new,) int64: the row that started each filter. Raises
+    :class:`FilterCapError` as soon as more than ``max_new`` filters would be created, so a
+    far too small radius costs little (its pass would otherwise be quadratic).
     """
     candidates = np.ascontiguousarray(candidates, dtype=np.float32)
     m, dims = candidates.shape
@@ -132,7 +139,10 @@ def creation_pass(candidates: np.ndarray, radius: float, block: int = _CREATION_
             old_label = np.full(b - a, -1, dtype=np.int64)
             old_d2 = np.full(b - a, np.inf)
         rows = np.empty(b - a, dtype=np.int64)
-        started = _creation_block(x, old_d2, old_label, radius2, seed_mu.shape[0], rows, labels[a:b])
+        budget = b - a if max_new is None else min(b - a, max_new - seed_mu.shape[0])
+        started = _creation_block(x, old_d2, old_label, radius2, seed_mu.shape[0], budget, rows, labels[a:b])
+        if max_new is not None and started > budget and seed_mu.shape[0] + started > max_new:
+            raise FilterCapError(seed_mu.shape[0] + started, max_new)
         if started:
             seeds.append(a + rows[:started])
             seed_mu = np.concatenate([seed_mu, x[rows[:started]]])
@@ -191,10 +201,12 @@ def em_step(
         candidates = np.flatnonzero(best < alpha)
         if candidates.size:
             candidates = candidates[rng.permutation(candidates.size)]
-            new_labels, seeds = creation_pass(patches[candidates], sigma_new(alpha))
+            room = None if max_filters is None else max(0, max_filters - n_filters)
+            try:
+                new_labels, seeds = creation_pass(patches[candidates], sigma_new(alpha), max_new=room)
+            except FilterCapError as exc:
+                raise FilterCapError(n_filters + exc.filters, max_filters) from None
             created = seeds.size
-            if max_filters is not None and n_filters + created > max_filters:
-                raise FilterCapError(n_filters + created, max_filters)
             labels[candidates] = n_filters + new_labels
     new_mu, rms, counts = m_step(patches, labels, n_filters + created)
     keep = counts > 0

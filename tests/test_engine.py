@@ -1,0 +1,217 @@
+"""Every engine kernel against the slow references in tests/reference.py."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nsn_cli.engine.em import creation_pass, em_step, fit_layer, m_step, sigma_new
+from nsn_cli.engine.generate import decode_patches, normal_draws, uniform_draws
+from nsn_cli.engine.geometry import check_reaches_one, map_sizes, parse_arch
+from nsn_cli.engine.patches import extract_patches, stitch_patches
+from nsn_cli.engine.similarity import activate, best_filter, similarity
+from nsn_cli.errors import NsnError
+
+from . import reference as ref
+
+
+@pytest.mark.parametrize("shape, patch, stride", [((2, 7, 9, 3), 3, 2), ((1, 4, 4, 1), 4, 1), ((3, 6, 6, 2), 2, 2)])
+def test_extract_patches(rng, shape, patch, stride):
+    maps = rng.random(shape, dtype=np.float32)
+    assert np.array_equal(extract_patches(maps, patch, stride), ref.patches(maps, patch, stride))
+
+
+def test_extract_selected_patches(rng):
+    maps = rng.random((3, 8, 8, 2), dtype=np.float32)
+    full = extract_patches(maps, 4, 2)  # 3x3 positions per image
+    image, position = np.array([2, 0, 1]), np.array([8, 4, 0])
+    assert np.array_equal(extract_patches(maps, 4, 2, image, position), full[image * 9 + position])
+
+
+@pytest.mark.parametrize("patch, stride, h, w, c", [(4, 2, 3, 4, 2), (3, 1, 2, 2, 1), (6, 6, 1, 1, 3)])
+def test_stitch_averages_overlaps(rng, patch, stride, h, w, c):
+    grid = rng.random((2, h, w, patch * patch * c), dtype=np.float32)
+    assert np.allclose(stitch_patches(grid, patch, stride, c), ref.stitch(grid, patch, stride, c), atol=1e-6)
+
+
+def test_stitch_inverts_extract(rng):
+    maps = rng.random((2, 13, 13, 3), dtype=np.float32)
+    patches = extract_patches(maps, 3, 2).reshape(2, 6, 6, -1)
+    assert np.allclose(stitch_patches(patches, 3, 2, 3), maps, atol=1e-6)
+
+
+def test_similarity_and_best_filter(rng):
+    x = rng.random((50, 12), dtype=np.float32)
+    mu = rng.random((7, 12), dtype=np.float32)
+    sigma = rng.uniform(0.2, 2.0, size=7)
+    expected = ref.sim_matrix(x, mu, sigma)
+    assert np.allclose(similarity(x, mu, sigma), expected, rtol=1e-4, atol=1e-4)
+    labels, best = best_filter(x, mu, sigma)
+    assert np.array_equal(labels, expected.argmax(axis=1))
+    assert np.allclose(best, expected.max(axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_similarity_edge_cases():
+    # a constant patch equal to its one filter: distance 0, Sim = -log(sqrt(2 pi) sigma)
+    x = np.full((3, 16), 0.25, np.float32)
+    labels, best = best_filter(x, x[:1], np.array([0.5]))
+    assert labels.tolist() == [0, 0, 0]
+    assert np.allclose(best, -math.log(math.sqrt(2 * math.pi) * 0.5))
+
+
+def test_activations(rng):
+    sims = rng.normal(size=(20, 9)).astype(np.float32) * 5
+    assert np.allclose(activate(sims, "sigmoid"), 1 / (1 + np.exp(-sims.astype(np.float64))), atol=1e-6)
+    rel = activate(sims, "relative")
+    assert np.allclose(rel, np.exp(sims - sims.max(axis=1, keepdims=True)), atol=1e-6)
+    assert np.allclose(rel.max(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("block", [3, 16, 2048])
+def test_creation_pass_matches_sequential(rng, block):
+    cand = rng.random((300, 5), dtype=np.float32)
+    labels, seeds = creation_pass(cand, radius=0.45, block=block)
+    ref_labels, ref_seeds = ref.sequential_creation(cand, 0.45)
+    assert np.array_equal(seeds, ref_seeds)
+    assert np.array_equal(labels, ref_labels)
+
+
+def test_batched_e_step_matches_fully_sequential_rule(rng):
+    x = rng.random((400, 4), dtype=np.float32)
+    mu = x[:3].copy()
+    sigma = np.array([0.3, 0.2, 0.25])
+    alpha = -0.2
+    labels, best = best_filter(x, mu, sigma)
+    order = np.flatnonzero(best < alpha)[rng.permutation(np.count_nonzero(best < alpha))]
+    new_labels, seeds = creation_pass(x[order], sigma_new(alpha))
+    labels[order] = 3 + new_labels
+    ref_labels, ref_new = ref.sequential_e_step(x, mu, sigma, alpha, order, sigma_new(alpha))
+    assert [order[s] for s in seeds] == ref_new
+    assert np.array_equal(labels, ref_labels)
+
+
+def test_sigma_new_is_the_alpha_radius():
+    alpha = -2.0
+    s = sigma_new(alpha)
+    mu = np.zeros(5)
+    edge = np.zeros(5)
+    edge[0] = s
+    assert ref.sim(edge, mu, s) == pytest.approx(alpha)
+
+
+def test_m_step(rng):
+    x = rng.random((200, 6), dtype=np.float32)
+    labels = rng.integers(0, 5, size=200)
+    labels[labels == 3] = 4  # filter 3 left empty
+    mu, rms, counts = m_step(x, labels, 5)
+    ref_mu, ref_rms, ref_counts = ref.m_step(x, labels, 5)
+    assert np.array_equal(counts, ref_counts)
+    assert np.allclose(mu, ref_mu, atol=1e-6) and np.allclose(rms, ref_rms, atol=1e-6)
+
+
+def _total_sim(x, mu, sigma, labels):
+    d2 = ((np.float64(x) - np.float64(mu[labels])) ** 2).sum(axis=1)
+    return float(np.sum(-np.log(math.sqrt(2 * math.pi) * sigma[labels]) - d2 / (2 * sigma[labels] ** 2)))
+
+
+def test_em_step_without_creation_never_lowers_total_sim(rng):
+    centres = rng.random((4, 8)) * 3
+    x = (centres[rng.integers(0, 4, 600)] + rng.normal(size=(600, 8)) * 0.3).astype(np.float32)
+    mu = x[:6].copy()
+    sigma = np.full(6, 1.0)
+    labels, _ = best_filter(x, mu, sigma)
+    previous = _total_sim(x, mu, sigma, labels)
+    for _ in range(6):
+        mu, sigma, counts, labels, stats = em_step(x, mu, sigma, alpha=-np.inf, sigma_floor=1e-6,
+                                                   rng=rng, previous_labels=labels)
+        assert stats.created == 0
+        now = _total_sim(x, mu, sigma, labels)
+        assert now >= previous - 1e-6 * abs(previous)
+        labels, _ = best_filter(x, mu, sigma)
+        after_e = _total_sim(x, mu, sigma, labels)
+        assert after_e >= now - 1e-6 * abs(now)
+        previous = after_e
+
+
+def test_em_step_drops_empty_and_floors_sigma(rng):
+    x = np.repeat(rng.random((3, 4), dtype=np.float32), 10, axis=0)  # 3 exact clusters
+    mu = np.concatenate([x[[0, 10, 20]], np.full((1, 4), 50.0, np.float32)])  # 4th filter far away
+    mu2, sigma2, counts, labels, stats = em_step(x, mu, np.ones(4), alpha=-np.inf, sigma_floor=0.01,
+                                                 rng=rng)
+    assert stats.dropped == 1 and mu2.shape[0] == 3
+    assert counts.tolist() == [10, 10, 10]
+    assert np.allclose(sigma2, 0.01)
+
+
+def test_fit_layer_is_reproducible_and_creates_filters(rng):
+    x = (rng.random((3000, 6)) ** 3).astype(np.float32)
+    a = fit_layer(x, -0.5, iterations=5, seed=7, max_filters=500)
+    b = fit_layer(x, -0.5, iterations=5, seed=7, max_filters=500)
+    assert a.mu.shape[0] > 3
+    assert np.array_equal(a.mu, b.mu) and np.array_equal(a.sigma, b.sigma)
+    assert sum(a.counts) == 3000
+
+
+def test_fit_layer_one_filter_when_radius_is_huge(rng):
+    x = rng.random((100, 3), dtype=np.float32)
+    fit = fit_layer(x, -10.0, iterations=3, seed=0, max_filters=10)
+    assert fit.mu.shape[0] == 1
+    assert np.allclose(fit.mu[0], x.mean(axis=0), atol=1e-6)
+
+
+def test_geometry():
+    arch = parse_arch("mnist")
+    assert map_sizes(arch, 28, 28) == [(28, 28), (13, 13), (6, 6), (1, 1)]
+    assert map_sizes(parse_arch("lfw64"), 64, 64)[-1] == (1, 1)
+    with pytest.raises(NsnError, match="reaches 1x1 from sizes 28 to 35"):
+        check_reaches_one(arch, 40, 40)
+    with pytest.raises(NsnError, match="not a layer"):
+        parse_arch("4x4-2")
+
+
+def test_decode_patches_matches_reference(rng):
+    maps = rng.random((3, 2, 2, 5), dtype=np.float32)
+    mu = rng.random((5, 4), dtype=np.float32)
+    sigma = rng.uniform(0.1, 0.5, size=5)
+    ours = decode_patches(maps, mu, sigma, delta1=3.0, delta2=0.4, delta3=1.5, draws=3, seed=11,
+                          first_sample=4, stream=2)
+    expected = ref.decode_step(maps, mu, sigma, 3.0, 0.4, 1.5, 3, 11, 4, 2)
+    assert np.allclose(ours, expected, atol=1e-5)
+
+
+def test_one_draw_noise_matches_literal_sampler_in_mean_and_variance(rng):
+    # literal Eq. 5: delta3 * sum_j w_j (mu_j + delta2 sigma_j M_j) with independent M_j
+    k, d, n = 4, 3, 40000
+    mu = rng.random((k, d), dtype=np.float32)
+    sigma = np.array([0.2, 0.5, 0.3, 0.4])
+    maps = np.tile(np.array([0.5, 0.2, 0.9, 0.1], np.float32), (n, 1, 1, 1))
+    ours = decode_patches(maps, mu, sigma, delta1=4.0, delta2=1.0, delta3=1.0, draws=2, seed=1,
+                          first_sample=0, stream=0).reshape(n, d)
+    p = np.exp(4.0 * maps[0, 0, 0] - 4.0 * maps[0, 0, 0].max())
+    p /= p.sum()
+    counts = rng.multinomial(2, p, size=n) / 2.0
+    literal = counts @ mu + np.einsum("nk,nkd->nd", counts * sigma, rng.normal(size=(n, k, d)))
+    # means within 4 standard errors, variances within 4%
+    se = np.sqrt(literal.var(axis=0) / n) * np.sqrt(2)
+    assert np.all(np.abs(ours.mean(axis=0) - literal.mean(axis=0)) < 4 * se)
+    assert np.allclose(ours.var(axis=0), literal.var(axis=0), rtol=0.04)
+
+
+def test_random_streams_do_not_depend_on_batching():
+    whole = normal_draws(5, 0, 10, 3, stream=1)
+    parts = np.concatenate([normal_draws(5, 0, 4, 3, stream=1), normal_draws(5, 4, 6, 3, stream=1)])
+    assert np.array_equal(whole, parts)
+    u = uniform_draws(5, 0, 20000, 1, stream=2)
+    assert 0.49 < u.mean() < 0.51 and u.min() >= 0 and u.max() < 1
+    z = normal_draws(9, 0, 20000, 1, stream=3)
+    assert abs(z.mean()) < 0.03 and abs(z.std() - 1) < 0.03
+
+
+def test_no_hard_coded_fastmath():
+    engine = Path(__file__).resolve().parents[1] / "nsn_cli"
+    offenders = [p.name for p in engine.rglob("*.py") if p.name != "config.py" and re.search(r"fastmath\s*=", p.read_text())]
+    assert offenders == []

@@ -1,0 +1,111 @@
+"""nsn train: checkpoints, resume, reproducibility, filter targets and bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from nsn_cli.model import NSNModel
+from nsn_cli.prep import prep
+from nsn_cli.train import TrainOptions, train
+
+from .conftest import MNIST_IMAGES
+
+
+def _same_model(a: NSNModel, b: NSNModel) -> bool:
+    return len(a.layers) == len(b.layers) and all(
+        np.array_equal(x.mu, y.mu) and np.array_equal(x.sigma, y.sigma) and np.array_equal(x.counts, y.counts)
+        for x, y in zip(a.layers, b.layers)
+    )
+
+
+def test_same_seed_same_bits_and_checkpoint_contents(tmp_path, mnist_small, tiny_model):
+    path, model = tiny_model
+    again = train(mnist_small, tmp_path / "again.h5", TrainOptions(iterations=4, seed=3))
+    assert _same_model(model, again)
+    other = train(mnist_small, tmp_path / "other.h5", TrainOptions(iterations=4, seed=4))
+    assert not _same_model(model, other)
+    loaded = NSNModel.load(path)
+    assert _same_model(model, loaded)
+    assert [layer.mu.shape[1:] for layer in loaded.layers] == [
+        (4, 4, 1), (3, 3, loaded.layers[0].filters), (6, 6, loaded.layers[1].filters)]
+    for layer in loaded.layers:
+        assert layer.counts.sum() > 0 and np.all(layer.sigma > 0)
+        assert len(layer.history) >= 1 and set(layer.history[0]) >= {"filters", "created", "changed", "mean_sim"}
+    with h5py.File(path) as handle:
+        assert handle.attrs["encoding-type"] == "nsn-model"
+        assert handle.attrs["layers-complete"] == 3
+
+
+def test_max_patches_subsample(tmp_path, mnist_small):
+    model = train(mnist_small, tmp_path / "m.h5", TrainOptions(iterations=2, max_patches=5000, seed=1))
+    assert model.layers[0].patches == 5000 and model.layers[2].patches == 600
+
+
+def test_bad_train_inputs(cli, tmp_path, mnist_small):
+    out = tmp_path / "m.h5"
+    cases = [
+        (["--alpha", "-2,-2"], "2 values for an architecture of 3 layers"),
+        (["--filters", "10,10"], "2 values for an architecture of 3 layers"),
+        (["--alpha", "-2,-2,-2", "--filters", "1,2,3"], "not both"),
+        (["--arch", "4x4/2,3x3/2"], "reaches 1x1 from sizes"),
+        (["--alpha", "0,-2,-2", "--max-filters", "20"], "layer 1 grew to"),
+        (["--iterations", "0"], "--iterations must be at least 1"),
+        (["--activation", "tanh"], "--activation must be one of"),
+    ]
+    for extra, message in cases:
+        code, _, err = cli("train", mnist_small, "-o", out, "-q", *extra)
+        assert code == 2 and message in err, (extra, err)
+    code, _, err = cli("train", MNIST_IMAGES, "-o", out, "-q")
+    assert code == 2 and "not an HDF5 file" in err
+    out.write_text("precious")
+    code, _, err = cli("train", mnist_small, "-o", out, "-q")
+    assert code == 2 and "use --force" in err and out.read_text() == "precious"
+
+
+def test_resume_refuses_other_data_or_options(cli, tmp_path, mnist_small, tiny_model):
+    path, _ = tiny_model
+    code, _, err = cli("train", mnist_small, "-o", path, "--resume", "--iterations", "5", "--seed", "3", "-q")
+    assert code == 2 and "other options (iterations)" in err
+    other = tmp_path / "other.h5"
+    prep([MNIST_IMAGES], other, limit=300)
+    code, _, err = cli("train", other, "-o", path, "--resume", "--iterations", "4", "--seed", "3", "-q")
+    assert code == 2 and "trained on other data" in err
+
+
+@pytest.mark.slow
+def test_kill_after_first_layer_then_resume_equals_uninterrupted(tmp_path, mnist_small):
+    out = tmp_path / "killed.h5"
+    cmd = [sys.executable, "-m", "nsn_cli", "train", str(mnist_small), "-o", str(out), "--iterations", "4",
+           "--seed", "5", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists():
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = NSNModel.load(out)  # the checkpoint is intact after kill -9
+    assert 1 <= len(partial.layers) <= 3
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = train(mnist_small, tmp_path / "straight.h5", TrainOptions(iterations=4, seed=5))
+    assert _same_model(NSNModel.load(out), straight)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+@pytest.mark.slow
+def test_filter_targets_on_bundled_digits(tmp_path):
+    data = tmp_path / "mnist.h5"
+    prep([MNIST_IMAGES], data)
+    model = train(data, tmp_path / "m.h5", TrainOptions(targets=[96, 130, 131]))
+    for layer, target in zip(model.layers, [96, 130, 131]):
+        assert abs(layer.filters - target) <= 0.1 * target
