@@ -66,6 +66,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temp = Path(temp_name)
     try:
         yield temp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
         os.replace(temp, path)
     finally:
         if temp.exists():

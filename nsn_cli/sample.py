@@ -42,6 +42,11 @@ def pick_by_counts(counts: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     return np.minimum(np.searchsorted(cdf / cdf[-1], uniforms, side="right"), counts.size - 1)
 
 
+def default_prior(model: NSNModel, layer: int) -> str:
+    """``mix`` where it applies (best FID and recall of the priors measured), else ``counts``."""
+    return "mix" if model.top is not None and model.complete and layer == len(model.arch) else "counts"
+
+
 def top_vectors(model: NSNModel, layer: int, prior: str, seed: int, first: int, count: int) -> np.ndarray:
     """Top maps ``F[layer]`` (count, 1, 1, N_layer) for the ``normal`` and ``counts`` priors."""
     width = model.layers[layer - 1].filters
@@ -59,7 +64,7 @@ def generate(
     n: int,
     *,
     layer: int | None = None,
-    prior: str = "counts",
+    prior: str | None = None,
     params: DecodeParams | None = None,
     seed: int = 0,
     batch: int = BATCH,
@@ -68,9 +73,13 @@ def generate(
     """``n`` samples (n, H, W, C) in [0, 1] generated from ``layer`` (default: the top).
 
     From a hidden layer ``k`` the result is a patch of that layer's receptive field.
+    ``prior=None`` picks the measured best: ``mix`` for the top layer of a model with top
+    statistics (bench/bench_quality.py), else ``counts``.
     """
     params = (params or DecodeParams()).validate()
     layer = len(model.layers) if layer is None else layer
+    if prior is None:
+        prior = default_prior(model, layer)
     model.check_layer(layer)
     if n < 1:
         raise NsnError(f"-n must be at least 1, got {n}")
@@ -195,9 +204,9 @@ def write_images(images: np.ndarray, output: str | os.PathLike, *, columns: int 
 
     from nsn_cli.files import atomic_path, check_output_path
 
+    text = os.fspath(output)
     output = Path(output)
-    text = str(output)
-    if text.endswith(os.sep) or output.is_dir():
+    if text.endswith(("/", os.sep)) or output.is_dir():
         output.mkdir(parents=True, exist_ok=True)
         width = len(str(len(images) - 1))
         for i, image in enumerate(images):

@@ -19,6 +19,7 @@ from nsn_cli.engine.similarity import ACTIVATIONS
 from nsn_cli.errors import NsnError
 from nsn_cli.files import check_output_path, fingerprint, load_images
 from nsn_cli.model import Layer, NSNModel
+from nsn_cli.top import compute_top_stats
 
 #: alphas checked on MNIST-4k (SPEC.md), used when neither --alpha nor --filters is given.
 DEFAULT_ALPHAS = {
@@ -176,6 +177,11 @@ def train(
                 reporter.layer_start(index, len(arch), 0, 0, True)
             if index < len(arch):
                 maps = model.encode_layer(maps, index)
+        if model.top is None:
+            # maps is now F[L-1] of every training image: the top density's data
+            top_layer = model.layers[-1]
+            model.top = compute_top_stats(maps, top_layer.flat_mu, top_layer.sigma, options.seed)
+            model.save(output)
     finally:
         numba.set_num_threads(previous_threads)
     return model

@@ -24,8 +24,8 @@ def sample_cli(
     model_path: Optional[Path] = typer.Option(None, "-m", "--model", help="Model file (default $NSN_MODEL or model.h5)."),
     n: int = typer.Option(64, "-n", help="Number of samples."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Start from layer k (1..L, default L): patches of its receptive field."),
-    output: Path = typer.Option(Path("samples.png"), "-o", "--output", help=".png grid, .npz/.npy/.h5 arrays, or a folder/ of PNGs."),
-    prior: str = typer.Option("counts", "--prior", help="Top vector: normal (paper), counts, mix or pca (need top statistics)."),
+    output: str = typer.Option("samples.png", "-o", "--output", help=".png grid, .npz/.npy/.h5 arrays, or a folder/ of PNGs."),
+    prior: Optional[str] = typer.Option(None, "--prior", help="normal (paper), counts, mix or pca. Default: mix where the model has top statistics, else counts."),
     delta1: float = typer.Option(100.0, "--delta1", help="Sharpness of softmax(delta1 * v).", rich_help_panel=_GEN),
     delta2: float = typer.Option(0.0, "--delta2", help="Filter noise scale (Eq. 5).", rich_help_panel=_GEN),
     delta3: float = typer.Option(1.0, "--delta3", help="Contrast of generated patches.", rich_help_panel=_GEN),
@@ -71,3 +71,100 @@ def sample_cli(
     written = write_images(images, output, columns=columns, force=force)
     h, w, c = images.shape[1:]
     console.print(f"wrote {written.count} samples ({h}x{w}x{c}) to {written.path} ({written.kind})", highlight=False)
+
+
+def _image_paths(inputs: List[Path]) -> list[Path]:
+    from nsn_cli.readers import IMAGE_EXTENSIONS
+
+    paths: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise NsnError(f"{item}: no images in the folder")
+            paths.extend(found)
+        elif not item.exists():
+            raise NsnError(f"{item}: no such file or folder")
+        else:
+            paths.append(item)
+    return paths
+
+
+def _save_png(image, path: Path, force: bool) -> None:
+    from nsn_cli.sample import write_images
+
+    write_images(image[None], path, columns=1, force=force)
+
+
+@app.command("style")
+def style_cli(
+    image: Path = typer.Argument(..., help="Content image (any size for models without ZCA)."),
+    model_path: Optional[Path] = typer.Option(None, "-m", "--model", help="Model file (default $NSN_MODEL or model.h5)."),
+    output: Path = typer.Option(Path("styled.png"), "-o", "--output", help="Output: .png strip (original + variants), .npz, or folder/."),
+    layer: int = typer.Option(1, "--layer", help="Encode up to this layer, then decode back down."),
+    variants: int = typer.Option(4, "--variants", help="How many styled versions."),
+    delta1: float = typer.Option(100.0, "--delta1", rich_help_panel=_GEN),
+    delta2: float = typer.Option(0.0, "--delta2", rich_help_panel=_GEN),
+    delta3: float = typer.Option(1.0, "--delta3", rich_help_panel=_GEN),
+    draws: int = typer.Option(1, "--draws", rich_help_panel=_GEN),
+    noise_layers: str = typer.Option("all", "--noise-layers", rich_help_panel=_GEN),
+    noise_scale: str = typer.Option("rms", "--noise-scale", rich_help_panel=_GEN),
+    seed: int = typer.Option(0, "--seed"),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+) -> None:
+    """Restyle an image: encode to a layer, decode with NSN-Gen (paper section 4.3)."""
+    import numpy as np
+
+    from nsn_cli.restore import load_for_model, style
+    from nsn_cli.sample import write_images
+
+    params = _params(delta1, delta2, delta3, draws, noise_layers, noise_scale)
+    model = load_model(default_model_path(str(model_path) if model_path else None))
+    model.check_layer(layer)
+    prepared = load_for_model(image, model, layer)
+    for note in prepared.notes:
+        console_err.print(f"[yellow]note:[/] {note}", highlight=False)
+    styled = style(model, prepared.image, layer=layer, variants=variants, params=params, seed=seed)
+    written = write_images(np.concatenate([prepared.image[None], styled]), output, columns=variants + 1, force=force)
+    console.print(f"wrote the original and {variants} styled version(s) to {written.path}", highlight=False)
+
+
+@app.command("inpaint")
+def inpaint_cli(
+    images: List[Path] = typer.Argument(..., help="Images, or folders of images, to fill."),
+    mask: Path = typer.Option(..., "--mask", help="Mask image (white = hole, black = keep), or a folder with one mask per image (sorted order)."),
+    model_path: Optional[Path] = typer.Option(None, "-m", "--model", help="Model file (default $NSN_MODEL or model.h5)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="One image: a .png (default inpainted.png); several: a folder (default inpainted/)."),
+    draws: int = typer.Option(8, "--draws", help="Decodings averaged per image (8 helped on digits)."),
+    rounds: int = typer.Option(1, "--rounds", help="Re-encode the filled image and fill again this many times."),
+    delta1: float = typer.Option(100.0, "--delta1", rich_help_panel=_GEN),
+    delta2: float = typer.Option(0.0, "--delta2", rich_help_panel=_GEN),
+    delta3: float = typer.Option(1.0, "--delta3", rich_help_panel=_GEN),
+    seed: int = typer.Option(0, "--seed"),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+) -> None:
+    """Fill the white part of a mask in each image, conditioning NSN-Gen at every layer."""
+    from nsn_cli.restore import inpaint, load_for_model, load_mask
+
+    params = _params(delta1, delta2, delta3, 1, "all", "rms")
+    model = load_model(default_model_path(str(model_path) if model_path else None))
+    paths = _image_paths(images)
+    masks = _image_paths([mask]) if mask.is_dir() else [mask] * len(paths)
+    if not mask.exists():
+        raise NsnError(f"{mask}: no such mask file or folder")
+    if len(masks) != len(paths):
+        raise NsnError(f"{mask}: {len(masks)} masks for {len(paths)} images (give one mask, or one per image)")
+    single = len(paths) == 1
+    target = output or (Path("inpainted.png") if single else Path("inpainted"))
+    if not single:
+        target.mkdir(parents=True, exist_ok=True)
+    for path, mask_path in zip(paths, masks):
+        prepared = load_for_model(path, model, len(model.layers))
+        hole, notes = load_mask(mask_path, prepared.original_shape)
+        hole = prepared.crop_like(hole)
+        for note in prepared.notes + notes:
+            console_err.print(f"[yellow]note:[/] {note}", highlight=False)
+        filled = inpaint(model, prepared.image, hole, draws=draws, rounds=rounds, params=params, seed=seed)
+        out = target if single else target / f"{path.stem}.png"
+        _save_png(filled, out, force)
+        console.print(f"wrote {out}", highlight=False)

@@ -1,0 +1,146 @@
+"""``nsn style`` and ``nsn inpaint``: encode an image with the engine, decode it with NSN-Gen.
+
+- style: encode up to layer ``k``, decode back down (paper section 4.3, "fractal style").
+- inpaint (mask white = hole): encode the occluded image to the top; decode top-down and, at
+  every layer, keep the encoded vectors where the hole does not reach and take the generated
+  ones where it does; paste the known pixels back. ``draws`` decodings are averaged and
+  ``rounds`` re-encode the filled image and fill again (SPEC "Style, inpaint").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nsn_cli.engine.geometry import exact_input_size
+from nsn_cli.engine.patches import extract_patches
+from nsn_cli.errors import NsnError
+from nsn_cli.model import DecodeParams, NSNModel
+from nsn_cli.prep import to_channels
+from nsn_cli.readers import load_image
+
+
+@dataclass
+class Prepared:
+    """An input image brought to the model: ``image`` (H, W, C) in [0, 1], with notes."""
+
+    image: np.ndarray
+    notes: list[str] = field(default_factory=list)
+    original_shape: tuple[int, int] = (0, 0)
+    offset: tuple[int, int] = (0, 0)
+
+    def crop_like(self, array: np.ndarray) -> np.ndarray:
+        """Crop an array of the original image's size the way the image was cropped."""
+        top, left = self.offset
+        return array[top : top + self.image.shape[0], left : left + self.image.shape[1]]
+
+
+def reachable_size(model: NSNModel, size: int, layer: int) -> int:
+    """The largest input size <= ``size`` that layers 1..``layer`` tile exactly."""
+    layers = model.arch[:layer]
+    best, top = 0, 1
+    while True:
+        candidate = top
+        for shape in reversed(layers):
+            candidate = shape.in_size(candidate)
+        if candidate > size:
+            return best
+        best, top = candidate, top + 1
+
+
+def load_for_model(path: str | os.PathLike, model: NSNModel, layer: int) -> Prepared:
+    """Read an image, match the model's channels, and crop it to a size the geometry reaches."""
+    notes = []
+    image = load_image(path)
+    channels = model.image_shape[2]
+    if image.shape[-1] != channels:
+        notes.append(f"{path}: converted {'RGB to gray' if channels == 1 else 'gray to RGB'} for a "
+                     f"{'gray' if channels == 1 else 'RGB'} model")
+        image = to_channels(image, channels)
+    image = image.astype(np.float32) / 255.0
+    h, w = image.shape[:2]
+    if model.zca is not None:
+        if (h, w) != model.image_shape[:2]:
+            raise NsnError(
+                f"{path}: {h}x{w}, but this ZCA-whitened model needs {model.image_shape[0]}x{model.image_shape[1]} inputs"
+            )
+        return Prepared(image, notes, (h, w))
+    th, tw = reachable_size(model, h, layer), reachable_size(model, w, layer)
+    if th == 0 or tw == 0:
+        need = exact_input_size(model.arch[:layer])
+        raise NsnError(f"{path}: {h}x{w} is smaller than layer {layer}'s receptive field ({need}x{need})")
+    prepared = Prepared(image, notes, (h, w), ((h - th) // 2, (w - tw) // 2))
+    if (th, tw) != (h, w):
+        notes.append(f"{path}: cropped {h}x{w} to {th}x{tw}, the nearest size layers 1..{layer} tile exactly")
+        prepared.image = image[prepared.offset[0] : prepared.offset[0] + th, prepared.offset[1] : prepared.offset[1] + tw]
+    return prepared
+
+
+def style(model: NSNModel, image: np.ndarray, *, layer: int = 1, variants: int = 4,
+          params: DecodeParams | None = None, seed: int = 0) -> np.ndarray:
+    """``variants`` restyled versions (variants, H, W, C) of one image (H, W, C) in [0, 1]."""
+    params = (params or DecodeParams()).validate()
+    model.check_layer(layer)
+    if variants < 1:
+        raise NsnError(f"--variants must be at least 1, got {variants}")
+    encoded = model.encode(image[None], upto=layer)[layer]
+    maps = np.repeat(encoded, variants, axis=0)
+    return model.finish_images(model.decode(maps, layer, params, seed=seed))
+
+
+def load_mask(path: str | os.PathLike, shape: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+    """A hole mask (H, W) bool from an image: white (> 50%) = hole.
+
+    Masks that are not purely black and white are thresholded at 50% (noted, not refused:
+    anti-aliased masks drawn in an editor are common)."""
+    raw = load_image(path).astype(np.float32).mean(axis=-1) / 255.0
+    notes = []
+    if raw.shape != shape:
+        raise NsnError(f"{path}: mask is {raw.shape[0]}x{raw.shape[1]}, the image is {shape[0]}x{shape[1]}")
+    grey = np.count_nonzero((raw > 0.02) & (raw < 0.98))
+    if grey:
+        notes.append(f"{path}: {grey} grey mask pixels thresholded at 50% (white = hole)")
+    hole = raw > 0.5
+    if not hole.any():
+        notes.append(f"{path}: the mask has no hole (no white pixel); the image is returned unchanged")
+    return hole, notes
+
+
+def hole_maps(model: NSNModel, hole: np.ndarray) -> list[np.ndarray]:
+    """For F[0]..F[L]: (h, w) bool, True where a position's receptive field touches the hole."""
+    levels = [hole]
+    for shape in model.arch[: len(model.layers)]:
+        current = levels[-1].astype(np.float32)[None, :, :, None]
+        patches = extract_patches(current, shape.patch, shape.stride)
+        h = shape.out_size(current.shape[1])
+        w = shape.out_size(current.shape[2])
+        levels.append(patches.max(axis=1).reshape(h, w) > 0)
+    return levels
+
+
+def inpaint(model: NSNModel, image: np.ndarray, hole: np.ndarray, *, draws: int = 8, rounds: int = 1,
+            params: DecodeParams | None = None, seed: int = 0) -> np.ndarray:
+    """Fill ``hole`` (H, W) bool of ``image`` (H, W, C) in [0, 1]; known pixels are kept exactly."""
+    params = (params or DecodeParams()).validate()
+    if draws < 1 or rounds < 1:
+        raise NsnError(f"--draws and --rounds must be at least 1, got {draws} and {rounds}")
+    if not model.layers:
+        raise NsnError("the model has no trained layer")
+    levels = hole_maps(model, hole)
+    top = len(model.layers)
+    known = ~hole[..., None]
+    current = image.copy()
+    current[hole] = 0.0  # the occluded pixels carry no information
+    for round_index in range(rounds):
+        encoded = model.encode(current[None], upto=top)
+        maps = np.repeat(encoded[top], draws, axis=0)
+        for layer in range(top, 0, -1):
+            below = model.decode_layer(maps, layer, params, seed=seed, first_sample=0,
+                                       stream=(round_index * 64 + layer) * 2)
+            keep = ~levels[layer - 1][None, :, :, None]
+            maps = np.where(keep, encoded[layer - 1], below) if layer > 1 else below
+        filled = model.finish_images(maps).mean(axis=0)
+        current = np.where(known, image, filled)
+    return current.astype(np.float32)

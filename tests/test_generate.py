@@ -1,0 +1,195 @@
+"""NSN-Gen through the model: sampling, controls, top priors, style and inpaint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nsn_cli.errors import NsnError
+from nsn_cli.files import load_images
+from nsn_cli.model import DecodeParams, NSNModel
+from nsn_cli.restore import hole_maps, inpaint, style
+from nsn_cli.sample import arithmetic, generate, interpolate, one_filter
+from nsn_cli.top import compute_top_stats, sample_top_maps
+
+
+def test_same_seed_same_images_across_batch_sizes(tiny_model):
+    _, model = tiny_model
+    params = DecodeParams(delta1=20, delta2=0.02, draws=2)
+    for prior in ("normal", "counts", "mix", "pca"):
+        a = generate(model, 10, prior=prior, params=params, seed=4, batch=10)
+        b = generate(model, 10, prior=prior, params=params, seed=4, batch=3)
+        assert np.array_equal(a, b), prior
+        assert a.shape == (10, 28, 28, 1) and a.min() >= 0 and a.max() <= 1
+        assert not np.array_equal(a, generate(model, 10, prior=prior, params=params, seed=5))
+
+
+def test_hidden_layer_samples_have_receptive_field_size(tiny_model):
+    _, model = tiny_model
+    assert generate(model, 3, layer=1, prior="normal").shape == (3, 4, 4, 1)
+    assert generate(model, 3, layer=2, prior="counts").shape == (3, 8, 8, 1)
+
+
+def test_one_hot_decodes_deterministically_and_to_filter_means(tiny_model):
+    _, model = tiny_model
+    # a delta1 this large makes every softmax an argmax: no randomness is left
+    params = DecodeParams(delta1=1e6, delta2=0, draws=1)
+    a = one_filter(model, 2, 3, params, seed=0)
+    b = one_filter(model, 2, 3, params, seed=9)
+    assert np.array_equal(a, b) and np.array_equal(a[0], a[1])
+    # from layer 1 a one-hot decodes to exactly that filter's mean patch
+    vec = np.zeros((1, 1, 1, model.layers[0].filters), np.float32)
+    vec[..., 5] = 1.0
+    patch = model.decode(vec, 1, params, seed=0)
+    assert np.allclose(patch[0], model.layers[0].mu[5], atol=1e-6)
+
+
+def test_interpolation_endpoints_are_the_filters(tiny_model):
+    _, model = tiny_model
+    params = DecodeParams()
+    strip = interpolate(model, 1, 4, 5, params, seed=0)
+    assert strip.shape == (5, 28, 28, 1)
+    assert np.array_equal(strip[0], one_filter(model, 1, 1, params, 0)[0])
+    assert np.array_equal(strip[-1], one_filter(model, 4, 1, params, 0)[0])
+
+
+def test_arithmetic_rows(tiny_model):
+    _, model = tiny_model
+    out = arithmetic(model, "0+1-2", 2, DecodeParams(), seed=0)
+    assert out.shape == (8, 28, 28, 1)
+    with pytest.raises(NsnError, match="must look like"):
+        arithmetic(model, "0+x", 2, DecodeParams(), seed=0)
+
+
+def test_top_stats_match_numpy(rng):
+    below = rng.random((40, 2, 2, 3)).astype(np.float32)
+    mu = below[:3].reshape(3, -1)
+    sigma = np.array([0.5, 0.5, 0.5])
+    stats = compute_top_stats(below, mu, sigma, seed=0)
+    flat = below.reshape(40, -1).astype(np.float64)
+    d2 = ((flat[:, None, :] - mu[None]) ** 2).sum(-1)
+    labels = d2.argmin(axis=1)
+    for j in range(3):
+        members = flat[labels == j]
+        assert stats["image_counts"][j] == len(members)
+        assert np.allclose(stats["mean"][j], members.mean(axis=0), atol=1e-5)
+        eig = np.sort(np.linalg.eigvalsh(np.cov(members, rowvar=False, bias=True)))[::-1][:10]
+        assert np.allclose(stats["variances"][j][: len(eig)], eig[: stats["variances"].shape[1]], atol=1e-5)
+
+
+def test_pca_samples_have_stored_mean_and_variance(rng):
+    from types import SimpleNamespace
+
+    from nsn_cli.top import COMPONENTS
+
+    d = 12
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    components = np.zeros((1, COMPONENTS, d), np.float32)
+    components[0] = q[:COMPONENTS]
+    variances = np.linspace(0.004, 0.0004, COMPONENTS, dtype=np.float32)[None]
+    mean = np.full((1, d), 0.5, np.float32)  # far from the clip at 0 and 1
+    top = {"mean": mean, "components": components, "variances": variances, "image_counts": np.array([5])}
+    fake = SimpleNamespace(top=top, layers=[None, None], map_shape=lambda level: (1, 1, d))
+    n = 40000
+    maps = sample_top_maps(fake, "pca", seed=0, first=0, count=n).reshape(n, d)
+    proj = (maps - mean[0]) @ components[0].T
+    se = np.sqrt(variances[0] / n)
+    assert np.all(np.abs(proj.mean(axis=0)) < 4 * se)  # mean along each component
+    assert np.allclose(proj.var(axis=0), variances[0], rtol=0.05)  # variance along each component
+
+
+def test_mix_samples_lie_in_the_members_hull(tiny_model):
+    _, model = tiny_model
+    maps = sample_top_maps(model, "mix", seed=1, first=0, count=500).reshape(500, -1)
+    members = model.top["members"].astype(np.float32)
+    # every sample lies between the per-element min and max of its filter's members
+    from nsn_cli.engine.generate import uniform_draws
+    from nsn_cli.top import PRIOR_STREAM, _pick_filters
+
+    counts = np.bincount(model.top["member_filter"], minlength=model.top["mean"].shape[0])
+    picked = _pick_filters(counts, uniform_draws(1, 0, 500, 3, PRIOR_STREAM)[:, 0])
+    for i in range(500):
+        own = members[model.top["member_filter"] == picked[i]]
+        assert np.all(maps[i] >= own.min(axis=0) - 1e-5) and np.all(maps[i] <= own.max(axis=0) + 1e-5)
+
+
+def test_old_model_without_top_stats(tmp_path, tiny_model):
+    path, model = tiny_model
+    old = NSNModel.load(path)
+    old.top = None
+    old.save(tmp_path / "old.h5")
+    old = NSNModel.load(tmp_path / "old.h5")
+    with pytest.raises(NsnError, match="needs top-layer statistics"):
+        generate(old, 2, prior="pca")
+    assert generate(old, 2).shape == (2, 28, 28, 1)  # default falls back to counts
+
+
+def test_inpaint_keeps_known_pixels(tiny_model, mnist_small):
+    _, model = tiny_model
+    images, _, _ = load_images(mnist_small)
+    hole = np.zeros((28, 28), bool)
+    hole[9:19, 9:19] = True
+    filled = inpaint(model, images[0], hole, draws=3, rounds=2)
+    assert np.array_equal(filled[~hole], images[0][~hole])
+    assert not np.array_equal(filled[hole], np.zeros_like(filled[hole]))
+
+
+def test_hole_maps_propagate(tiny_model):
+    _, model = tiny_model
+    hole = np.zeros((28, 28), bool)
+    hole[0, 0] = True
+    levels = hole_maps(model, hole)
+    assert [lv.shape for lv in levels] == [(28, 28), (13, 13), (6, 6), (1, 1)]
+    assert levels[1].sum() == 1 and levels[1][0, 0] and levels[3][0, 0]
+
+
+def test_style_shapes_and_variants(tiny_model, mnist_small):
+    _, model = tiny_model
+    images, _, _ = load_images(mnist_small)
+    out = style(model, images[1], layer=1, variants=3, params=DecodeParams(delta1=5, draws=2))
+    assert out.shape == (3, 28, 28, 1)
+    assert not np.array_equal(out[0], out[1])
+
+
+def test_sample_cli_outputs_and_errors(cli, tmp_path, tiny_model):
+    path, _ = tiny_model
+    code, out, err = cli("sample", "-m", path, "-n", "6", "-o", tmp_path / "s.npz", "-q")
+    assert code == 0, err
+    arr = np.load(tmp_path / "s.npz")["images"]
+    assert arr.shape == (6, 28, 28, 1) and arr.dtype == np.float32
+    code, _, _ = cli("sample", "-m", path, "-n", "4", "-o", tmp_path / "grid.png", "-q")
+    assert code == 0 and (tmp_path / "grid.png").exists()
+    code, _, _ = cli("sample", "-m", path, "-n", "3", "-o", f"{tmp_path}/dir/", "-q")
+    assert code == 0 and len(list((tmp_path / "dir").glob("*.png"))) == 3
+    for args, message in [
+        (["--layer", "4"], "--layer 4 does not exist"),
+        (["--layer", "0"], "--layer 0 does not exist"),
+        (["-n", "0"], "-n must be at least 1"),
+        (["--delta1", "-1"], "--delta1 must be"),
+        (["--prior", "uniform"], "--prior must be one of"),
+        (["--filter", "9999"], "filter 9999 does not exist"),
+    ]:
+        code, _, err = cli("sample", "-m", path, "-o", tmp_path / "x.png", *args)
+        assert code == 2 and message in err, (args, err)
+    code, _, err = cli("sample", "-m", tmp_path / "missing.h5")
+    assert code == 2 and "no such model file" in err
+    code, _, err = cli("sample", "-m", tmp_path / "s.npz")
+    assert code == 2 and "not an HDF5 file" in err
+
+
+def test_inpaint_cli_mask_errors(cli, tmp_path, tiny_model):
+    import imageio.v3 as iio
+
+    path, _ = tiny_model
+    iio.imwrite(tmp_path / "digit.png", np.zeros((28, 28), np.uint8))
+    iio.imwrite(tmp_path / "small.png", np.zeros((20, 20), np.uint8))
+    code, _, err = cli("inpaint", tmp_path / "digit.png", "--mask", tmp_path / "small.png", "-m", path,
+                       "-o", tmp_path / "o.png")
+    assert code == 2 and "mask is 20x20, the image is 28x28" in err
+    grey = np.zeros((28, 28), np.uint8)
+    grey[5:10, 5:10] = 128
+    grey[10:15, 10:15] = 255
+    iio.imwrite(tmp_path / "grey.png", grey)
+    code, _, err = cli("inpaint", tmp_path / "digit.png", "--mask", tmp_path / "grey.png", "-m", path,
+                       "-o", tmp_path / "o.png", "--draws", "2")
+    assert code == 0 and "thresholded at 50%" in err
