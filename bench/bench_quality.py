@@ -25,11 +25,11 @@ OUT = ROOT / "bench" / "results"
 
 
 def main(n_samples: int = 500) -> dict:
+    import h5py
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
 
     from nsn_cli.files import DATASET_TYPE, stamp
-    import h5py
 
     OUT.mkdir(parents=True, exist_ok=True)
     images = read_idx(ROOT / "data/mnist-4k-images-idx3-ubyte.gz").astype(np.float32)[..., None] / 255

@@ -180,7 +180,7 @@ class Zca:
         zca.create_dataset("unwhiten", data=self.unwhiten)
 
     @classmethod
-    def read(cls, group: h5py.Group, where: str) -> "Zca | None":
+    def read(cls, group: h5py.Group, where: str) -> Zca | None:
         if "zca" not in group:
             return None
         zca = group["zca"]

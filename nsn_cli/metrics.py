@@ -17,7 +17,7 @@ class DigitClassifier:
     accuracy: float
 
     @classmethod
-    def fit(cls, images: np.ndarray, labels: np.ndarray, seed: int = 0) -> "DigitClassifier":
+    def fit(cls, images: np.ndarray, labels: np.ndarray, seed: int = 0) -> DigitClassifier:
         from sklearn.neural_network import MLPClassifier
 
         x = images.reshape(len(images), -1)

@@ -73,7 +73,7 @@ class DecodeParams:
     noise_layers: str = "all"
     noise_scale: str = "rms"
 
-    def validate(self) -> "DecodeParams":
+    def validate(self) -> DecodeParams:
         if not np.isfinite(self.delta1) or self.delta1 < 0:
             raise NsnError(f"--delta1 must be a finite number >= 0, got {self.delta1}")
         if not np.isfinite(self.delta2) or self.delta2 < 0:
@@ -226,7 +226,7 @@ class NSNModel:
                     top.create_dataset(key, data=value, compression="gzip", compression_opts=4)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "NSNModel":
+    def load(cls, path: str | os.PathLike) -> NSNModel:
         """Read a model file, checking type, version and every key it needs."""
         where = str(path)
         with open_nsn_file(path, MODEL_TYPE) as handle:

@@ -90,7 +90,7 @@ class ZcaAccumulator:
     count: int = 0
 
     @classmethod
-    def empty(cls, pixels: int, channels: int) -> "ZcaAccumulator":
+    def empty(cls, pixels: int, channels: int) -> ZcaAccumulator:
         return cls(np.zeros((channels, pixels)), np.zeros((channels, pixels, pixels)))
 
     def add(self, images: np.ndarray) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import typer
 
@@ -21,23 +21,23 @@ def _params(delta1, delta2, delta3, draws, noise_layers, noise_scale) -> DecodeP
 
 @app.command("sample")
 def sample_cli(
-    model_path: Optional[Path] = typer.Option(None, "-m", "--model", help="Model file (default $NSN_MODEL or model.h5)."),
+    model_path: Path | None = typer.Option(None, "-m", "--model", help="Model file (default $NSN_MODEL or model.h5)."),
     n: int = typer.Option(64, "-n", help="Number of samples."),
-    layer: Optional[int] = typer.Option(None, "--layer", help="Start from layer k (1..L, default L): patches of its receptive field."),
+    layer: int | None = typer.Option(None, "--layer", help="Start from layer k (1..L, default L): patches of its receptive field."),
     output: str = typer.Option("samples.png", "-o", "--output", help=".png grid, .npz/.npy/.h5 arrays, or a folder/ of PNGs."),
-    prior: Optional[str] = typer.Option(None, "--prior", help="normal (paper), counts, mix or pca. Default: mix where the model has top statistics, else counts."),
+    prior: str | None = typer.Option(None, "--prior", help="normal (paper), counts, mix or pca. Default: mix where the model has top statistics, else counts."),
     delta1: float = typer.Option(100.0, "--delta1", help="Sharpness of softmax(delta1 * v).", rich_help_panel=_GEN),
     delta2: float = typer.Option(0.0, "--delta2", help="Filter noise scale (Eq. 5).", rich_help_panel=_GEN),
     delta3: float = typer.Option(1.0, "--delta3", help="Contrast of generated patches.", rich_help_panel=_GEN),
     draws: int = typer.Option(1, "--draws", help="Multinomial draws n per position (Eq. 4).", rich_help_panel=_GEN),
     noise_layers: str = typer.Option("all", "--noise-layers", help="Where delta2 noise applies: all or pixel.", rich_help_panel=_GEN),
     noise_scale: str = typer.Option("rms", "--noise-scale", help="sigma as in Eq. 5 (rms) or per dimension, sigma/sqrt(D) (dim).", rich_help_panel=_GEN),
-    filter_index: Optional[int] = typer.Option(None, "--filter", help="Sample from one top filter (one-hot top vector)."),
-    interpolate_pair: Optional[str] = typer.Option(None, "--interpolate", help="i:j - interpolate between top filters i and j."),
+    filter_index: int | None = typer.Option(None, "--filter", help="Sample from one top filter (one-hot top vector)."),
+    interpolate_pair: str | None = typer.Option(None, "--interpolate", help="i:j - interpolate between top filters i and j."),
     steps: int = typer.Option(8, "--steps", help="Steps for --interpolate."),
-    arithmetic_expr: Optional[str] = typer.Option(None, "--arithmetic", help="'a+b-c' on the generated F[L-1] maps of top filters."),
+    arithmetic_expr: str | None = typer.Option(None, "--arithmetic", help="'a+b-c' on the generated F[L-1] maps of top filters."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same images (any batch size, any thread count)."),
-    grid: Optional[int] = typer.Option(None, "--grid", help="Columns of the PNG grid."),
+    grid: int | None = typer.Option(None, "--grid", help="Columns of the PNG grid."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
@@ -99,7 +99,7 @@ def _save_png(image, path: Path, force: bool) -> None:
 @app.command("style")
 def style_cli(
     image: Path = typer.Argument(..., help="Content image (any size for models without ZCA)."),
-    model_path: Optional[Path] = typer.Option(None, "-m", "--model", help="Model file (default $NSN_MODEL or model.h5)."),
+    model_path: Path | None = typer.Option(None, "-m", "--model", help="Model file (default $NSN_MODEL or model.h5)."),
     output: Path = typer.Option(Path("styled.png"), "-o", "--output", help="Output: .png strip (original + variants), .npz, or folder/."),
     layer: int = typer.Option(1, "--layer", help="Encode up to this layer, then decode back down."),
     variants: int = typer.Option(4, "--variants", help="How many styled versions."),
@@ -133,8 +133,8 @@ def style_cli(
 def inpaint_cli(
     images: List[Path] = typer.Argument(..., help="Images, or folders of images, to fill."),
     mask: Path = typer.Option(..., "--mask", help="Mask image (white = hole, black = keep), or a folder with one mask per image (sorted order)."),
-    model_path: Optional[Path] = typer.Option(None, "-m", "--model", help="Model file (default $NSN_MODEL or model.h5)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="One image: a .png (default inpainted.png); several: a folder (default inpainted/)."),
+    model_path: Path | None = typer.Option(None, "-m", "--model", help="Model file (default $NSN_MODEL or model.h5)."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="One image: a .png (default inpainted.png); several: a folder (default inpainted/)."),
     draws: int = typer.Option(8, "--draws", help="Decodings averaged per image (8 helped on digits)."),
     rounds: int = typer.Option(1, "--rounds", help="Re-encode the filled image and fill again this many times."),
     delta1: float = typer.Option(100.0, "--delta1", rich_help_panel=_GEN),

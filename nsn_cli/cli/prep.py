@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import typer
 
@@ -18,12 +18,12 @@ from nsn_cli.readers import SkippedFilesWarning
 def prep_cli(
     inputs: List[Path] = typer.Argument(..., help="Folders of images, image files, IDX (.gz), .npy/.npz, or .h5 data sets."),
     output: Path = typer.Option(..., "-o", "--output", help="Data set file to write (.h5)."),
-    size: Optional[str] = typer.Option(None, "--size", help="Resize to N (square) or HxW, e.g. 28 or 64x64. Default: keep."),
-    rgb: Optional[bool] = typer.Option(None, "--rgb/--gray", help="Channels. Default: what most inputs are."),
+    size: str | None = typer.Option(None, "--size", help="Resize to N (square) or HxW, e.g. 28 or 64x64. Default: keep."),
+    rgb: bool | None = typer.Option(None, "--rgb/--gray", help="Channels. Default: what most inputs are."),
     zca: bool = typer.Option(False, "--zca/--no-zca", help="Channel-wise ZCA whitening (stored with the data)."),
     zca_eps: float = typer.Option(config.ZCA_EPS, "--zca-eps", help="ZCA regulariser added to the eigenvalues."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Labels file (IDX, .npy, or text, one per line)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images."),
+    labels: Path | None = typer.Option(None, "--labels", help="Labels file (IDX, .npy, or text, one per line)."),
+    limit: int | None = typer.Option(None, "--limit", help="Use only the first N images."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -59,15 +58,15 @@ class _ProgressReporter:
 def train_cli(
     data: Path = typer.Argument(..., help="An nsn data set (.h5) from nsn prep."),
     output: Path = typer.Option(Path("model.h5"), "-o", "--output", help="Model file (rewritten after every layer)."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="mnist, lfw64 or 'PxP/S,...'. Default: by image size (28 -> mnist, 64 -> lfw64)."),
-    alpha: Optional[str] = typer.Option(None, "--alpha", help="Creation threshold per layer, e.g. -2.09,-2.04,-2.47."),
-    filters: Optional[str] = typer.Option(None, "--filters", help="Target filters per layer (alpha found by search), e.g. 96,130,131."),
+    arch: str | None = typer.Option(None, "--arch", help="mnist, lfw64 or 'PxP/S,...'. Default: by image size (28 -> mnist, 64 -> lfw64)."),
+    alpha: str | None = typer.Option(None, "--alpha", help="Creation threshold per layer, e.g. -2.09,-2.04,-2.47."),
+    filters: str | None = typer.Option(None, "--filters", help="Target filters per layer (alpha found by search), e.g. 96,130,131."),
     iterations: int = typer.Option(config.ITERATIONS, "--iterations", help="EM iterations per layer (stops early when stable)."),
-    max_patches: Optional[int] = typer.Option(None, "--max-patches", help="EM on a seeded random subsample of this many patches per layer."),
+    max_patches: int | None = typer.Option(None, "--max-patches", help="EM on a seeded random subsample of this many patches per layer."),
     max_filters: int = typer.Option(config.MAX_FILTERS, "--max-filters", help="Stop with an error when a layer grows past this."),
     activation: str = typer.Option("sigmoid", "--activation", help="Layer output: sigmoid (paper) or relative."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same model bits."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Numba threads (default: all cores)."),
+    threads: int | None = typer.Option(None, "--threads", help="Numba threads (default: all cores)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last completed layer in the output."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
@@ -82,9 +81,9 @@ def train_cli(
         model = train(data, output, options, resume=resume, force=force, threads=threads,
                       reporter=_ProgressReporter(progress, quiet or as_json))
     rows = [
-        {"layer": i, "patch": f"{l.shape.patch}x{l.shape.patch}/{l.shape.stride}", "filters": l.filters,
-         "alpha": round(l.alpha, 4), "iterations": len(l.history), "seconds": round(l.seconds, 2)}
-        for i, l in enumerate(model.layers, 1)
+        {"layer": i, "patch": str(layer.shape), "filters": layer.filters,
+         "alpha": round(layer.alpha, 4), "iterations": len(layer.history), "seconds": round(layer.seconds, 2)}
+        for i, layer in enumerate(model.layers, 1)
     ]
     if as_json:
         print(json.dumps({"model": str(output), "layers": rows}, indent=2))

@@ -82,29 +82,25 @@ def _creation_block(x, old_d2, old_label, radius2, first_new, budget, seed_rows,
 
 
 @njit(**JIT_PARALLEL)
-def _filter_moments(patches, order, starts, mu, mean_sq):
-    """Per filter k, over patches order[starts[k]:starts[k+1]] in index order:
-    OUT mu[k] = mean patch (float32), mean_sq[k] = mean ||x - mu_k||^2 (float64)."""
+def _chunk_moments(patches, labels, bounds, sums, squares, counts):
+    """Per fixed chunk c of rows bounds[c]:bounds[c+1] (one thread each):
+    OUT sums[c, k] = sum of its patches of filter k, squares[c, k] = sum of their ||x||^2,
+    counts[c, k]. Chunks do not depend on the thread count, so neither do the bits."""
     dims = patches.shape[1]
-    for k in prange(starts.shape[0] - 1):
-        a, b = starts[k], starts[k + 1]
-        if b == a:
-            mean_sq[k] = 0.0
-            continue
-        acc = np.zeros(dims)
-        for i in range(a, b):
+    for c in prange(bounds.shape[0] - 1):
+        for i in range(bounds[c], bounds[c + 1]):
+            k = labels[i]
+            counts[c, k] += 1
+            total = 0.0
             for d in range(dims):
-                acc[d] += patches[order[i], d]
-        for d in range(dims):
-            acc[d] /= b - a
-        total = 0.0
-        for i in range(a, b):
-            for d in range(dims):
-                diff = patches[order[i], d] - acc[d]
-                total += diff * diff
-        mean_sq[k] = total / (b - a)
-        for d in range(dims):
-            mu[k, d] = acc[d]
+                v = np.float64(patches[i, d])
+                sums[c, k, d] += v
+                total += v * v
+            squares[c, k] += total
+
+
+#: Bytes of per-chunk partial sums the M-step may hold.
+_M_STEP_BUDGET = 64 << 20
 
 
 # --------------------------------------------------------------------------- steps
@@ -154,15 +150,27 @@ def m_step(patches: np.ndarray, labels: np.ndarray, n_filters: int) -> tuple[np.
     """Eq. 2-3 for ``n_filters`` filters from hard ``labels`` (n,).
 
     Returns ``mu`` (K, D) float32, ``rms`` (K,) float64 (unfloored sigma) and ``counts`` (K,).
+    Sums run in float64 over fixed chunks of rows, merged in chunk order; the spread is
+    ``E||x||^2 - ||mu||^2`` (float64, so the cancellation costs nothing at these scales).
     """
     patches = np.ascontiguousarray(patches, dtype=np.float32)
-    order = np.argsort(labels, kind="stable")
-    counts = np.bincount(labels, minlength=n_filters).astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    mu = np.zeros((n_filters, patches.shape[1]), dtype=np.float32)
-    mean_sq = np.zeros(n_filters, dtype=np.float64)
-    _filter_moments(patches, order, starts, mu, mean_sq)
-    return mu, np.sqrt(mean_sq), counts
+    n, dims = patches.shape
+    per_chunk = 8 * n_filters * (dims + 2)
+    chunks = int(max(1, min(64, n // 4096, _M_STEP_BUDGET // max(per_chunk, 1))))
+    bounds = np.linspace(0, n, chunks + 1).astype(np.int64)
+    sums = np.zeros((chunks, n_filters, dims))
+    squares = np.zeros((chunks, n_filters))
+    counts = np.zeros((chunks, n_filters), dtype=np.int64)
+    _chunk_moments(patches, np.ascontiguousarray(labels, dtype=np.int64), bounds, sums, squares, counts)
+    total, sq, count = sums[0], squares[0], counts[0]
+    for c in range(1, chunks):  # fixed order
+        total = total + sums[c]
+        sq = sq + squares[c]
+        count = count + counts[c]
+    safe = np.maximum(count, 1)
+    mean = total / safe[:, None]
+    mean_sq = np.maximum(sq / safe - np.einsum("kd,kd->k", mean, mean), 0.0)
+    return mean.astype(np.float32), np.sqrt(np.where(count > 0, mean_sq, 0.0)), count
 
 
 @dataclass

@@ -16,6 +16,9 @@ from nsn_cli.config import JIT_PARALLEL
 
 ACTIVATIONS = ("sigmoid", "relative")
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
+#: Patches this short use the fused kernel, longer ones a BLAS product (bench/bench_train.py:
+#: 16 dims fused 0.08 s vs product 0.15 s per E-step on 676k patches).
+FUSED_MAX_DIMS = 32
 #: Rows of patches per matrix product: keeps the (rows, K) block near 16 MB.
 _BLOCK_ELEMENTS = 1 << 22
 
@@ -34,6 +37,31 @@ def _best_from_dots(dots, xx, mm, lognorm, inv_two_var, labels, best):
         arg = 0
         for j in range(dots.shape[1]):
             d2 = xx[i] - 2.0 * dots[i, j] + mm[j]
+            if d2 < 0.0:
+                d2 = 0.0
+            s = lognorm[j] - d2 * inv_two_var[j]
+            if s > top:
+                top = s
+                arg = j
+        labels[i] = arg
+        best[i] = top
+
+
+@njit(**JIT_PARALLEL)
+def _best_direct(x, mu, mm, lognorm, inv_two_var, labels, best):
+    """Fused E-step for short patches: OUT labels (n), best (n) without a dots matrix.
+    For small D the (n, K) product is memory-bound; computing dots in registers is ~2x faster."""
+    for i in prange(x.shape[0]):
+        xx = 0.0
+        for t in range(x.shape[1]):
+            xx += x[i, t] * x[i, t]
+        top = -np.inf
+        arg = 0
+        for j in range(mu.shape[0]):
+            dot = np.float32(0.0)
+            for t in range(x.shape[1]):
+                dot += x[i, t] * mu[j, t]
+            d2 = xx - 2.0 * dot + mm[j]
             if d2 < 0.0:
                 d2 = 0.0
             s = lognorm[j] - d2 * inv_two_var[j]
@@ -101,6 +129,9 @@ def best_filter(patches: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> tuple
     n = patches.shape[0]
     labels = np.empty(n, dtype=np.int64)
     best = np.empty(n, dtype=np.float64)
+    if patches.shape[1] <= FUSED_MAX_DIMS:
+        _best_direct(patches, mu, mm, lognorm, inv, labels, best)
+        return labels, best
     for a, b in _blocks(n, mu.shape[0]):
         x = patches[a:b]
         xx = np.einsum("nd,nd->n", x, x, dtype=np.float64)
