@@ -24,9 +24,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from nsn_cli.engine.generate import decode_patches
+from nsn_cli.engine.generate import decode_maps
 from nsn_cli.engine.geometry import LayerShape, arch_string, map_sizes, parse_arch
-from nsn_cli.engine.patches import extract_patches, stitch_patches
+from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import similarity
 from nsn_cli.errors import NsnError
 from nsn_cli.files import MODEL_TYPE, Zca, atomic_path, open_nsn_file, stamp
@@ -170,12 +170,11 @@ class NSNModel:
         spec = self.layers[layer - 1]
         noisy = params.noise_layers == "all" or layer == 1
         scale = 1.0 if params.noise_scale == "rms" else 1.0 / np.sqrt(spec.flat_mu.shape[1])
-        patches = decode_patches(
-            maps, spec.flat_mu, spec.sigma * scale,
-            delta1=params.delta1, delta2=params.delta2 if noisy else 0.0, delta3=params.delta3,
-            draws=params.draws, seed=seed, first_sample=first_sample, stream=stream,
+        return decode_maps(
+            maps, spec.flat_mu, spec.sigma * scale, patch=spec.shape.patch, stride=spec.shape.stride,
+            channels=spec.in_channels, delta1=params.delta1, delta2=params.delta2 if noisy else 0.0,
+            delta3=params.delta3, draws=params.draws, seed=seed, first_sample=first_sample, stream=stream,
         )
-        return stitch_patches(patches, spec.shape.patch, spec.shape.stride, spec.in_channels)
 
     def decode(
         self,
@@ -223,6 +222,8 @@ class NSNModel:
                 top = handle.create_group("top")
                 top.attrs["version"] = 1
                 for key, value in self.top.items():
+                    if key.endswith("_f32"):
+                        continue
                     top.create_dataset(key, data=value, compression="gzip", compression_opts=4)
 
     @classmethod
@@ -263,6 +264,8 @@ class NSNModel:
             top = None
             if "top" in handle:
                 top = {k: handle["top"][k][()] for k in handle["top"]}
+                if "members" in top:  # stored as float16 (half the file), used as float32
+                    top["members_f32"] = top["members"].astype(np.float32)
             model = cls(
                 arch=arch, image_shape=image_shape, activation=activation, layers=layers,
                 zca=Zca.read(handle, where), config=config, source=str(handle.attrs.get("source", "")),

@@ -24,7 +24,9 @@ Priors (``nsn sample --prior``):
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 
+from nsn_cli.config import JIT_PARALLEL
 from nsn_cli.engine.generate import normal_draws, uniform_draws
 from nsn_cli.engine.similarity import best_filter
 from nsn_cli.errors import NsnError
@@ -71,6 +73,15 @@ def compute_top_stats(below: np.ndarray, mu: np.ndarray, sigma: np.ndarray, seed
     }
 
 
+@njit(**JIT_PARALLEL)
+def _mix(members, first, second, t, out):
+    """OUT out[i] = t[i] * members[first[i]] + (1 - t[i]) * members[second[i]]."""
+    for i in prange(out.shape[0]):
+        a, b, ti = members[first[i]], members[second[i]], t[i]
+        for d in range(out.shape[1]):
+            out[i, d] = ti * a[d] + (1.0 - ti) * b[d]
+
+
 def _pick_filters(counts: np.ndarray, u: np.ndarray) -> np.ndarray:
     cdf = np.cumsum(counts, dtype=np.float64)
     return np.minimum(np.searchsorted(cdf / cdf[-1], u, side="right"), counts.size - 1)
@@ -105,8 +116,9 @@ def sample_top_maps(model, prior: str, seed: int, first: int, count: int) -> np.
         offset = 1 + np.minimum((v[:, 0] * np.maximum(size - 1, 1)).astype(np.int64), np.maximum(size - 2, 0))
         second_slot = (np.minimum((u[:, 1] * size).astype(np.int64), size - 1) + offset) % np.maximum(size, 1)
         second_pick = order[starts[filters] + second_slot]
-        t = (MIX_LOW + (1 - 2 * MIX_LOW) * u[:, 2])[:, None]
-        members = top["members"]
-        maps = t * members[first_pick].astype(np.float32) + (1 - t) * members[second_pick].astype(np.float32)
-        return maps.astype(np.float32).reshape(count, h, w, c)
+        t = MIX_LOW + (1 - 2 * MIX_LOW) * u[:, 2]
+        members = top.setdefault("members_f32", top["members"].astype(np.float32))
+        maps = np.empty((count, members.shape[1]), dtype=np.float32)
+        _mix(members, first_pick, second_pick, t, maps)
+        return maps.reshape(count, h, w, c)
     raise NsnError(f"unknown top prior {prior!r}")

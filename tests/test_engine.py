@@ -215,3 +215,15 @@ def test_no_hard_coded_fastmath():
     engine = Path(__file__).resolve().parents[1] / "nsn_cli"
     offenders = [p.name for p in engine.rglob("*.py") if p.name != "config.py" and re.search(r"fastmath\s*=", p.read_text())]
     assert offenders == []
+
+
+def test_fused_decode_equals_decode_then_stitch(rng):
+    from nsn_cli.engine.generate import decode_maps
+
+    maps = rng.random((4, 3, 3, 6), dtype=np.float32)
+    mu = rng.random((6, 3 * 3 * 2), dtype=np.float32)
+    sigma = rng.uniform(0.1, 0.5, size=6)
+    kw = dict(delta1=5.0, delta2=0.3, delta3=1.2, draws=2, seed=3, first_sample=7, stream=1)
+    fused = decode_maps(maps, mu, sigma, patch=3, stride=2, channels=2, **kw)
+    two_step = stitch_patches(decode_patches(maps, mu, sigma, **kw), 3, 2, 2)
+    assert np.allclose(fused, two_step, atol=1e-6)

@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from nsn_cli.config import JIT, JIT_PARALLEL
+from nsn_cli.engine.patches import add_patch, inverse_coverage
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -83,7 +84,9 @@ def _decode_position(v, mu, var, delta1, delta2, delta3, draws, state, prob, wei
         top = max(top, delta1 * v[j])
     total = 0.0
     for j in range(k):
-        prob[j] = math.exp(delta1 * v[j] - top)
+        # below e^-40 of the best a filter cannot be drawn in any practical run: skip its exp
+        x = delta1 * v[j] - top
+        prob[j] = math.exp(x) if x > -40.0 else 0.0
         total += prob[j]
     for j in range(k):
         weight[j] = 0.0
@@ -127,6 +130,62 @@ def _decode_step(maps, mu, var, delta1, delta2, delta3, draws, seed, first_sampl
             for c in range(w):
                 state = _decode_position(maps[i, r, c], mu, var, delta1, delta2, delta3, draws, state,
                                          prob, weight, out[i, r, c])
+
+
+@njit(**JIT_PARALLEL)
+def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_sample, stream, patch, stride,
+                     inverse, out):
+    """Like _decode_step, but each patch is added into OUT out (N, H, W, C) at once and the
+    overlaps averaged: no (N, h, w, D) patch array is ever held."""
+    n, h, w, k = maps.shape
+    for i in prange(n):
+        state = _key(seed, first_sample + i, stream)
+        prob = np.empty(k)
+        weight = np.empty(k)
+        buffer = np.empty(mu.shape[1], dtype=np.float32)
+        out[i] = 0.0
+        for r in range(h):
+            for c in range(w):
+                state = _decode_position(maps[i, r, c], mu, var, delta1, delta2, delta3, draws, state,
+                                         prob, weight, buffer)
+                add_patch(out[i], buffer, r * stride, c * stride, patch)
+        for y in range(out.shape[1]):
+            for x in range(out.shape[2]):
+                for ch in range(out.shape[3]):
+                    out[i, y, x, ch] *= inverse[y, x]
+
+
+def decode_maps(
+    maps: np.ndarray,
+    mu: np.ndarray,
+    sigma: np.ndarray,
+    *,
+    patch: int,
+    stride: int,
+    channels: int,
+    delta1: float,
+    delta2: float,
+    delta3: float,
+    draws: int,
+    seed: int,
+    first_sample: int,
+    stream: int,
+) -> np.ndarray:
+    """``F[l-1]`` (N, H, W, channels) from ``F[l]`` (N, h, w, K): :func:`decode_patches` and
+    :func:`~.patches.stitch_patches` fused (same numbers, same random streams)."""
+    maps = np.ascontiguousarray(maps, dtype=np.float32)
+    mu = np.ascontiguousarray(mu, dtype=np.float32)
+    if maps.shape[-1] != mu.shape[0]:
+        raise ValueError(f"maps have {maps.shape[-1]} channels, layer has {mu.shape[0]} filters")
+    if draws < 1:
+        raise ValueError("draws must be at least 1")
+    n, h, w, _ = maps.shape
+    height, width = (h - 1) * stride + patch, (w - 1) * stride + patch
+    out = np.empty((n, height, width, channels), dtype=np.float32)
+    _decode_stitched(maps, mu, np.asarray(sigma, dtype=np.float64) ** 2, float(delta1), float(delta2),
+                     float(delta3), int(draws), np.uint64(seed), np.int64(first_sample), np.int64(stream),
+                     patch, stride, inverse_coverage(height, width, patch, stride), out)
+    return out
 
 
 def decode_patches(

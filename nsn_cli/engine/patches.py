@@ -27,19 +27,24 @@ def _gather(maps, patch, stride, image, row, col, out):
 
 
 @njit(**JIT)
-def _stitch_one(patches, patch, stride, out):
-    """OUT out (H, W, C) = overlap-average of patches (h, w, D) of one map."""
-    h, w = patches.shape[0], patches.shape[1]
+def add_patch(out, flat_patch, top, left, patch):
+    """INOUT out (H, W, C) += flat_patch placed with its corner at (top, left)."""
     channels = out.shape[2]
+    k = 0
+    for dy in range(patch):
+        for dx in range(patch):
+            for c in range(channels):
+                out[top + dy, left + dx, c] += flat_patch[k]
+                k += 1
+
+
+@njit(**JIT)
+def _stitch_one(patches, patch, stride, out):
+    """OUT out (H, W, C) = sum of patches (h, w, D) of one map at their places."""
     out[:] = 0.0
-    for i in range(h):
-        for j in range(w):
-            k = 0
-            for dy in range(patch):
-                for dx in range(patch):
-                    for c in range(channels):
-                        out[i * stride + dy, j * stride + dx, c] += patches[i, j, k]
-                        k += 1
+    for i in range(patches.shape[0]):
+        for j in range(patches.shape[1]):
+            add_patch(out, patches[i, j], i * stride, j * stride, patch)
 
 
 @njit(**JIT_PARALLEL)
@@ -96,6 +101,12 @@ def coverage(height: int, width: int, patch: int, stride: int) -> np.ndarray:
     return count
 
 
+def inverse_coverage(height: int, width: int, patch: int, stride: int) -> np.ndarray:
+    """1 / (patches covering each pixel), 0 where none does: (H, W) float32."""
+    count = coverage(height, width, patch, stride)
+    return np.where(count > 0, 1.0 / np.maximum(count, 1), 0.0).astype(np.float32)
+
+
 def stitch_patches(patches: np.ndarray, patch: int, stride: int, channels: int) -> np.ndarray:
     """Average overlapping patches ``(N, h, w, patch * patch * channels)`` into maps
     ``(N, (h-1)*stride + patch, (w-1)*stride + patch, channels)`` (float32)."""
@@ -104,8 +115,7 @@ def stitch_patches(patches: np.ndarray, patch: int, stride: int, channels: int) 
     if d != patch * patch * channels:
         raise ValueError(f"patch length {d} != {patch}*{patch}*{channels}")
     height, width = (h - 1) * stride + patch, (w - 1) * stride + patch
-    count = coverage(height, width, patch, stride)
-    inverse = np.where(count > 0, 1.0 / np.maximum(count, 1), 0.0).astype(np.float32)
+    inverse = inverse_coverage(height, width, patch, stride)
     out = np.empty((n, height, width, channels), dtype=np.float32)
     _stitch(patches, patch, stride, inverse, out)
     return out
