@@ -127,6 +127,36 @@ def fit_zca(images: np.ndarray, eps: float = config.ZCA_EPS) -> Zca:
     return acc.finish(eps)
 
 
+def crop_source(source: ImageSource, size: tuple[int, int], per_image: int, seed: int) -> ImageSource:
+    """``per_image`` random ``size`` crops of every image (seeded), e.g. to train a texture model."""
+    height, width = size
+    rng = np.random.default_rng(seed)
+    corners = []
+    for i in range(len(source)):
+        image = source.read(i, i + 1)[0]
+        h, w = image.shape[:2]
+        if h < height or w < width:
+            raise NsnError(f"--crops: image {i} is {h}x{w}, smaller than the {height}x{width} crop")
+        corners.append(np.stack([rng.integers(0, h - height + 1, per_image),
+                                 rng.integers(0, w - width + 1, per_image)], axis=1))
+
+    def read(start: int, stop: int) -> list[np.ndarray]:
+        out = []
+        for j in range(start, stop):
+            i, k = divmod(j, per_image)
+            top, left = corners[i][k]
+            out.append(source.read(i, i + 1)[0][top : top + height, left : left + width])
+        return out
+
+    return ImageSource(
+        description=f"{per_image} random {height}x{width} crops of each of {source.description}",
+        count=len(source) * per_image,
+        read=read,
+        channels=lambda j: source.channels(j // per_image),
+        notes=list(source.notes),
+    )
+
+
 @dataclass
 class PrepResult:
     path: Path
@@ -148,13 +178,16 @@ def prep(
     limit: int | None = None,
     force: bool = False,
     chunk: int = config.PREP_CHUNK,
+    crops: int | None = None,
+    seed: int = 0,
     progress: Callable[[int, int], ProgressFn] | None = None,
 ) -> PrepResult:
     """Build an nsn data set from ``inputs`` and write it atomically to ``output``.
 
     ``channels`` is 1 (gray), 3 (RGB) or None (the majority of the inputs). ``progress``, if
     given, is called as ``progress(total, passes)`` and returns a function advanced by the
-    number of images done.
+    number of images done. ``crops`` takes that many seeded random crops of ``size`` from
+    every input instead of resizing it.
     """
     if not inputs:
         raise NsnError("prep: give at least one input (folder, image, IDX, .npy/.npz or .h5)")
@@ -166,6 +199,12 @@ def prep(
         raise NsnError(f"channels must be 1 or 3, got {channels}")
     output = check_output_path(output, force)
     source = concat_sources([open_source(p) for p in inputs])
+    if crops is not None:
+        if crops < 1:
+            raise NsnError(f"--crops must be at least 1, got {crops}")
+        if size is None:
+            raise NsnError("--crops needs --size (the crop size)")
+        source = crop_source(source, size, crops, seed)
     notes = list(source.notes)
     labels = source.labels
     if labels_path is not None:

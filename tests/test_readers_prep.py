@@ -145,3 +145,21 @@ def test_dataset_reader_names_bad_key(tmp_path):
         handle.attrs["encoding-version"] = "99"
     with pytest.raises(NsnError, match="encoding-version '99' is not supported"):
         load_images(path)
+
+
+def test_prep_crops_are_seeded_windows_of_the_image(tmp_path):
+    from .conftest import DATA
+
+    out = tmp_path / "brick.h5"
+    prep([DATA / "brick.png"], out, size=(28, 28), crops=20, seed=3)
+    images = load_images(out)[0]
+    assert images.shape == (20, 28, 28, 1)
+    full = np.asarray(Image.open(DATA / "brick.png").convert("L"), dtype=np.float32) / 255
+    # each crop occurs in the image at some position
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    windows = sliding_window_view(full, (28, 28))
+    for crop in images[:3, ..., 0]:
+        assert np.any(np.all(np.isclose(windows, crop, atol=1e-6), axis=(2, 3)))
+    prep([DATA / "brick.png"], tmp_path / "again.h5", size=(28, 28), crops=20, seed=3)
+    assert np.array_equal(load_images(tmp_path / "again.h5")[0], images)

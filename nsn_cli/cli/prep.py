@@ -24,6 +24,8 @@ def prep_cli(
     zca_eps: float = typer.Option(config.ZCA_EPS, "--zca-eps", help="ZCA regulariser added to the eigenvalues."),
     labels: Path | None = typer.Option(None, "--labels", help="Labels file (IDX, .npy, or text, one per line)."),
     limit: int | None = typer.Option(None, "--limit", help="Use only the first N images."),
+    crops: int | None = typer.Option(None, "--crops", help="Take N random --size crops of every image instead of resizing (textures)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --crops."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
@@ -42,6 +44,8 @@ def prep_cli(
                 labels_path=labels,
                 limit=limit,
                 force=force,
+                crops=crops,
+                seed=seed,
                 progress=task_advancer(progress, "prep"),
             )
     for note in result.notes:
