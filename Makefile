@@ -74,3 +74,26 @@ $(OUT)/faces-samples.png: $(OUT)/faces-model.h5
 	$(NSN) sample -m $< -n 36 -o $@ --force -q
 
 faces: $(OUT)/faces-samples.png
+
+# ---------------------------------------------------------------- figures (docs/figures)
+FIG := docs/figures
+
+$(OUT)/brick.h5: data/brick.png | $(STAMP) $(OUT)
+	$(NSN) prep $< --size 28 --crops 3000 -o $@ --force -q
+
+$(OUT)/brick-model.h5: $(OUT)/brick.h5
+	$(NSN) train $< --arch mnist --filters 64,64,32 -o $@ --force -q
+
+$(OUT)/inpaint-inputs: data/mnist-4k-images-idx3-ubyte.gz | $(STAMP) $(OUT)
+	$(BIN)/python bench/inpaint_inputs.py $< $@
+
+figures: $(OUT)/mnist-model.h5 $(OUT)/brick-model.h5 $(OUT)/inpaint-inputs
+	mkdir -p $(FIG)
+	for k in 1 2 3; do $(NSN) sample -m $(OUT)/mnist-model.h5 --layer $$k --prior counts -n 64 -o $(FIG)/layer$$k.png --force -q; done
+	for p in normal counts pca mix; do $(NSN) sample -m $(OUT)/mnist-model.h5 --prior $$p -n 64 -o $(FIG)/prior-$$p.png --force -q; done
+	$(NSN) sample -m $(OUT)/mnist-model.h5 --interpolate 0:1 --steps 10 -o $(FIG)/interpolate.png --force
+	$(NSN) sample -m $(OUT)/mnist-model.h5 --arithmetic 0+1-2 -n 6 -o $(FIG)/arithmetic.png --force
+	$(NSN) style data/astronaut.png -m $(OUT)/brick-model.h5 --variants 2 -o $(OUT)/style.png --force
+	$(BIN)/python -c "from PIL import Image; im = Image.open('$(OUT)/style.png'); im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS).save('$(FIG)/style-brick.png')"
+	$(NSN) inpaint $(OUT)/inpaint-inputs/digits --mask $(OUT)/inpaint-inputs/mask.png -m $(OUT)/mnist-model.h5 -o $(OUT)/inpainted --force
+	$(BIN)/python bench/inpaint_inputs.py --panel $(OUT)/inpaint-inputs $(OUT)/inpainted $(FIG)/inpaint.png

@@ -219,7 +219,8 @@ def write_images(images: np.ndarray, output: str | os.PathLike, *, columns: int 
     suffix = output.suffix.lower()
     with atomic_path(output) as temp:
         if suffix in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
-            iio.imwrite(temp, image_grid(images, columns), extension=suffix)
+            # a single image is written as it is, a batch as a grid with 1-pixel gaps
+            iio.imwrite(temp, image_grid(images, columns, pad=0 if len(images) == 1 else 1), extension=suffix)
             kind = "grid"
         elif suffix == ".npz":
             with open(temp, "wb") as handle:
