@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
+from common import OUT, bundled_digits, write_dataset  # noqa: E402
 
 from nsn_cli.model import NSNModel
-from nsn_cli.readers import read_idx
 from nsn_cli.restore import inpaint
 from nsn_cli.sample import generate
-
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "results"
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -45,18 +41,12 @@ def masks(kind: str, count: int, rng) -> list[np.ndarray]:
 
 def main() -> dict:
     import cv2
-    import h5py
     from skimage.restoration import inpaint_biharmonic
 
-    from nsn_cli.files import DATASET_TYPE, stamp
     from nsn_cli.train import TrainOptions, train
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    images = read_idx(ROOT / "data/mnist-4k-images-idx3-ubyte.gz").astype(np.float32)[..., None] / 255
-    data = OUT / "mnist3500.h5"
-    with h5py.File(data, "w") as handle:
-        stamp(handle, DATASET_TYPE, "bench")
-        handle.create_dataset("images", data=images[:3500])
+    images, _ = bundled_digits()
+    data = write_dataset(images[:3500], "mnist3500.h5")
     path = OUT / "generate-model.h5"
     train(data, path, TrainOptions(seed=0), force=True)
     model = NSNModel.load(path)

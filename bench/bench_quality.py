@@ -11,34 +11,23 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from common import OUT, bundled_digits, write_dataset  # noqa: E402
 
 from nsn_cli.metrics import DigitClassifier, frechet_distance, inception_score, memorisation, precision_recall
 from nsn_cli.model import DecodeParams, NSNModel
-from nsn_cli.readers import read_idx, read_labels
 from nsn_cli.sample import generate
-
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "results"
 
 
 def main(n_samples: int = 500) -> dict:
-    import h5py
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
 
-    from nsn_cli.files import DATASET_TYPE, stamp
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    images = read_idx(ROOT / "data/mnist-4k-images-idx3-ubyte.gz").astype(np.float32)[..., None] / 255
-    labels = read_labels(ROOT / "data/mnist-4k-labels-idx1-ubyte.gz")
+    images, labels = bundled_digits()
     train_x, held = images[:3500], images[3500:]
-    data = OUT / "mnist3500.h5"
-    with h5py.File(data, "w") as handle:
-        stamp(handle, DATASET_TYPE, "bench")
-        handle.create_dataset("images", data=train_x)
+    data = write_dataset(train_x, "mnist3500.h5")
     model_path = OUT / "quality-model.h5"
     from nsn_cli.train import TrainOptions, train
 

@@ -12,17 +12,13 @@ from __future__ import annotations
 import json
 import resource
 import time
-from pathlib import Path
 
 import numpy as np
+from common import OUT, bundled_digits, write_dataset  # noqa: E402
 
 from nsn_cli.engine.em import em_step, sigma_new
 from nsn_cli.engine.patches import extract_patches
-from nsn_cli.readers import read_idx
 from nsn_cli.train import TrainOptions, train
-
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "results"
 
 
 def matmul_peak(n: int = 2048) -> float:
@@ -57,16 +53,9 @@ def time_kmeans_iteration(patches, mu, iterations=5) -> float:
 
 
 def main() -> dict:
-    import h5py
 
-    from nsn_cli.files import DATASET_TYPE, stamp
-
-    OUT.mkdir(parents=True, exist_ok=True)
-    images = read_idx(ROOT / "data/mnist-4k-images-idx3-ubyte.gz").astype(np.float32)[..., None] / 255
-    data = OUT / "mnist4k.h5"
-    with h5py.File(data, "w") as handle:
-        stamp(handle, DATASET_TYPE, "bench")
-        handle.create_dataset("images", data=images)
+    images, _ = bundled_digits()
+    data = write_dataset(images, "mnist4k.h5")
     started = time.perf_counter()
     model = train(data, OUT / "bench-model.h5", TrainOptions(seed=0), force=True)
     total = time.perf_counter() - started

@@ -58,21 +58,15 @@ def _key(seed, sample, stream):
 
 
 @njit(**JIT_PARALLEL)
-def _normal_block(seed, first_sample, stream, out):
-    """OUT out (n, k): N(0, 1) draws; row i belongs to sample first_sample + i."""
+def _draw_block(seed, first_sample, stream, normal, out):
+    """OUT out (n, k): N(0, 1) (normal) or U[0, 1) draws; row i is sample first_sample + i's."""
     for i in prange(out.shape[0]):
         state = _key(seed, first_sample + i, stream)
         for j in range(out.shape[1]):
-            state, out[i, j] = _normal(state)
-
-
-@njit(**JIT_PARALLEL)
-def _uniform_block(seed, first_sample, stream, out):
-    """OUT out (n, k): U[0, 1) draws; row i belongs to sample first_sample + i."""
-    for i in prange(out.shape[0]):
-        state = _key(seed, first_sample + i, stream)
-        for j in range(out.shape[1]):
-            state, out[i, j] = _uniform(state)
+            if normal:
+                state, out[i, j] = _normal(state)
+            else:
+                state, out[i, j] = _uniform(state)
 
 
 @njit(**JIT)
@@ -223,12 +217,12 @@ def decode_patches(
 def normal_draws(seed: int, first_sample: int, count: int, width: int, stream: int) -> np.ndarray:
     """N(0, 1) draws (count, width), row i from sample ``first_sample + i``'s own stream."""
     out = np.empty((count, width), dtype=np.float64)
-    _normal_block(np.uint64(seed), np.int64(first_sample), np.int64(stream), out)
+    _draw_block(np.uint64(seed), np.int64(first_sample), np.int64(stream), True, out)
     return out
 
 
 def uniform_draws(seed: int, first_sample: int, count: int, width: int, stream: int) -> np.ndarray:
     """U[0, 1) draws (count, width), row i from sample ``first_sample + i``'s own stream."""
     out = np.empty((count, width), dtype=np.float64)
-    _uniform_block(np.uint64(seed), np.int64(first_sample), np.int64(stream), out)
+    _draw_block(np.uint64(seed), np.int64(first_sample), np.int64(stream), False, out)
     return out

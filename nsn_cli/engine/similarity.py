@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from nsn_cli.config import JIT_PARALLEL
+from nsn_cli.config import JIT, JIT_PARALLEL
 
 ACTIVATIONS = ("sigmoid", "relative")
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
@@ -28,6 +28,15 @@ def log_norm(sigma: np.ndarray) -> np.ndarray:
     return -np.log(_SQRT_2PI * np.asarray(sigma, dtype=np.float64))
 
 
+@njit(**JIT)
+def _sim(xx, dot, mm, lognorm, inv_two_var):
+    """Eq. 1 from ||x||^2, x.mu and ||mu||^2 (the squared distance clipped at 0)."""
+    d2 = xx - 2.0 * dot + mm
+    if d2 < 0.0:
+        d2 = 0.0
+    return lognorm - d2 * inv_two_var
+
+
 @njit(**JIT_PARALLEL)
 def _best_from_dots(dots, xx, mm, lognorm, inv_two_var, labels, best):
     """IN dots (n, K) = X mu^T; OUT labels (n), best (n): argmax_j Sim and its value.
@@ -36,10 +45,7 @@ def _best_from_dots(dots, xx, mm, lognorm, inv_two_var, labels, best):
         top = -np.inf
         arg = 0
         for j in range(dots.shape[1]):
-            d2 = xx[i] - 2.0 * dots[i, j] + mm[j]
-            if d2 < 0.0:
-                d2 = 0.0
-            s = lognorm[j] - d2 * inv_two_var[j]
+            s = _sim(xx[i], dots[i, j], mm[j], lognorm[j], inv_two_var[j])
             if s > top:
                 top = s
                 arg = j
@@ -61,10 +67,7 @@ def _best_direct(x, mu, mm, lognorm, inv_two_var, labels, best):
             dot = np.float32(0.0)
             for t in range(x.shape[1]):
                 dot += x[i, t] * mu[j, t]
-            d2 = xx - 2.0 * dot + mm[j]
-            if d2 < 0.0:
-                d2 = 0.0
-            s = lognorm[j] - d2 * inv_two_var[j]
+            s = _sim(xx, dot, mm[j], lognorm[j], inv_two_var[j])
             if s > top:
                 top = s
                 arg = j
@@ -77,10 +80,7 @@ def _sims_from_dots(dots, xx, mm, lognorm, inv_two_var, out):
     """IN dots (n, K); OUT out (n, K) float32 = Sim of every patch to every filter."""
     for i in prange(dots.shape[0]):
         for j in range(dots.shape[1]):
-            d2 = xx[i] - 2.0 * dots[i, j] + mm[j]
-            if d2 < 0.0:
-                d2 = 0.0
-            out[i, j] = lognorm[j] - d2 * inv_two_var[j]
+            out[i, j] = _sim(xx[i], dots[i, j], mm[j], lognorm[j], inv_two_var[j])
 
 
 @njit(**JIT_PARALLEL)
