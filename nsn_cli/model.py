@@ -73,6 +73,13 @@ class DecodeParams:
     noise_layers: str = "all"
     noise_scale: str = "rms"
 
+    @classmethod
+    def for_sampling(cls, **overrides) -> DecodeParams:
+        """The measured defaults of ``nsn sample`` (config.SAMPLE_*), with overrides."""
+        from nsn_cli import config
+
+        return cls(**{"delta1": config.SAMPLE_DELTA1, "delta3": config.SAMPLE_DELTA3, **overrides})
+
     def validate(self) -> DecodeParams:
         if not np.isfinite(self.delta1) or self.delta1 < 0:
             raise NsnError(f"--delta1 must be a finite number >= 0, got {self.delta1}")

@@ -76,7 +76,7 @@ def generate(
     ``prior=None`` picks the measured best: ``mix`` for the top layer of a model with top
     statistics (bench/bench_quality.py), else ``counts``.
     """
-    params = (params or DecodeParams()).validate()
+    params = (params or DecodeParams.for_sampling()).validate()
     layer = len(model.layers) if layer is None else layer
     if prior is None:
         prior = default_prior(model, layer)

@@ -7,6 +7,7 @@ from typing import List
 
 import typer
 
+from nsn_cli import config
 from nsn_cli.cli._common import app, console, console_err, default_model_path, progress_bar, task_advancer
 from nsn_cli.errors import NsnError
 from nsn_cli.model import DecodeParams, load_model
@@ -26,9 +27,9 @@ def sample_cli(
     layer: int | None = typer.Option(None, "--layer", help="Start from layer k (1..L, default L): patches of its receptive field."),
     output: str = typer.Option("samples.png", "-o", "--output", help=".png grid, .npz/.npy/.h5 arrays, or a folder/ of PNGs."),
     prior: str | None = typer.Option(None, "--prior", help="normal (paper), counts, mix or pca. Default: mix where the model has top statistics, else counts."),
-    delta1: float = typer.Option(100.0, "--delta1", help="Sharpness of softmax(delta1 * v).", rich_help_panel=_GEN),
+    delta1: float = typer.Option(config.SAMPLE_DELTA1, "--delta1", help="Sharpness of softmax(delta1 * v).", rich_help_panel=_GEN),
     delta2: float = typer.Option(0.0, "--delta2", help="Filter noise scale (Eq. 5).", rich_help_panel=_GEN),
-    delta3: float = typer.Option(1.0, "--delta3", help="Contrast of generated patches.", rich_help_panel=_GEN),
+    delta3: float = typer.Option(config.SAMPLE_DELTA3, "--delta3", help="Contrast of generated patches (paper: 1).", rich_help_panel=_GEN),
     draws: int = typer.Option(1, "--draws", help="Multinomial draws n per position (Eq. 4).", rich_help_panel=_GEN),
     noise_layers: str = typer.Option("all", "--noise-layers", help="Where delta2 noise applies: all or pixel.", rich_help_panel=_GEN),
     noise_scale: str = typer.Option("rms", "--noise-scale", help="sigma as in Eq. 5 (rms) or per dimension, sigma/sqrt(D) (dim).", rich_help_panel=_GEN),
