@@ -16,6 +16,7 @@ import numpy as np
 
 from nsn_cli.engine.geometry import exact_input_size
 from nsn_cli.engine.patches import extract_patches
+from nsn_cli.engine.similarity import masked_similarity
 from nsn_cli.errors import NsnError
 from nsn_cli.model import DecodeParams, NSNModel
 from nsn_cli.prep import to_channels
@@ -120,9 +121,38 @@ def hole_maps(model: NSNModel, hole: np.ndarray) -> list[np.ndarray]:
     return levels
 
 
+#: A layer-1 position whose patch is at least this fraction known is encoded from its known
+#: pixels (masked similarity) instead of being generated (hole PSNR on held-out digits,
+#: random 5x5 blocks: 9.8 -> 11.3 dB; 0.01 and 0.6 were worse).
+MASKED_MIN_KNOWN = 0.3
+
+
+def masked_first_layer(model: NSNModel, image: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """F[1] of an image from its known pixels only, and where enough of each patch is known.
+
+    image: (H, W, C) in [0, 1]; known: (H, W) bool. Returns maps (1, h, w, K) and (h, w) bool.
+    """
+    layer = model.layers[0]
+    white = model.prepare_images(image[None])
+    p, s = layer.shape.patch, layer.shape.stride
+    patches = extract_patches(white, p, s)
+    mask = np.repeat(known[None, :, :, None], image.shape[-1], axis=-1).astype(np.float32)
+    weights = extract_patches(mask, p, s)
+    h, w = layer.shape.out_size(image.shape[0]), layer.shape.out_size(image.shape[1])
+    maps = masked_similarity(patches, weights, layer.flat_mu, layer.sigma, model.activation)
+    enough = weights.mean(axis=1) >= MASKED_MIN_KNOWN
+    return maps.reshape(1, h, w, -1), enough.reshape(h, w)
+
+
 def inpaint(model: NSNModel, image: np.ndarray, hole: np.ndarray, *, draws: int = 8, rounds: int = 1,
             params: DecodeParams | None = None, seed: int = 0) -> np.ndarray:
-    """Fill ``hole`` (H, W) bool of ``image`` (H, W, C) in [0, 1]; known pixels are kept exactly."""
+    """Fill ``hole`` (H, W) bool of ``image`` (H, W, C) in [0, 1]; known pixels are kept exactly.
+
+    Each round encodes the current image to the top and decodes ``draws`` times: at every layer
+    the encoded vectors are kept where the hole does not reach, and at layer 1 positions with
+    enough known pixels take their masked encoding; the rest is generated. The draws are
+    averaged, the known pixels pasted back, and the next round starts from the result.
+    """
     params = (params or DecodeParams()).validate()
     if draws < 1 or rounds < 1:
         raise NsnError(f"--draws and --rounds must be at least 1, got {draws} and {rounds}")
@@ -131,16 +161,19 @@ def inpaint(model: NSNModel, image: np.ndarray, hole: np.ndarray, *, draws: int 
     levels = hole_maps(model, hole)
     top = len(model.layers)
     known = ~hole[..., None]
+    first, enough = masked_first_layer(model, image, ~hole)
+    conditioned = [~level[None, :, :, None] for level in levels]
+    conditioned[1] = conditioned[1] | enough[None, :, :, None]
     current = image.copy()
     current[hole] = 0.0  # the occluded pixels carry no information
     for round_index in range(rounds):
         encoded = model.encode(current[None], upto=top)
+        encoded[1] = np.where(levels[1][None, :, :, None], first, encoded[1])
         maps = np.repeat(encoded[top], draws, axis=0)
         for layer in range(top, 0, -1):
             below = model.decode_layer(maps, layer, params, seed=seed, first_sample=0,
                                        stream=(round_index * 64 + layer) * 2)
-            keep = ~levels[layer - 1][None, :, :, None]
-            maps = np.where(keep, encoded[layer - 1], below) if layer > 1 else below
+            maps = np.where(conditioned[layer - 1], encoded[layer - 1], below) if layer > 1 else below
         filled = model.finish_images(maps).mean(axis=0)
         current = np.where(known, image, filled)
     return current.astype(np.float32)

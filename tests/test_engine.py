@@ -227,3 +227,22 @@ def test_fused_decode_equals_decode_then_stitch(rng):
     fused = decode_maps(maps, mu, sigma, patch=3, stride=2, channels=2, **kw)
     two_step = stitch_patches(decode_patches(maps, mu, sigma, **kw), 3, 2, 2)
     assert np.allclose(fused, two_step, atol=1e-6)
+
+
+def test_masked_similarity(rng):
+    from nsn_cli.engine.similarity import masked_similarity
+
+    x = rng.random((30, 8), dtype=np.float32)
+    mu = rng.random((5, 8), dtype=np.float32)
+    sigma = rng.uniform(0.3, 1.0, size=5)
+    full = masked_similarity(x, np.ones_like(x), mu, sigma)
+    assert np.allclose(full, ref.sim_matrix(x, mu, sigma), atol=1e-4)
+    known = (rng.random((30, 8)) < 0.5).astype(np.float32)
+    known[:, 0] = 1
+    got = masked_similarity(x, known, mu, sigma)
+    for i in range(30):
+        k = known[i] > 0
+        for j in range(5):
+            d2 = np.sum((np.float64(x[i, k]) - mu[j, k]) ** 2) * 8 / k.sum()
+            expected = -math.log(math.sqrt(2 * math.pi) * sigma[j]) - d2 / (2 * sigma[j] ** 2)
+            assert got[i, j] == pytest.approx(expected, abs=1e-4)

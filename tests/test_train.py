@@ -109,3 +109,9 @@ def test_filter_targets_on_bundled_digits(tmp_path):
     model = train(data, tmp_path / "m.h5", TrainOptions(targets=[96, 130, 131]))
     for layer, target in zip(model.layers, [96, 130, 131]):
         assert abs(layer.filters - target) <= 0.1 * target
+
+
+def test_thread_count_does_not_change_the_bits(tmp_path, mnist_small):
+    one = train(mnist_small, tmp_path / "t1.h5", TrainOptions(iterations=3, seed=2), threads=1)
+    two = train(mnist_small, tmp_path / "t2.h5", TrainOptions(iterations=3, seed=2), threads=2)
+    assert _same_model(one, two)

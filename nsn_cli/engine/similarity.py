@@ -169,3 +169,21 @@ def activate(sims: np.ndarray, kind: str) -> np.ndarray:
     out = np.empty_like(sims)
     _activate(sims, activation_code(kind), out)
     return out
+
+
+def masked_similarity(patches: np.ndarray, known: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
+                      activation: str | None = None) -> np.ndarray:
+    """Sim of partly known patches: the squared distance over the known elements only, scaled
+    by ``D / known count`` so it estimates the full distance (used by inpainting).
+
+    patches, known: (n, D), known 1 where an element is known, else 0; mu: (K, D); sigma: (K,).
+    Rows with nothing known get the filter's peak Sim. Returns (n, K) float32.
+    """
+    x = np.asarray(patches, dtype=np.float64)
+    m = np.asarray(known, dtype=np.float64)
+    mu64 = np.asarray(mu, dtype=np.float64)
+    d2 = (m * x * x).sum(axis=1)[:, None] - 2.0 * (m * x) @ mu64.T + m @ (mu64**2).T
+    scale = x.shape[1] / np.maximum(m.sum(axis=1), 1.0)
+    sims = log_norm(sigma)[None, :] - scale[:, None] * np.maximum(d2, 0.0) / (2.0 * np.asarray(sigma)[None, :] ** 2)
+    sims = sims.astype(np.float32)
+    return sims if activation is None else activate(sims, activation)
