@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from nsn_cli.config import JIT, JIT_PARALLEL, SIGMA_FLOOR_DIVISOR
-from nsn_cli.engine.similarity import best_filter
+from nsn_cli.engine.similarity import best_filter, row_norms
 from nsn_cli.errors import NsnError
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
@@ -195,15 +195,17 @@ def em_step(
     rng: np.random.Generator,
     previous_labels: np.ndarray | None = None,
     max_filters: int | None = None,
+    norms: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, StepStats]:
     """One E-step, creation pass and M-step.
 
     patches: (n, D) float32; mu: (K, D); sigma: (K,). ``alpha = -inf`` switches creation off.
+    norms: the patches' :func:`~.similarity.row_norms`, if the caller keeps them across steps.
     Returns new ``mu``, ``sigma``, ``counts``, ``labels`` (n,) and the step's statistics.
     """
     started = time.perf_counter()
     n_filters = mu.shape[0]
-    labels, best = best_filter(patches, mu, sigma)
+    labels, best = best_filter(patches, mu, sigma, norms)
     created = 0
     if np.isfinite(alpha):
         candidates = np.flatnonzero(best < alpha)
@@ -280,10 +282,11 @@ def fit_layer(
     labels = None
     counts = np.zeros(1, dtype=np.int64)
     history: list[StepStats] = []
+    norms = row_norms(patches)  # the patches do not change across iterations
     for iteration in range(iterations):
         mu, sigma, counts, labels, stats = em_step(
             patches, mu, sigma, alpha=alpha, sigma_floor=floor, rng=rng,
-            previous_labels=labels, max_filters=max_filters,
+            previous_labels=labels, max_filters=max_filters, norms=norms,
         )
         history.append(stats)
         if on_iteration is not None:
