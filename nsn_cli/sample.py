@@ -6,7 +6,8 @@ Priors for the top vector ``F[k]`` (1 x 1 x N_k):
 - ``counts``: a filter drawn in proportion to its training count, as a one-hot vector;
 - ``mix`` (top layer only, needs top statistics): a filter drawn by count, then ``F[L-1]`` is a
   random convex combination of stored member maps of that filter (see :mod:`nsn_cli.top`);
-- ``pca`` (same): ``F[L-1]`` from the filter's Gaussian over its leading principal components.
+- ``pca`` (same): ``F[L-1]`` from the filter's Gaussian over its leading principal components;
+- ``knn`` (same): a member mixed with one of its nearest members, across top filters.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from nsn_cli.engine.generate import normal_draws, uniform_draws
 from nsn_cli.errors import NsnError
 from nsn_cli.model import DecodeParams, NSNModel
 
-PRIORS = ("normal", "counts", "mix", "pca")
+PRIORS = ("normal", "counts", "mix", "pca", "knn")
 #: Random streams: separate for the prior draw and the decoding of each layer.
 PRIOR_STREAM = 1 << 20
 #: Samples decoded per batch; the same seed gives the same images whatever this is.
@@ -88,7 +89,7 @@ def generate(
     out = None
     for first in range(0, n, batch):
         count = min(batch, n - first)
-        if prior in ("mix", "pca"):
+        if prior in ("mix", "pca", "knn"):
             from nsn_cli.top import sample_top_maps
 
             if layer != len(model.arch) or not model.complete:

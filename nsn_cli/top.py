@@ -19,6 +19,10 @@ Priors (``nsn sample --prior``):
   copies of training images.
 - ``pca``: a filter drawn by count, ``F[L-1] = mean + sum_k sqrt(var_k) z_k pc_k``, clipped to
   the activations' range [0, 1].
+- ``knn``: a stored member drawn uniformly (so top filters come by their image counts), mixed
+  as in ``mix`` with one of its ``NEIGHBOURS`` nearest members in ``F[L-1]``, whatever their
+  top filter: neighbours are closer than two random members of a filter, so the mix stays on
+  the data while crossing filter borders.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from nsn_cli.errors import NsnError
 COMPONENTS = 10
 MAX_MEMBERS = 4096
 MIX_LOW = 0.2
+#: ``knn`` mixes a member with one of its NEIGHBOURS nearest members (any top filter).
+NEIGHBOURS = 3
 PRIOR_STREAM = 1 << 21
 
 
@@ -63,12 +69,14 @@ def compute_top_stats(below: np.ndarray, mu: np.ndarray, sigma: np.ndarray, seed
             variances[j, :p] = s[:p] ** 2 / len(members)
     rng = np.random.default_rng([seed, 7])
     keep = np.arange(n) if n <= MAX_MEMBERS else np.sort(rng.choice(n, MAX_MEMBERS, replace=False))
+    members = flat[keep]
     return {
+        "member_neighbours": nearest_members(members),
         "mean": mean,
         "components": components,
         "variances": variances,
         "image_counts": counts.astype(np.int64),
-        "members": flat[keep].astype(np.float16),
+        "members": members.astype(np.float16),
         "member_filter": labels[keep].astype(np.int64),
     }
 
@@ -80,6 +88,23 @@ def _mix(members, first, second, t, out):
         a, b, ti = members[first[i]], members[second[i]], t[i]
         for d in range(out.shape[1]):
             out[i, d] = ti * a[d] + (1.0 - ti) * b[d]
+
+
+def nearest_members(members: np.ndarray, k: int = NEIGHBOURS, block: int = 1024) -> np.ndarray:
+    """Indices (M, k) of each member's k nearest other members (squared Euclidean, in blocks)."""
+    x = np.asarray(members, dtype=np.float32)
+    k = min(k, len(x) - 1)
+    if k < 1:
+        return np.zeros((len(x), 1), dtype=np.int64)
+    norms = np.einsum("nd,nd->n", x, x, dtype=np.float64)
+    out = np.empty((len(x), k), dtype=np.int64)
+    for a in range(0, len(x), block):
+        d2 = norms[a : a + block, None] - 2.0 * (x[a : a + block] @ x.T) + norms[None, :]
+        d2[np.arange(d2.shape[0]), np.arange(a, a + d2.shape[0])] = np.inf  # not itself
+        part = np.argpartition(d2, k, axis=1)[:, :k]
+        order = np.take_along_axis(d2, part, axis=1).argsort(axis=1, kind="stable")
+        out[a : a + block] = np.take_along_axis(part, order, axis=1)
+    return out
 
 
 def _pick_filters(counts: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -118,6 +143,18 @@ def sample_top_maps(model, prior: str, seed: int, first: int, count: int) -> np.
         second_pick = order[starts[filters] + second_slot]
         t = MIX_LOW + (1 - 2 * MIX_LOW) * u[:, 2]
         members = top.setdefault("members_f32", top["members"].astype(np.float32))
+        maps = np.empty((count, members.shape[1]), dtype=np.float32)
+        _mix(members, first_pick, second_pick, t, maps)
+        return maps.reshape(count, h, w, c)
+    if prior == "knn":
+        members = top.setdefault("members_f32", top["members"].astype(np.float32))
+        if "member_neighbours" not in top:  # files written before knn existed
+            top["member_neighbours"] = nearest_members(members)
+        neighbours = top["member_neighbours"]
+        first_pick = np.minimum((u[:, 0] * len(members)).astype(np.int64), len(members) - 1)
+        slot = np.minimum((u[:, 1] * neighbours.shape[1]).astype(np.int64), neighbours.shape[1] - 1)
+        second_pick = neighbours[first_pick, slot]
+        t = MIX_LOW + (1 - 2 * MIX_LOW) * u[:, 2]
         maps = np.empty((count, members.shape[1]), dtype=np.float32)
         _mix(members, first_pick, second_pick, t, maps)
         return maps.reshape(count, h, w, c)

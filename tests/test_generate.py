@@ -193,3 +193,31 @@ def test_inpaint_cli_mask_errors(cli, tmp_path, tiny_model):
     code, _, err = cli("inpaint", tmp_path / "digit.png", "--mask", tmp_path / "grey.png", "-m", path,
                        "-o", tmp_path / "o.png", "--draws", "2")
     assert code == 0 and "thresholded at 50%" in err
+
+
+def test_nearest_members_match_brute_force(rng):
+    from nsn_cli.top import nearest_members
+
+    x = rng.random((50, 7)).astype(np.float32)
+    got = nearest_members(x, k=3, block=16)
+    d = ((x[:, None, :].astype(np.float64) - x[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    assert np.array_equal(got, np.argsort(d, axis=1, kind="stable")[:, :3])
+
+
+def test_knn_samples_lie_between_a_member_and_its_neighbour(tiny_model):
+    _, model = tiny_model
+    maps = sample_top_maps(model, "knn", seed=2, first=0, count=50).reshape(50, -1)
+    members = model.top["members"].astype(np.float32)
+    neighbours = model.top["member_neighbours"]
+    for sample in maps:
+        # some member a and neighbour b give sample = t a + (1 - t) b with t in [0.2, 0.8]
+        d = members - sample
+        found = False
+        for a in np.argsort((d**2).sum(axis=1))[:20]:
+            for b in neighbours[a]:
+                direction = members[a] - members[b]
+                t = float(direction @ (sample - members[b]) / max(direction @ direction, 1e-12))
+                if 0.2 - 1e-4 <= t <= 0.8 + 1e-4 and np.allclose(t * members[a] + (1 - t) * members[b], sample, atol=1e-4):
+                    found = True
+        assert found
