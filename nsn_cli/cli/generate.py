@@ -26,7 +26,7 @@ def sample_cli(
     n: int = typer.Option(64, "-n", help="Number of samples."),
     layer: int | None = typer.Option(None, "--layer", help="Start from layer k (1..L, default L): patches of its receptive field."),
     output: str = typer.Option("samples.png", "-o", "--output", help=".png grid, .npz/.npy/.h5 arrays, or a folder/ of PNGs."),
-    prior: str | None = typer.Option(None, "--prior", help="normal (paper), counts, mix or pca. Default: mix where the model has top statistics, else counts."),
+    prior: str | None = typer.Option(None, "--prior", help="normal (paper), counts, mix, pca or knn. Default: mix where the model has top statistics, else counts."),
     delta1: float = typer.Option(config.SAMPLE_DELTA1, "--delta1", help="Sharpness of softmax(delta1 * v).", rich_help_panel=_GEN),
     delta2: float = typer.Option(0.0, "--delta2", help="Filter noise scale (Eq. 5).", rich_help_panel=_GEN),
     delta3: float = typer.Option(config.SAMPLE_DELTA3, "--delta3", help="Contrast of generated patches (paper: 1).", rich_help_panel=_GEN),
