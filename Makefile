@@ -8,7 +8,7 @@ OUT    := out
 STAMP  := $(VENV)/.installed-test
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: install demo test test-fast bench bench-quality lint clean mnist faces texture figures
+.PHONY: install demo test test-fast bench bench-quality lint clean mnist faces figures score
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -97,3 +97,10 @@ figures: $(OUT)/mnist-model.h5 $(OUT)/brick-model.h5 $(OUT)/inpaint-inputs
 	$(BIN)/python -c "from PIL import Image; im = Image.open('$(OUT)/style.png'); im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS).save('$(FIG)/style-brick.png')"
 	$(NSN) inpaint $(OUT)/inpaint-inputs/digits --mask $(OUT)/inpaint-inputs/mask.png -m $(OUT)/mnist-model.h5 -o $(OUT)/inpainted --force
 	$(BIN)/python bench/inpaint_inputs.py --panel $(OUT)/inpaint-inputs $(OUT)/inpainted $(FIG)/inpaint.png
+
+# ---------------------------------------------------------------- score (nsn against a simple peer)
+$(OUT)/gaussian-samples.npz: $(OUT)/mnist.h5
+	$(BIN)/python bench/gaussian_baseline.py $< $@ 2000
+
+score: $(OUT)/mnist-model.h5 $(OUT)/gaussian-samples.npz
+	$(NSN) score $(OUT)/mnist-model.h5 $(OUT)/gaussian-samples.npz --ref $(OUT)/mnist.h5 -n 2000 --json $(OUT)/scores.json

@@ -1,0 +1,107 @@
+"""``nsn score``: sample-quality and likelihood metrics, one table row per input."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import List
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from nsn_cli.cli._common import app, console, console_err, progress_bar, task_advancer
+from nsn_cli.files import atomic_path, check_output_path
+from nsn_cli.readers import SkippedFilesWarning
+from nsn_cli.score import METRICS, ScoreOptions, ScoreReport, parse_metrics, score
+
+#: (JSON key, column header, key of its +/- part or None), in table order; SWD levels go third.
+_COLUMNS = [
+    ("inception_score_mean", "IS", "inception_score_std"),
+    ("frechet_distance", "FID", None),
+    ("parzen_ll_mean", "Parzen\nLL", "parzen_ll_se"),
+    ("precision", "prec.", None),
+    ("recall", "recall", None),
+    ("near_copy_fraction", "near\ncopies", None),
+    ("nll_nats_per_patch", "NLL\nnats/p.", None),
+    ("nll_bits_per_dim", "NLL\nbits/dim", None),
+    ("nll_gaussian_bits_per_dim", "Gauss.\nbits/dim", None),
+]
+
+
+def _number(value: float | None) -> str:
+    """About four significant digits; no "-0.000"."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    digits = 3 if abs(value) < 10 else 2 if abs(value) < 100 else 1 if abs(value) < 1000 else 0
+    return f"{round(value, digits) + 0.0:.{digits}f}"
+
+
+def _cell(row: dict, key: str, spread: str | None) -> str:
+    if key not in row:
+        return "-"
+    text = _number(row[key])
+    return f"{text}\n±{_number(row[spread])}" if spread is not None and spread in row else text
+
+
+def report_table(report: ScoreReport) -> Table:
+    """A rich table: one row per input, one column per metric any row has."""
+    columns = list(_COLUMNS)
+    if report.swd_heights:
+        swd = [(f"swd_level_{h}", f"SWD {h}\nx1e3", None) for h in report.swd_heights]
+        columns[2:2] = swd + [("swd_mean", "SWD\nmean", None)]
+    columns = [c for c in columns if any(c[0] in row for row in report.rows)]
+    table = Table(title=f"nsn score against {report.reference} ({report.reference_images} images)",
+                  box=box.SIMPLE_HEAD)
+    table.add_column("samples", overflow="fold")
+    table.add_column("images", justify="right")
+    for _, header, _ in columns:
+        table.add_column(header, justify="right", no_wrap=True)
+    for row in report.rows:
+        table.add_row(row["input"], str(row["images"]), *(_cell(row, key, spread) for key, _, spread in columns))
+    return table
+
+
+def _print_wide(table: Table) -> None:
+    """Print a table; into a file or pipe at its natural width rather than cut to 80 columns."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+    Console(file=console.file, width=max(console.width, natural)).print(table)
+
+
+@app.command("score")
+def score_cli(
+    samples: List[Path] = typer.Argument(..., help="Model files (sampled on the fly), .npz/.npy arrays, nsn .h5 data sets, or folders of images."),
+    ref: Path = typer.Option(..., "--ref", help="Reference nsn data set (.h5); with labels it also gives IS and FID."),
+    metrics: str = typer.Option(",".join(METRICS), "--metrics", help=f"Comma-separated, from {','.join(METRICS)}."),
+    n: int = typer.Option(10000, "-n", help="Samples drawn from each model; at most this many images read from other inputs."),
+    seed: int = typer.Option(0, "--seed", help="Seed for sampling models and for every random choice of the metrics."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
+    train: Path | None = typer.Option(None, "--train", help="The data set the generator was trained on (memorisation)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --json file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Score samples against a reference: classifier IS/FID, SWD, Parzen, precision/recall,
+    memorisation, and a model's patch likelihood (see nsn_cli/score.py for the definitions)."""
+    options = ScoreOptions(metrics=parse_metrics(metrics), n=n, seed=seed, train=train)
+    if json_path is not None:
+        check_output_path(json_path, force)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFilesWarning)  # reported from the notes instead
+        with progress_bar(quiet) as progress:
+            report = score(samples, ref, options, tracker=lambda text, total: task_advancer(progress, text)(total, 1))
+    for note in report.notes:
+        console_err.print(f"[yellow]note:[/] {note}", highlight=False)
+    _print_wide(report_table(report))
+    if report.classifier_accuracy is not None:
+        cached = " (cached)" if report.classifier_cached else ""
+        console.print(f"classifier held-out accuracy {report.classifier_accuracy:.3f}{cached}", highlight=False)
+    if json_path is not None:
+        with atomic_path(json_path) as temp:
+            temp.write_text(json.dumps(report.to_json(options), indent=2) + "\n")
+        console.print(f"wrote {json_path}", highlight=False)
