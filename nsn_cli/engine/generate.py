@@ -149,6 +149,16 @@ def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_s
                     out[i, y, x, ch] *= inverse[y, x]
 
 
+def _checked(maps: np.ndarray, mu: np.ndarray, draws: int) -> tuple[np.ndarray, np.ndarray]:
+    maps = np.ascontiguousarray(maps, dtype=np.float32)
+    mu = np.ascontiguousarray(mu, dtype=np.float32)
+    if maps.shape[-1] != mu.shape[0]:
+        raise ValueError(f"maps have {maps.shape[-1]} channels, layer has {mu.shape[0]} filters")
+    if draws < 1:
+        raise ValueError("draws must be at least 1")
+    return maps, mu
+
+
 def decode_maps(
     maps: np.ndarray,
     mu: np.ndarray,
@@ -167,12 +177,7 @@ def decode_maps(
 ) -> np.ndarray:
     """``F[l-1]`` (N, H, W, channels) from ``F[l]`` (N, h, w, K): :func:`decode_patches` and
     :func:`~.patches.stitch_patches` fused (same numbers, same random streams)."""
-    maps = np.ascontiguousarray(maps, dtype=np.float32)
-    mu = np.ascontiguousarray(mu, dtype=np.float32)
-    if maps.shape[-1] != mu.shape[0]:
-        raise ValueError(f"maps have {maps.shape[-1]} channels, layer has {mu.shape[0]} filters")
-    if draws < 1:
-        raise ValueError("draws must be at least 1")
+    maps, mu = _checked(maps, mu, draws)
     n, h, w, _ = maps.shape
     height, width = (h - 1) * stride + patch, (w - 1) * stride + patch
     out = np.empty((n, height, width, channels), dtype=np.float32)
@@ -201,13 +206,8 @@ def decode_patches(
     caller wants). Sample ``i`` of the batch draws from stream ``(seed, first_sample + i,
     stream)``. Returns (N, h, w, D) float32.
     """
-    maps = np.ascontiguousarray(maps, dtype=np.float32)
-    mu = np.ascontiguousarray(mu, dtype=np.float32)
+    maps, mu = _checked(maps, mu, draws)
     var = np.asarray(sigma, dtype=np.float64) ** 2
-    if maps.shape[-1] != mu.shape[0]:
-        raise ValueError(f"maps have {maps.shape[-1]} channels, layer has {mu.shape[0]} filters")
-    if draws < 1:
-        raise ValueError("draws must be at least 1")
     out = np.empty(maps.shape[:3] + (mu.shape[1],), dtype=np.float32)
     _decode_step(maps, mu, var, float(delta1), float(delta2), float(delta3), int(draws),
                  np.uint64(seed), np.int64(first_sample), np.int64(stream), out)
