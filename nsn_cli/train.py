@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +18,9 @@ from nsn_cli.engine.em import FilterCapError, LayerFit, StepStats, fit_layer, fi
 from nsn_cli.engine.geometry import arch_string, check_reaches_one, default_arch, map_sizes, parse_arch, preset_name
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import ACTIVATIONS
+from nsn_cli.engine.stream import fit_layer_stream, fit_layer_stream_to_count
 from nsn_cli.errors import NsnError
-from nsn_cli.files import check_output_path, fingerprint, load_images
+from nsn_cli.files import check_output_path, fingerprint, load_images, open_dataset
 from nsn_cli.model import Layer, NSNModel
 from nsn_cli.top import compute_top_stats
 
@@ -29,6 +32,18 @@ DEFAULT_ALPHAS = {
 #: Otherwise a target filter count per layer (the paper's LFW counts for lfw64).
 DEFAULT_TARGETS = {"lfw64": [284, 242, 240, 235, 161]}
 FALLBACK_TARGET = 128
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_memory(text: str) -> int:
+    """``--memory``: bytes from "512M", "2G", "1.5G", "64k" (binary units) or plain bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise NsnError(f"--memory: expected a size such as 512M, 2G or a number of bytes, got {text!r}")
+    value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if value < 1 << 20:
+        raise NsnError(f"--memory must be at least 1M, got {text!r}")
+    return value
 
 
 class TrainReporter(Protocol):
@@ -112,14 +127,30 @@ def train(
     force: bool = False,
     threads: int | None = None,
     reporter: TrainReporter | None = None,
+    memory: int | None = None,
+    workers: int | None = None,
+    dask_address: str | None = None,
 ) -> NSNModel:
-    """Train every layer of an NSN on a data set; checkpoint ``output`` after each layer."""
+    """Train every layer of an NSN on a data set; checkpoint ``output`` after each layer.
+
+    memory: a budget in bytes. A layer whose patches and input maps fit in it is trained in
+    memory as without a budget; a larger one is streamed (:mod:`nsn_cli.engine.stream`):
+    images are read from ``data_path`` in chunks and encoded through the layers below on
+    every pass. None: everything in memory.
+    workers, dask_address: run the streamed layers' chunk E-steps on a local Dask cluster of
+    that many processes, or on the scheduler at that address (same bits as locally).
+    """
     reporter = reporter or _Silent()
     output = Path(output)
     if threads is not None and not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
         raise NsnError(f"--threads must lie in 1..{numba.config.NUMBA_NUM_THREADS}, got {threads}")
-    images, _labels, zca = load_images(data_path)
-    n, height, width, channels = images.shape
+    if memory is None:
+        images, _labels, zca = load_images(data_path)
+        n, height, width, channels = images.shape
+    else:
+        with open_dataset(data_path) as dataset:
+            (n, height, width, channels), zca = dataset.shape, dataset.zca
+        images = None
     arch = parse_arch(options.arch or default_arch(height, width))
     options.arch = preset_name(arch) or arch_string(arch)
     check_reaches_one(arch, height, width)
@@ -130,7 +161,14 @@ def train(
         else:
             options.targets = list(DEFAULT_TARGETS.get(options.arch, [FALLBACK_TARGET] * len(arch)))
     _validate(options, len(arch))
-    print_fp = fingerprint(images)
+    sizes = map_sizes(arch, height, width)
+    if memory is not None and _layer_bytes(arch, sizes, n, channels, options, 1) <= memory:
+        images, _labels, zca = load_images(data_path)  # layer 1 fits: all images in memory
+    if images is not None:
+        print_fp = fingerprint(images)
+    else:
+        with open_dataset(data_path) as dataset:
+            print_fp = fingerprint(dataset.images)
     config = options.as_config()
 
     model = None
@@ -148,59 +186,196 @@ def train(
                          zca=zca, config=config, source=str(data_path), fingerprint=print_fp)
 
     previous_threads = numba.get_num_threads()
+    stack = contextlib.ExitStack()
     try:
+        if workers is not None or dask_address is not None:
+            from nsn_cli.dask_backend import dask_client
+
+            client = stack.enter_context(dask_client(workers, dask_address))
+        else:
+            client = None
         if threads is not None:
             numba.set_num_threads(threads)
-        maps = images
-        sizes = map_sizes(arch, height, width)
+        maps = images  # F[index - 1] of every image, or None while streaming
         for index, shape in enumerate(arch, 1):
             done = index <= len(model.layers)
             h, w = sizes[index]
             if not done:
                 image_idx, position = _choose_patches(n, h * w, options.max_patches, options.seed, index)
-                patches = extract_patches(maps, shape.patch, shape.stride, image_idx, position)
-                reporter.layer_start(index, len(arch), patches.shape[0], patches.shape[1], False)
-                started = time.perf_counter()
-                fitted = _fit(patches, index, options, reporter)
+                n_patches = n * h * w if image_idx is None else int(image_idx.size)
+                in_channels = channels if index == 1 else model.layers[index - 2].filters
+                dims = shape.patch * shape.patch * in_channels
+                if memory is None or _layer_bytes(arch, sizes, n, in_channels, options, index) <= memory:
+                    if maps is None:
+                        maps = _encoded_maps(data_path, model, index - 1, _image_chunk(memory, model, sizes, index - 1, 0, 0))
+                    patches = extract_patches(maps, shape.patch, shape.stride, image_idx, position)
+                    reporter.layer_start(index, len(arch), patches.shape[0], patches.shape[1], False)
+                    started = time.perf_counter()
+                    fitted = _fit(index, options, reporter, patches=patches)
+                    del patches
+                else:
+                    maps = None
+                    source = LayerPatches(
+                        str(data_path), model, index - 1, shape.patch, shape.stride, n,
+                        _image_chunk(memory, model, sizes, index - 1, h * w * dims * 4, n_patches),
+                        image_idx, position,
+                    )
+                    reporter.layer_start(index, len(arch), n_patches, dims, False)
+                    started = time.perf_counter()
+                    fitted = _fit(index, options, reporter, source=source, n_patches=n_patches, client=client)
                 layer = Layer(
                     shape=shape,
-                    mu=fitted.mu.reshape(-1, shape.patch, shape.patch, maps.shape[-1]),
+                    mu=fitted.mu.reshape(-1, shape.patch, shape.patch, in_channels),
                     sigma=fitted.sigma, counts=fitted.counts, alpha=float(fitted.alpha),
                     history=fitted.history_table(), seconds=time.perf_counter() - started,
-                    patches=int(patches.shape[0]),
+                    patches=n_patches,
                 )
-                del patches
+                del fitted
                 model.layers.append(layer)
                 model.save(output)  # the checkpoint: atomic, so a kill leaves the last one intact
                 reporter.layer_done(index, layer)
             else:
                 reporter.layer_start(index, len(arch), 0, 0, True)
-            if index < len(arch):
-                maps = model.encode_layer(maps, index)
+            if index < len(arch) and maps is not None:
+                out_bytes = 4 * n * h * w * model.layers[index - 1].filters
+                if memory is None or maps.nbytes + out_bytes <= memory:
+                    maps = model.encode_layer(maps, index)
+                else:
+                    maps = None
         if model.top is None:
             # maps is now F[L-1] of every training image: the top density's data
+            if maps is None:
+                maps = _encoded_maps(data_path, model, len(arch) - 1,
+                                     _image_chunk(memory, model, sizes, len(arch) - 1, 0, 0))
             top_layer = model.layers[-1]
             model.top = compute_top_stats(maps, top_layer.flat_mu, top_layer.sigma, options.seed)
             model.save(output)
     finally:
+        stack.close()
         numba.set_num_threads(previous_threads)
     return model
 
 
-def _fit(patches: np.ndarray, index: int, options: TrainOptions, reporter: TrainReporter) -> LayerFit:
+def _layer_bytes(arch, sizes, n: int, in_channels: int, options: TrainOptions, index: int) -> int:
+    """Bytes of layer ``index``'s patches (float32) plus its input maps, all in memory."""
+    h, w = sizes[index]
+    shape = arch[index - 1]
+    n_patches = n * h * w if options.max_patches is None else min(options.max_patches, n * h * w)
+    in_h, in_w = sizes[index - 1]
+    return 4 * (n_patches * shape.patch * shape.patch * in_channels + n * in_h * in_w * in_channels)
+
+
+def _image_chunk(memory: int | None, model: NSNModel, sizes, below: int, patch_bytes: int, n_patches: int) -> int:
+    """Images per chunk when streaming: the maps F[0..below] of a chunk plus three copies of
+    its patches (``patch_bytes`` per image) fit in what the budget leaves after the labels
+    (16 bytes per patch) and 16 MB of working blocks, or in a quarter of the budget if that
+    is more. A multiple of 256 when large (encode_layer's own chunk)."""
+    if memory is None:
+        return 1024
+    per_image = 0
+    for level in range(below + 1):
+        h, w = sizes[level]
+        per_image += 4 * h * w * (model.image_shape[2] if level == 0 else model.layers[level - 1].filters)
+    per_image += 3 * patch_bytes  # the patches, the candidates, a contiguous copy
+    avail = max(memory // 4, memory - 16 * n_patches - (16 << 20))  # 16 MB: E-step blocks, filters
+    chunk = max(1, avail // max(per_image, 1))
+    return chunk - chunk % 256 if chunk >= 256 else chunk
+
+
+def _read_chunk(dataset, a: int, b: int) -> np.ndarray:
+    images = dataset.images[a:b].astype(np.float32, copy=False)
+    if not np.isfinite(images).all():
+        raise NsnError(f"{dataset.path}: /images contains NaN or infinite values")
+    return images
+
+
+def _encoded_maps(data_path, model: NSNModel, upto: int, chunk: int) -> np.ndarray:
+    """F[upto] of every image, encoded chunk by chunk from the file."""
+    with open_dataset(data_path) as dataset:
+        n = dataset.shape[0]
+        out = None
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            maps = _read_chunk(dataset, a, b)
+            for level in range(1, upto + 1):
+                maps = model.encode_layer(maps, level)
+            if out is None:
+                out = np.empty((n, *maps.shape[1:]), dtype=np.float32)
+            out[a:b] = maps
+    return out
+
+
+@dataclass
+class LayerPatches:
+    """Chunk source of one layer's patches: images ``chunk`` at a time from the data file,
+    encoded through the ``below`` trained layers, cut into patches (all, or the chosen
+    ``image_idx`` / ``position`` ones, in the same order as in memory). Picklable."""
+
+    path: str
+    model: NSNModel
+    below: int
+    patch: int
+    stride: int
+    n_images: int
+    chunk: int
+    image_idx: np.ndarray | None = None
+    position: np.ndarray | None = None
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """The image ranges of the chunks, in order (ranges without a chosen patch skipped)."""
+        out = []
+        for a in range(0, self.n_images, self.chunk):
+            b = min(self.n_images, a + self.chunk)
+            if self.image_idx is None or np.searchsorted(self.image_idx, a) < np.searchsorted(self.image_idx, b):
+                out.append((a, b))
+        return out
+
+    def read(self, dataset, a: int, b: int) -> np.ndarray:
+        """The patches of images a..b-1 of the open ``dataset``."""
+        maps = _read_chunk(dataset, a, b)
+        for level in range(1, self.below + 1):
+            maps = self.model.encode_layer(maps, level)
+        if self.image_idx is None:
+            return extract_patches(maps, self.patch, self.stride)
+        lo, hi = np.searchsorted(self.image_idx, [a, b])
+        return extract_patches(maps, self.patch, self.stride, self.image_idx[lo:hi] - a, self.position[lo:hi])
+
+    def load(self, a: int, b: int) -> np.ndarray:
+        """:meth:`read` on the data file (what a remote worker does)."""
+        with open_dataset(self.path) as dataset:
+            return self.read(dataset, a, b)
+
+    def __call__(self):
+        with open_dataset(self.path) as dataset:
+            for a, b in self.ranges():
+                yield self.read(dataset, a, b)
+
+
+def _fit(index: int, options: TrainOptions, reporter: TrainReporter, *, patches: np.ndarray | None = None,
+         source: LayerPatches | None = None, n_patches: int = 0, client=None) -> LayerFit:
+    """Fit layer ``index`` on ``patches`` in memory, or streamed from ``source`` (its chunk
+    E-steps on the Dask ``client`` if given)."""
     seed = int(np.random.SeedSequence([options.seed, index]).generate_state(1)[0])
 
     def on_iteration(iteration: int, stats: StepStats) -> None:
         reporter.iteration(index, iteration, options.iterations, stats)
 
+    def on_fit(alpha: float, count: float) -> None:
+        reporter.probe(index, alpha, count)
+
+    common = {"iterations": options.iterations, "seed": seed, "max_filters": options.max_filters}
     try:
+        if patches is not None and options.targets is not None:
+            return fit_layer_to_count(patches, options.targets[index - 1], on_fit=on_fit, **common)
+        if patches is not None:
+            return fit_layer(patches, options.alphas[index - 1], on_iteration=on_iteration, **common)
+        if client is not None:
+            from nsn_cli.dask_backend import dask_runner
+
+            common["runner"] = dask_runner(client, source)
         if options.targets is not None:
-            return fit_layer_to_count(
-                patches, options.targets[index - 1], iterations=options.iterations, seed=seed,
-                max_filters=options.max_filters, on_fit=lambda a, c: reporter.probe(index, a, c),
-            )
-        return fit_layer(patches, options.alphas[index - 1], iterations=options.iterations, seed=seed,
-                         max_filters=options.max_filters, on_iteration=on_iteration)
+            return fit_layer_stream_to_count(source, n_patches, options.targets[index - 1], on_fit=on_fit, **common)
+        return fit_layer_stream(source, n_patches, options.alphas[index - 1], on_iteration=on_iteration, **common)
     except FilterCapError as exc:
         raise NsnError(
             f"layer {index} grew to {exc.filters} filters, past --max-filters {exc.cap}; "

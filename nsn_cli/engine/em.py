@@ -107,7 +107,11 @@ _M_STEP_BUDGET = 64 << 20
 
 
 def creation_pass(
-    candidates: np.ndarray, radius: float, block: int = _CREATION_BLOCK, max_new: int | None = None
+    candidates: np.ndarray,
+    radius: float,
+    block: int = _CREATION_BLOCK,
+    max_new: int | None = None,
+    existing: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """DP-means over ``candidates`` (m, D), visited in row order.
 
@@ -115,12 +119,16 @@ def creation_pass(
     ``seeds`` (n_new,) int64: the row that started each filter. Raises
     :class:`FilterCapError` as soon as more than ``max_new`` filters would be created, so a
     far too small radius costs little (its pass would otherwise be quadratic).
+
+    existing: seeds (E, D) of filters created earlier in the same pass (a streamed pass goes
+    chunk by chunk); they are numbered 0..E-1, new filters from E, and count towards
+    ``max_new``. ``seeds`` lists the new filters only.
     """
     candidates = np.ascontiguousarray(candidates, dtype=np.float32)
     m, dims = candidates.shape
     labels = np.empty(m, dtype=np.int64)
     seeds: list[np.ndarray] = []
-    seed_mu = np.empty((0, dims), dtype=np.float32)
+    seed_mu = np.empty((0, dims), dtype=np.float32) if existing is None else np.ascontiguousarray(existing, dtype=np.float32)
     radius2 = float(radius) ** 2
     for a in range(0, m, block):
         b = min(m, a + block)
@@ -146,12 +154,11 @@ def creation_pass(
     return labels, seed_index
 
 
-def m_step(patches: np.ndarray, labels: np.ndarray, n_filters: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Eq. 2-3 for ``n_filters`` filters from hard ``labels`` (n,).
+def moments(patches: np.ndarray, labels: np.ndarray, n_filters: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-filter sums (K, D), squared-norm sums (K,) (float64) and counts (K,) of ``patches``
+    (n, D) under hard ``labels`` (n,) in 0..n_filters-1.
 
-    Returns ``mu`` (K, D) float32, ``rms`` (K,) float64 (unfloored sigma) and ``counts`` (K,).
-    Sums run in float64 over fixed chunks of rows, merged in chunk order; the spread is
-    ``E||x||^2 - ||mu||^2`` (float64, so the cancellation costs nothing at these scales).
+    Sums run in float64 over fixed chunks of rows (from n and K only), merged in chunk order.
     """
     patches = np.ascontiguousarray(patches, dtype=np.float32)
     n, dims = patches.shape
@@ -167,10 +174,25 @@ def m_step(patches: np.ndarray, labels: np.ndarray, n_filters: int) -> tuple[np.
         total = total + sums[c]
         sq = sq + squares[c]
         count = count + counts[c]
+    return total, sq, count
+
+
+def finish_moments(total: np.ndarray, sq: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eq. 2-3 from :func:`moments`: ``mu`` (K, D) float32, ``rms`` (K,) (unfloored sigma), counts."""
     safe = np.maximum(count, 1)
     mean = total / safe[:, None]
     mean_sq = np.maximum(sq / safe - np.einsum("kd,kd->k", mean, mean), 0.0)
     return mean.astype(np.float32), np.sqrt(np.where(count > 0, mean_sq, 0.0)), count
+
+
+def m_step(patches: np.ndarray, labels: np.ndarray, n_filters: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eq. 2-3 for ``n_filters`` filters from hard ``labels`` (n,).
+
+    Returns ``mu`` (K, D) float32, ``rms`` (K,) float64 (unfloored sigma) and ``counts`` (K,).
+    Sums run in float64 over fixed chunks of rows, merged in chunk order; the spread is
+    ``E||x||^2 - ||mu||^2`` (float64, so the cancellation costs nothing at these scales).
+    """
+    return finish_moments(*moments(patches, labels, n_filters))
 
 
 @dataclass
@@ -219,6 +241,12 @@ def em_step(
             created = seeds.size
             labels[candidates] = n_filters + new_labels
     new_mu, rms, counts = m_step(patches, labels, n_filters + created)
+    return finish_step(new_mu, rms, counts, labels, previous_labels, sigma_floor=sigma_floor, created=created,
+                       mean_sim=float(best.mean()), started=started)
+
+
+def finish_step(mu, rms, counts, labels, previous_labels, *, sigma_floor, created, mean_sim, started):
+    """End of an EM step: drop empty filters, renumber ``labels``, floor sigma, count changes."""
     keep = counts > 0
     remap = np.cumsum(keep) - 1
     labels = remap[labels]
@@ -228,11 +256,11 @@ def em_step(
         created=int(created),
         dropped=int((~keep).sum()),
         changed=changed,
-        mean_sim=float(best.mean()),
+        mean_sim=mean_sim,
         seconds=time.perf_counter() - started,
     )
     sigma_out = np.maximum(rms[keep], sigma_floor)
-    return new_mu[keep], sigma_out, counts[keep], labels, stats
+    return mu[keep], sigma_out, counts[keep], labels, stats
 
 
 class FilterCapError(NsnError):
@@ -279,15 +307,31 @@ def fit_layer(
     floor = width / SIGMA_FLOOR_DIVISOR
     mu = patches[rng.integers(patches.shape[0])][None, :].copy()
     sigma = np.array([width])
+    norms = row_norms(patches)  # the patches do not change across iterations
+
+    def step(mu, sigma, labels):
+        return em_step(patches, mu, sigma, alpha=alpha, sigma_floor=floor, rng=rng,
+                       previous_labels=labels, max_filters=max_filters, norms=norms)
+
+    return iterate_em(step, mu, sigma, alpha, iterations, on_iteration)
+
+
+def iterate_em(
+    step: Callable,
+    mu: np.ndarray,
+    sigma: np.ndarray,
+    alpha: float,
+    iterations: int,
+    on_iteration: Callable[[int, StepStats], None] | None = None,
+) -> LayerFit:
+    """Run ``step(mu, sigma, labels) -> (mu, sigma, counts, labels, stats)`` up to
+    ``iterations`` times, stopping early when nothing changes and nothing is created or dropped.
+    Shared by the in-memory and the streamed fits."""
     labels = None
     counts = np.zeros(1, dtype=np.int64)
     history: list[StepStats] = []
-    norms = row_norms(patches)  # the patches do not change across iterations
     for iteration in range(iterations):
-        mu, sigma, counts, labels, stats = em_step(
-            patches, mu, sigma, alpha=alpha, sigma_floor=floor, rng=rng,
-            previous_labels=labels, max_filters=max_filters, norms=norms,
-        )
+        mu, sigma, counts, labels, stats = step(mu, sigma, labels)
         history.append(stats)
         if on_iteration is not None:
             on_iteration(iteration, stats)
@@ -313,10 +357,32 @@ def fit_layer_to_count(
     the patch spread, refined by interpolating log(count) against log(radius). Each probe is a
     full :func:`fit_layer` with the same seed; the closest one is returned.
     """
+    patches = np.ascontiguousarray(patches, dtype=np.float32)
+    return search_count(
+        patches[:: max(1, patches.shape[0] // COUNT_SAMPLE)], target,
+        lambda alpha: fit_layer(patches, alpha, iterations=iterations, seed=seed, max_filters=max_filters),
+        max_filters=max_filters, tolerance=tolerance, max_fits=max_fits, on_fit=on_fit,
+    )
+
+
+#: The alpha search measures the patch spread on about this many evenly spaced patches.
+COUNT_SAMPLE = 20000
+
+
+def search_count(
+    sample: np.ndarray,
+    target: int,
+    fit: Callable[[float], LayerFit],
+    *,
+    max_filters: int,
+    tolerance: float = 0.05,
+    max_fits: int = 14,
+    on_fit: Callable[[float, int], None] | None = None,
+) -> LayerFit:
+    """The alpha search of :func:`fit_layer_to_count`: ``sample`` (a spread of the patches)
+    brackets the radius, ``fit(alpha)`` trains one probe."""
     if target < 1 or target > max_filters:
         raise NsnError(f"--filters: target {target} must lie in 1..--max-filters ({max_filters})")
-    patches = np.ascontiguousarray(patches, dtype=np.float32)
-    sample = patches[:: max(1, patches.shape[0] // 20000)]
     spread = float(np.sqrt(((sample - sample.mean(axis=0)) ** 2).sum(axis=1).max())) or 1.0
     lo, hi = math.log(spread * 1e-4), math.log(spread * 2.0)  # log radius: many .. one filter
     count_lo, count_hi = math.inf, 1.0
@@ -330,15 +396,15 @@ def fit_layer_to_count(
             probe = 0.5 * (lo + hi)
         alpha = alpha_for_radius(math.exp(probe))
         try:
-            fit = fit_layer(patches, alpha, iterations=iterations, seed=seed, max_filters=max_filters)
-            count = fit.mu.shape[0]
+            probe_fit = fit(alpha)
+            count = probe_fit.mu.shape[0]
         except FilterCapError:
-            fit, count = None, math.inf
+            probe_fit, count = None, math.inf
         if on_fit is not None:
             on_fit(alpha, count)
-        if fit is not None and (best is None or abs(count - target) < abs(best.mu.shape[0] - target)):
-            best = fit
-        if fit is not None and abs(count - target) <= tolerance * target:
+        if probe_fit is not None and (best is None or abs(count - target) < abs(best.mu.shape[0] - target)):
+            best = probe_fit
+        if probe_fit is not None and abs(count - target) <= tolerance * target:
             break
         if count > target:
             lo, count_lo = probe, count

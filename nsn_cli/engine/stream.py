@@ -1,0 +1,212 @@
+"""Streamed EM for one layer: patches come in chunks, never all in memory (issue 6).
+
+One streamed iteration (:func:`stream_step`) is :func:`~.em.em_step` reorganised by chunk:
+
+1. Per chunk (:func:`chunk_estep`, pure, so it can run anywhere): best filter of every patch
+   against the current filters; float64 moments (:func:`~.em.moments`) of the patches that
+   stay with an old filter; the chunk's candidates (best Sim < alpha) in a random order seeded
+   by (step seed, chunk index).
+2. In chunk order, on the caller: the creation pass (:func:`~.em.creation_pass`) over each
+   chunk's candidates, against every filter created so far in this iteration; the new
+   filters' moments from their members. Moments are merged in chunk order.
+3. M-step from the merged moments (:func:`~.em.finish_moments`), empty filters dropped.
+
+The result depends on the chunk boundaries (candidate order, summation order), not on where
+the chunks come from: the same chunks from a file or from memory give the same bits. Only
+the labels (8 bytes per patch, twice) are held for the whole layer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from nsn_cli.config import SIGMA_FLOOR_DIVISOR
+from nsn_cli.engine.em import (
+    COUNT_SAMPLE,
+    FilterCapError,
+    LayerFit,
+    StepStats,
+    creation_pass,
+    finish_moments,
+    finish_step,
+    iterate_em,
+    moments,
+    search_count,
+    sigma_new,
+)
+from nsn_cli.engine.similarity import best_filter
+
+#: A chunk provider: each call yields the layer's patches (m, D) float32 in a fixed order.
+ChunkSource = Callable[[], Iterable[np.ndarray]]
+
+
+@dataclass
+class ChunkEStep:
+    """What :func:`chunk_estep` returns for one chunk of ``size`` patches."""
+
+    size: int
+    labels: np.ndarray  # (size,) int64: best old filter; K (the old count) for candidates
+    best_sum: float  # sum of the best Sim (float64)
+    sums: np.ndarray  # (K, D) float64 over the non-candidates
+    squares: np.ndarray  # (K,)
+    counts: np.ndarray  # (K,) int64
+    candidate_rows: np.ndarray  # (c,) rows of the chunk, in the seeded visiting order
+    candidates: np.ndarray  # (c, D) float32 patches of those rows
+
+
+def chunk_estep(chunk: np.ndarray, mu: np.ndarray, sigma: np.ndarray, alpha: float, seed: int, index: int) -> ChunkEStep:
+    """E-step of chunk number ``index`` (pure: same inputs, same bits)."""
+    chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+    k = mu.shape[0]
+    labels, best = best_filter(chunk, mu, sigma)
+    if np.isfinite(alpha):
+        rows = np.flatnonzero(best < alpha)
+        rows = rows[np.random.default_rng([seed, index]).permutation(rows.size)]
+    else:
+        rows = np.empty(0, dtype=np.int64)
+    labels[rows] = k  # an extra bin, dropped: candidates are summed with their new filters
+    sums, squares, counts = moments(chunk, labels, k + 1)
+    return ChunkEStep(chunk.shape[0], labels, float(np.sum(best)), sums[:k], squares[:k], counts[:k],
+                      rows, chunk[rows])
+
+
+#: Runs :func:`chunk_estep` over every chunk for the given (mu, sigma, alpha, seed) and
+#: yields the results in chunk order (locally, or on a cluster).
+EStepRunner = Callable[[np.ndarray, np.ndarray, float, int], Iterator[ChunkEStep]]
+
+
+def local_runner(chunks: ChunkSource) -> EStepRunner:
+    """Run the per-chunk E-steps here, one chunk in memory at a time."""
+
+    def run(mu, sigma, alpha, seed):
+        for index, chunk in enumerate(chunks()):
+            yield chunk_estep(chunk, mu, sigma, alpha, seed, index)
+
+    return run
+
+
+def stream_step(
+    run: EStepRunner,
+    n_patches: int,
+    mu: np.ndarray,
+    sigma: np.ndarray,
+    *,
+    alpha: float,
+    sigma_floor: float,
+    seed: int,
+    previous_labels: np.ndarray | None = None,
+    max_filters: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, StepStats]:
+    """One streamed EM step over ``n_patches`` patches; returns what :func:`~.em.em_step` does."""
+    started = time.perf_counter()
+    k, dims = mu.shape
+    radius = sigma_new(alpha) if np.isfinite(alpha) else 0.0
+    room = None if max_filters is None else max(0, max_filters - k)
+    labels = np.empty(n_patches, dtype=np.int64)
+    total = np.zeros((k, dims))
+    sq = np.zeros(k)
+    count = np.zeros(k, dtype=np.int64)
+    seed_mu = np.empty((0, dims), dtype=np.float32)  # filters created in this step
+    new_total = np.zeros((0, dims))
+    new_sq = np.zeros(0)
+    new_count = np.zeros(0, dtype=np.int64)
+    best_sum = 0.0
+    offset = 0
+    for part in run(mu, sigma, alpha, seed):  # chunk order
+        total, sq, count = total + part.sums, sq + part.squares, count + part.counts
+        best_sum += part.best_sum
+        chunk_labels = part.labels
+        if part.candidates.shape[0]:
+            try:
+                new_labels, seeds = creation_pass(part.candidates, radius, max_new=room, existing=seed_mu)
+            except FilterCapError as exc:
+                raise FilterCapError(k + exc.filters, max_filters) from None
+            if seeds.size:
+                seed_mu = np.concatenate([seed_mu, part.candidates[seeds]])
+            made = seed_mu.shape[0]
+            s, q, c = moments(part.candidates, new_labels, made)
+            grow = made - new_total.shape[0]
+            new_total = np.concatenate([new_total, np.zeros((grow, dims))]) + s
+            new_sq = np.concatenate([new_sq, np.zeros(grow)]) + q
+            new_count = np.concatenate([new_count, np.zeros(grow, dtype=np.int64)]) + c
+            chunk_labels[part.candidate_rows] = k + new_labels
+        labels[offset : offset + part.size] = chunk_labels
+        offset += part.size
+    if offset != n_patches:
+        raise ValueError(f"the chunks held {offset} patches, expected {n_patches}")
+    created = seed_mu.shape[0]
+    new_mu, rms, counts = finish_moments(
+        np.concatenate([total, new_total]), np.concatenate([sq, new_sq]), np.concatenate([count, new_count]))
+    return finish_step(new_mu, rms, counts, labels, previous_labels, sigma_floor=sigma_floor, created=created,
+                       mean_sim=best_sum / max(n_patches, 1), started=started)
+
+
+def patch_at(chunks: ChunkSource, index: int) -> np.ndarray:
+    """Patch number ``index`` (D,) of a chunk source (reads chunks up to it)."""
+    offset = 0
+    for chunk in chunks():
+        if index < offset + chunk.shape[0]:
+            return np.array(chunk[index - offset], dtype=np.float32)
+        offset += chunk.shape[0]
+    raise IndexError(f"patch {index} of {offset}")
+
+
+def spread_sample(chunks: ChunkSource, n_patches: int) -> np.ndarray:
+    """Every ``n // COUNT_SAMPLE``-th patch, as :func:`~.em.fit_layer_to_count` samples them."""
+    step = max(1, n_patches // COUNT_SAMPLE)
+    picked, offset = [], 0
+    for chunk in chunks():
+        first = (-offset) % step
+        picked.append(np.asarray(chunk[first::step], dtype=np.float32))
+        offset += chunk.shape[0]
+    return np.concatenate(picked)
+
+
+def fit_layer_stream(
+    chunks: ChunkSource,
+    n_patches: int,
+    alpha: float,
+    *,
+    iterations: int,
+    seed: int,
+    max_filters: int,
+    on_iteration: Callable[[int, StepStats], None] | None = None,
+    runner: EStepRunner | None = None,
+) -> LayerFit:
+    """:func:`~.em.fit_layer` on a chunk source: same start, steps and stopping rule."""
+    run = runner or local_runner(chunks)
+    rng = np.random.default_rng(seed)
+    width = sigma_new(alpha)
+    floor = width / SIGMA_FLOOR_DIVISOR
+    mu = patch_at(chunks, int(rng.integers(n_patches)))[None, :]
+    sigma = np.array([width])
+
+    def step(mu, sigma, labels):
+        return stream_step(run, n_patches, mu, sigma, alpha=alpha, sigma_floor=floor,
+                           seed=int(rng.integers(1 << 62)), previous_labels=labels, max_filters=max_filters)
+
+    return iterate_em(step, mu, sigma, alpha, iterations, on_iteration)
+
+
+def fit_layer_stream_to_count(
+    chunks: ChunkSource,
+    n_patches: int,
+    target: int,
+    *,
+    iterations: int,
+    seed: int,
+    max_filters: int,
+    on_fit: Callable[[float, int], None] | None = None,
+    runner: EStepRunner | None = None,
+) -> LayerFit:
+    """:func:`~.em.fit_layer_to_count` on a chunk source."""
+    return search_count(
+        spread_sample(chunks, n_patches), target,
+        lambda alpha: fit_layer_stream(chunks, n_patches, alpha, iterations=iterations, seed=seed,
+                                       max_filters=max_filters, runner=runner),
+        max_filters=max_filters, on_fit=on_fit,
+    )
