@@ -70,10 +70,13 @@ def generate(
     seed: int = 0,
     batch: int = BATCH,
     progress: Callable[[int], None] | None = None,
-) -> np.ndarray:
+    sink: Callable[[int, np.ndarray], None] | None = None,
+) -> np.ndarray | None:
     """``n`` samples (n, H, W, C) in [0, 1] generated from ``layer`` (default: the top).
 
     From a hidden layer ``k`` the result is a patch of that layer's receptive field.
+    With ``sink``, each batch goes to ``sink(first_index, images)`` instead of being kept, so
+    any ``n`` needs memory for one batch only, and None is returned.
     ``prior=None`` picks the measured best: ``mix`` for the top layer of a model with top
     statistics (bench/bench_quality.py), else ``counts``.
     """
@@ -100,6 +103,11 @@ def generate(
             maps = top_vectors(model, layer, prior, seed, first, count)
             start = layer
         images = model.finish_images(model.decode(maps, start, params, seed=seed, first_sample=first))
+        if sink is not None:
+            sink(first, images)
+            if progress is not None:
+                progress(count)
+            continue
         if out is None:
             out = np.empty((n,) + images.shape[1:], dtype=np.float32)
         out[first : first + count] = images
@@ -243,3 +251,28 @@ def write_images(images: np.ndarray, output: str | os.PathLike, *, columns: int 
         else:
             raise NsnError(f"{output}: unknown output kind; use .png, .npz, .npy, .h5, or a folder ending in /")
     return Written(output, kind, len(images))
+
+
+def stream_to_h5(output: str | os.PathLike, n: int, force: bool, generate_into: Callable) -> Written:
+    """Write ``n`` samples to an nsn data set file batch by batch (bounded memory, atomic).
+
+    ``generate_into(sink)`` must call ``sink(first_index, images)`` for consecutive batches.
+    """
+    import h5py
+
+    from nsn_cli.files import DATASET_TYPE, atomic_path, check_output_path, stamp
+
+    output = check_output_path(output, force)
+    with atomic_path(output) as temp, h5py.File(temp, "w") as handle:
+        stamp(handle, DATASET_TYPE, "nsn sample")
+        state: dict = {}
+
+        def sink(first: int, images: np.ndarray) -> None:
+            if "data" not in state:
+                state["data"] = handle.create_dataset(
+                    "images", shape=(n,) + images.shape[1:], dtype=np.float32,
+                    chunks=(min(n, 256),) + images.shape[1:], compression="gzip", compression_opts=4)
+            state["data"][first : first + len(images)] = images
+
+        generate_into(sink)
+    return Written(output, "nsn data set (streamed)", n)

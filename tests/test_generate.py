@@ -221,3 +221,13 @@ def test_knn_samples_lie_between_a_member_and_its_neighbour(tiny_model):
                 if 0.2 - 1e-4 <= t <= 0.8 + 1e-4 and np.allclose(t * members[a] + (1 - t) * members[b], sample, atol=1e-4):
                     found = True
         assert found
+
+
+def test_streamed_h5_output_equals_in_memory(tmp_path, tiny_model):
+    from nsn_cli.sample import stream_to_h5
+
+    _, model = tiny_model
+    expected = generate(model, 700, seed=6)
+    stream_to_h5(tmp_path / "big.h5", 700, False,
+                 lambda sink: generate(model, 700, seed=6, batch=128, sink=sink))
+    assert np.array_equal(load_images(tmp_path / "big.h5")[0], expected)
