@@ -90,7 +90,7 @@ $(OUT)/inpaint-inputs: data/mnist-4k-images-idx3-ubyte.gz | $(STAMP) $(OUT)
 figures: $(OUT)/mnist-model.h5 $(OUT)/brick-model.h5 $(OUT)/inpaint-inputs
 	mkdir -p $(FIG)
 	for k in 1 2 3; do $(NSN) sample -m $(OUT)/mnist-model.h5 --layer $$k --prior counts -n 64 -o $(FIG)/layer$$k.png --force -q; done
-	for p in normal counts pca mix; do $(NSN) sample -m $(OUT)/mnist-model.h5 --prior $$p -n 64 -o $(FIG)/prior-$$p.png --force -q; done
+	for p in normal counts pca mix knn; do $(NSN) sample -m $(OUT)/mnist-model.h5 --prior $$p -n 64 -o $(FIG)/prior-$$p.png --force -q; done
 	$(NSN) sample -m $(OUT)/mnist-model.h5 --interpolate 0:1 --steps 10 -o $(FIG)/interpolate.png --force
 	$(NSN) sample -m $(OUT)/mnist-model.h5 --arithmetic 0+1-2 -n 6 -o $(FIG)/arithmetic.png --force
 	$(NSN) style data/astronaut.png -m $(OUT)/brick-model.h5 --variants 2 -o $(OUT)/style.png --force
