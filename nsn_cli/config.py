@@ -25,3 +25,9 @@ SIGMA_FLOOR_DIVISOR = 32.0
 #: prior. style and inpaint keep the paper's delta3 = 1 (they must reproduce known content).
 SAMPLE_DELTA1 = 100.0
 SAMPLE_DELTA3 = 1.1
+#: ``--memory`` is the whole ``train`` process's budget; this much of it is set aside for the
+#: interpreter, numba's compiled kernels and thread pools, h5py and small working blocks
+#: (measured: 186-190 MB of resident memory before any data, 2 cores), the rest is for data.
+PROCESS_RESERVE = 224 << 20
+#: The smallest ``--memory``: the reserve plus room for the top-layer statistics.
+MIN_MEMORY = 320 << 20

@@ -8,7 +8,8 @@ Model file layout (``encoding-type = "nsn-model"``, version 1)::
     /layers/<l>/mu         (K, p, p, C_in) float32     filter means (l = 1..L)
     /layers/<l>/sigma      (K,) float64
     /layers/<l>/counts     (K,) int64                  patches per filter after the last M-step
-    /layers/<l>            attrs: alpha, patch, stride, seconds, patches
+    /layers/<l>            attrs: alpha, patch, stride, seconds, patches, chunk (images per
+                           chunk if trained streamed under --memory, 0 if in memory)
     /layers/<l>/history/*  per EM iteration: filters, created, dropped, changed, mean_sim, seconds
     /zca/{mean,whiten,unwhiten}   the data set's preprocessing, so outputs are de-whitened
     /top/...               optional top-layer statistics for the diverse priors (see sample.py)
@@ -48,6 +49,7 @@ class Layer:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     patches: int = 0
+    chunk: int = 0  # images per chunk if the layer was trained streamed, 0 if in memory
 
     @property
     def filters(self) -> int:
@@ -219,7 +221,7 @@ class NSNModel:
                 g.create_dataset("sigma", data=layer.sigma)
                 g.create_dataset("counts", data=layer.counts)
                 g.attrs.update(alpha=layer.alpha, patch=layer.shape.patch, stride=layer.shape.stride,
-                               seconds=layer.seconds, patches=layer.patches)
+                               seconds=layer.seconds, patches=layer.patches, chunk=layer.chunk)
                 hist = g.create_group("history")
                 for key in HISTORY_KEYS:
                     hist.create_dataset(key, data=np.asarray([row[key] for row in layer.history]))
@@ -266,7 +268,7 @@ class NSNModel:
                     mu=g["mu"][()].astype(np.float32), sigma=g["sigma"][()].astype(np.float64),
                     counts=g["counts"][()].astype(np.int64), alpha=float(g.attrs["alpha"]),
                     history=history, seconds=float(g.attrs.get("seconds", 0.0)),
-                    patches=int(g.attrs.get("patches", 0)),
+                    patches=int(g.attrs.get("patches", 0)), chunk=int(g.attrs.get("chunk", 0)),
                 ))
             top = None
             if "top" in handle:
@@ -311,6 +313,7 @@ def describe_model(path: str | os.PathLike) -> dict:
             "alpha": round(layer.alpha, 4),
             "iterations": len(layer.history),
             "seconds": round(layer.seconds, 2),
+            "streamed": f"{layer.chunk} images a chunk" if layer.chunk else "no",
             "history": layer.history,
         })
     h, w, c = model.image_shape

@@ -27,10 +27,13 @@ Priors (``nsn sample --prior``):
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 from numba import njit, prange
 
 from nsn_cli.config import JIT_PARALLEL
+from nsn_cli.engine.em import moments
 from nsn_cli.engine.generate import normal_draws, uniform_draws
 from nsn_cli.engine.similarity import best_filter
 from nsn_cli.errors import NsnError
@@ -40,44 +43,71 @@ MAX_MEMBERS = 4096
 MIX_LOW = 0.2
 #: ``knn`` mixes a member with one of its NEIGHBOURS nearest members (any top filter).
 NEIGHBOURS = 3
+#: Rows per block of the neighbour search.
+NEIGHBOUR_BLOCK = 512
 PRIOR_STREAM = 1 << 21
 
 
-def compute_top_stats(below: np.ndarray, mu: np.ndarray, sigma: np.ndarray, seed: int) -> dict:
-    """Statistics of the training maps ``below`` = F[L-1] (N, h, w, C) per top filter.
+def top_members(n: int, seed: int, limit: int = MAX_MEMBERS) -> np.ndarray:
+    """Which of ``n`` training images are stored as members: all, or ``limit`` chosen by seed."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 7]).choice(n, limit, replace=False))
 
-    mu, sigma: the top layer's filters, flat (K, D) and (K,).
+
+def top_stats_bytes(n: int, dims: int, limit: int = MAX_MEMBERS) -> int:
+    """Memory :func:`compute_top_stats` needs besides one chunk of maps: the float16 members,
+    the per-filter sums, and the neighbour search's blocks."""
+    members = min(n, limit)
+    return 2 * members * dims + 4 * NEIGHBOUR_BLOCK * (2 * dims + 2 * members) + (8 << 20)
+
+
+def compute_top_stats(
+    chunks: Iterable[np.ndarray], n: int, mu: np.ndarray, sigma: np.ndarray, seed: int,
+    max_members: int = MAX_MEMBERS,
+) -> dict:
+    """Statistics of the training maps F[L-1] (N, h, w, C) per top filter, from ``chunks`` of
+    them in image order (one pass, so they can be encoded chunk by chunk from the data file).
+
+    mu, sigma: the top layer's filters, flat (K, D) and (K,). Means and image counts use
+    every image; the members are :func:`top_members`, and each filter's principal directions
+    come from its members, centred on its exact mean (all images while N <= max_members).
     """
-    n = below.shape[0]
-    flat = below.reshape(n, -1).astype(np.float32)
-    labels, _ = best_filter(flat, mu, sigma)
     k, d = mu.shape
-    mean = np.zeros((k, d), dtype=np.float32)
+    keep = top_members(n, seed, max_members)
+    members = np.empty((keep.size, d), dtype=np.float16)  # as stored: half the memory
+    member_filter = np.empty(keep.size, dtype=np.int64)
+    sums, counts = np.zeros((k, d)), np.zeros(k, dtype=np.int64)
+    offset = 0
+    for chunk in chunks:
+        flat = np.ascontiguousarray(chunk.reshape(chunk.shape[0], -1), dtype=np.float32)
+        labels, _ = best_filter(flat, mu, sigma)
+        chunk_sums, _, chunk_counts = moments(flat, labels, k)
+        sums += chunk_sums
+        counts += chunk_counts
+        lo, hi = np.searchsorted(keep, [offset, offset + flat.shape[0]])
+        members[lo:hi] = flat[keep[lo:hi] - offset]
+        member_filter[lo:hi] = labels[keep[lo:hi] - offset]
+        offset += flat.shape[0]
+    if offset != n:
+        raise ValueError(f"the chunks held {offset} maps, expected {n}")
+    mean = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], mu).astype(np.float32)
     components = np.zeros((k, COMPONENTS, d), dtype=np.float32)
     variances = np.zeros((k, COMPONENTS), dtype=np.float32)
-    counts = np.bincount(labels, minlength=k)
-    for j in range(k):
-        members = flat[labels == j].astype(np.float64)
-        if not len(members):
-            mean[j] = mu[j]
-            continue
-        mean[j] = members.mean(axis=0)
-        if len(members) > 1:
-            _, s, vt = np.linalg.svd(members - mean[j], full_matrices=False)
-            p = min(COMPONENTS, vt.shape[0])
-            components[j, :p] = vt[:p]
-            variances[j, :p] = s[:p] ** 2 / len(members)
-    rng = np.random.default_rng([seed, 7])
-    keep = np.arange(n) if n <= MAX_MEMBERS else np.sort(rng.choice(n, MAX_MEMBERS, replace=False))
-    members = flat[keep]
+    for j in np.flatnonzero(np.bincount(member_filter, minlength=k) > 1):
+        centred = members[member_filter == j].astype(np.float64) - mean[j]
+        _, s, vt = np.linalg.svd(centred, full_matrices=False)
+        p = min(COMPONENTS, vt.shape[0])
+        components[j, :p] = vt[:p]
+        variances[j, :p] = s[:p] ** 2 / centred.shape[0]
     return {
         "member_neighbours": nearest_members(members),
         "mean": mean,
         "components": components,
         "variances": variances,
-        "image_counts": counts.astype(np.int64),
-        "members": members.astype(np.float16),
-        "member_filter": labels[keep].astype(np.int64),
+        "image_counts": counts,
+        "members": members,
+        "member_filter": member_filter,
     }
 
 
@@ -90,19 +120,33 @@ def _mix(members, first, second, t, out):
             out[i, d] = ti * a[d] + (1.0 - ti) * b[d]
 
 
-def nearest_members(members: np.ndarray, k: int = NEIGHBOURS, block: int = 1024) -> np.ndarray:
-    """Indices (M, k) of each member's k nearest other members (squared Euclidean, in blocks)."""
-    x = np.asarray(members, dtype=np.float32)
-    k = min(k, len(x) - 1)
+def nearest_members(members: np.ndarray, k: int = NEIGHBOURS, block: int = NEIGHBOUR_BLOCK) -> np.ndarray:
+    """Indices (M, k) of each member's k nearest other members (squared Euclidean).
+
+    Blocks on both sides, converted to float32 a block at a time, so float16 members are
+    never held in float32 whole (77 MB at 4,096 members of 4,680 dims)."""
+    m = len(members)
+    k = min(k, m - 1)
     if k < 1:
-        return np.zeros((len(x), 1), dtype=np.int64)
-    norms = np.einsum("nd,nd->n", x, x, dtype=np.float64)
-    out = np.empty((len(x), k), dtype=np.int64)
-    for a in range(0, len(x), block):
-        d2 = norms[a : a + block, None] - 2.0 * (x[a : a + block] @ x.T) + norms[None, :]
-        d2[np.arange(d2.shape[0]), np.arange(a, a + d2.shape[0])] = np.inf  # not itself
-        part = np.argpartition(d2, k, axis=1)[:, :k]
-        order = np.take_along_axis(d2, part, axis=1).argsort(axis=1, kind="stable")
+        return np.zeros((m, 1), dtype=np.int64)
+    starts = range(0, m, block)
+    norms = np.empty(m)
+    for a in starts:
+        rows = members[a : a + block].astype(np.float32)
+        norms[a : a + block] = np.einsum("nd,nd->n", rows, rows, dtype=np.float64)
+    out = np.empty((m, k), dtype=np.int64)
+    d2 = np.empty((min(block, m), m))
+    for a in starts:
+        rows = members[a : a + block].astype(np.float32)
+        part_d2 = d2[: rows.shape[0]]
+        for b in starts:
+            part_d2[:, b : b + block] = rows @ members[b : b + block].astype(np.float32).T
+        part_d2 *= -2.0
+        part_d2 += norms[a : a + block, None]
+        part_d2 += norms[None, :]
+        part_d2[np.arange(rows.shape[0]), np.arange(a, a + rows.shape[0])] = np.inf  # not itself
+        part = np.argpartition(part_d2, k, axis=1)[:, :k]
+        order = np.take_along_axis(part_d2, part, axis=1).argsort(axis=1, kind="stable")
         out[a : a + block] = np.take_along_axis(part, order, axis=1)
     return out
 

@@ -8,7 +8,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import numba
 import numpy as np
@@ -22,7 +22,7 @@ from nsn_cli.engine.stream import fit_layer_stream, fit_layer_stream_to_count
 from nsn_cli.errors import NsnError
 from nsn_cli.files import check_output_path, fingerprint, load_images, open_dataset
 from nsn_cli.model import Layer, NSNModel
-from nsn_cli.top import compute_top_stats
+from nsn_cli.top import MAX_MEMBERS, compute_top_stats, top_stats_bytes
 
 #: alphas checked on MNIST-4k (SPEC.md), used when neither --alpha nor --filters is given.
 DEFAULT_ALPHAS = {
@@ -44,6 +44,16 @@ def parse_memory(text: str) -> int:
     if value < 1 << 20:
         raise NsnError(f"--memory must be at least 1M, got {text!r}")
     return value
+
+
+def working_memory(budget: int) -> int:
+    """Bytes left for data from a whole-process ``--memory`` budget (less the process's own)."""
+    if budget < defaults.MIN_MEMORY:
+        raise NsnError(
+            f"--memory {budget / (1 << 20):.0f}M is below the minimum of {defaults.MIN_MEMORY >> 20}M: "
+            f"nsn itself (Python, numba, HDF5) takes about {defaults.PROCESS_RESERVE >> 20}M of the budget"
+        )
+    return budget - defaults.PROCESS_RESERVE
 
 
 class TrainReporter(Protocol):
@@ -133,10 +143,14 @@ def train(
 ) -> NSNModel:
     """Train every layer of an NSN on a data set; checkpoint ``output`` after each layer.
 
-    memory: a budget in bytes. A layer whose patches and input maps fit in it is trained in
-    memory as without a budget; a larger one is streamed (:mod:`nsn_cli.engine.stream`):
-    images are read from ``data_path`` in chunks and encoded through the layers below on
-    every pass. None: everything in memory.
+    memory: bytes for data (``--memory`` less :data:`~nsn_cli.config.PROCESS_RESERVE`, see
+    :func:`working_memory`). A layer whose working set fits in it is trained in memory as
+    without a budget; a larger one is streamed (:mod:`nsn_cli.engine.stream`): images are
+    read from ``data_path`` in chunks and encoded through the layers below on every pass, and
+    the patches' labels go to a temporary file beside ``output`` when they would take more
+    than an eighth of the budget. The top-layer statistics are gathered the same way.
+    None: everything in memory. A resumed run may use another budget (say, after running
+    out of memory); each layer records the chunk size it was trained with.
     workers, dask_address: run the streamed layers' chunk E-steps on a local Dask cluster of
     that many processes, or on the scheduler at that address (same bits as locally).
     """
@@ -207,28 +221,31 @@ def train(
                 dims = shape.patch * shape.patch * in_channels
                 if memory is None or _layer_bytes(arch, sizes, n, in_channels, options, index) <= memory:
                     if maps is None:
-                        maps = _encoded_maps(data_path, model, index - 1, _image_chunk(memory, model, sizes, index - 1, 0, 0))
+                        maps = _encoded_maps(data_path, model, index - 1, _image_chunk(memory, model, sizes, index - 1))
                     patches = extract_patches(maps, shape.patch, shape.stride, image_idx, position)
                     reporter.layer_start(index, len(arch), patches.shape[0], patches.shape[1], False)
                     started = time.perf_counter()
                     fitted = _fit(index, options, reporter, patches=patches)
                     del patches
+                    chunk = 0
                 else:
                     maps = None
-                    source = LayerPatches(
-                        str(data_path), model, index - 1, shape.patch, shape.stride, n,
-                        _image_chunk(memory, model, sizes, index - 1, h * w * dims * 4, n_patches),
-                        image_idx, position,
-                    )
+                    labels_bytes = 4 * n_patches
+                    label_dir = output.parent if labels_bytes > memory // 8 else None
+                    chunk = _image_chunk(memory - (0 if label_dir else labels_bytes), model, sizes, index - 1,
+                                         (n_patches // n + 1) * dims)
+                    source = LayerPatches(str(data_path), model, index - 1, shape.patch, shape.stride, n, chunk,
+                                          image_idx, position)
                     reporter.layer_start(index, len(arch), n_patches, dims, False)
                     started = time.perf_counter()
-                    fitted = _fit(index, options, reporter, source=source, n_patches=n_patches, client=client)
+                    fitted = _fit(index, options, reporter, source=source, n_patches=n_patches, client=client,
+                                  label_dir=label_dir)
                 layer = Layer(
                     shape=shape,
                     mu=fitted.mu.reshape(-1, shape.patch, shape.patch, in_channels),
                     sigma=fitted.sigma, counts=fitted.counts, alpha=float(fitted.alpha),
                     history=fitted.history_table(), seconds=time.perf_counter() - started,
-                    patches=n_patches,
+                    patches=n_patches, chunk=chunk,
                 )
                 del fitted
                 model.layers.append(layer)
@@ -238,17 +255,12 @@ def train(
                 reporter.layer_start(index, len(arch), 0, 0, True)
             if index < len(arch) and maps is not None:
                 out_bytes = 4 * n * h * w * model.layers[index - 1].filters
-                if memory is None or maps.nbytes + out_bytes <= memory:
+                if memory is None or 2 * maps.nbytes + out_bytes <= memory:
                     maps = model.encode_layer(maps, index)
                 else:
                     maps = None
         if model.top is None:
-            # maps is now F[L-1] of every training image: the top density's data
-            if maps is None:
-                maps = _encoded_maps(data_path, model, len(arch) - 1,
-                                     _image_chunk(memory, model, sizes, len(arch) - 1, 0, 0))
-            top_layer = model.layers[-1]
-            model.top = compute_top_stats(maps, top_layer.flat_mu, top_layer.sigma, options.seed)
+            model.top = _top_stats(data_path, model, sizes, n, maps, memory, options.seed)
             model.save(output)
     finally:
         stack.close()
@@ -256,29 +268,50 @@ def train(
     return model
 
 
+def _top_stats(data_path, model: NSNModel, sizes, n: int, maps: np.ndarray | None, memory: int | None,
+               seed: int) -> dict:
+    """The top density's statistics of F[L-1] of every image: from ``maps`` if they are in
+    memory, else encoded chunk by chunk from the file, with as many members as fit."""
+    top = model.layers[-1]
+    below = len(model.layers) - 1
+    if maps is not None:
+        return compute_top_stats([maps], n, top.flat_mu, top.sigma, seed)
+    dims = top.flat_mu.shape[1]
+    limit = MAX_MEMBERS
+    while memory is not None and limit > 256 and top_stats_bytes(n, dims, limit) > memory // 2:
+        limit //= 2  # only under budgets too small for the usual 4,096 members
+    chunk = _image_chunk(None if memory is None else memory - top_stats_bytes(n, dims, limit), model, sizes, below)
+    return compute_top_stats(_encoded_chunks(data_path, model, below, chunk), n, top.flat_mu, top.sigma, seed,
+                             max_members=limit)
+
+
 def _layer_bytes(arch, sizes, n: int, in_channels: int, options: TrainOptions, index: int) -> int:
-    """Bytes of layer ``index``'s patches (float32) plus its input maps, all in memory."""
+    """Peak bytes of training layer ``index`` in memory: its input maps, its patches twice (the
+    creation pass copies the candidates, nearly all patches in the first step) and 32 bytes of
+    labels, similarities and norms per patch."""
     h, w = sizes[index]
     shape = arch[index - 1]
     n_patches = n * h * w if options.max_patches is None else min(options.max_patches, n * h * w)
     in_h, in_w = sizes[index - 1]
-    return 4 * (n_patches * shape.patch * shape.patch * in_channels + n * in_h * in_w * in_channels)
+    return 4 * n * in_h * in_w * in_channels + n_patches * (8 * shape.patch * shape.patch * in_channels + 32)
 
 
-def _image_chunk(memory: int | None, model: NSNModel, sizes, below: int, patch_bytes: int, n_patches: int) -> int:
-    """Images per chunk when streaming: the maps F[0..below] of a chunk plus three copies of
-    its patches (``patch_bytes`` per image) fit in what the budget leaves after the labels
-    (16 bytes per patch) and 16 MB of working blocks, or in a quarter of the budget if that
-    is more. A multiple of 256 when large (encode_layer's own chunk)."""
+#: Bytes per chunk set aside for the E-step's blocks, the filters and their float64 moments.
+CHUNK_OVERHEAD = 32 << 20
+
+
+def _image_chunk(memory: int | None, model: NSNModel, sizes, below: int, patch_values: int = 0) -> int:
+    """Images per chunk when streaming: a chunk's maps F[0..below] plus, per patch value
+    (``patch_values`` per image), three float32 copies (the patches, the candidates, a
+    contiguous copy) fit in ``memory`` less :data:`CHUNK_OVERHEAD` (or a quarter of it). A multiple of 256 when
+    large (encode_layer's own chunk)."""
     if memory is None:
         return 1024
-    per_image = 0
+    per_image = 12 * patch_values
     for level in range(below + 1):
         h, w = sizes[level]
         per_image += 4 * h * w * (model.image_shape[2] if level == 0 else model.layers[level - 1].filters)
-    per_image += 3 * patch_bytes  # the patches, the candidates, a contiguous copy
-    avail = max(memory // 4, memory - 16 * n_patches - (16 << 20))  # 16 MB: E-step blocks, filters
-    chunk = max(1, avail // max(per_image, 1))
+    chunk = max(1, (memory - min(CHUNK_OVERHEAD, memory // 4)) // per_image)
     return chunk - chunk % 256 if chunk >= 256 else chunk
 
 
@@ -289,19 +322,30 @@ def _read_chunk(dataset, a: int, b: int) -> np.ndarray:
     return images
 
 
-def _encoded_maps(data_path, model: NSNModel, upto: int, chunk: int) -> np.ndarray:
-    """F[upto] of every image, encoded chunk by chunk from the file."""
+def _encode(maps: np.ndarray, model: NSNModel, upto: int) -> np.ndarray:
+    """F[upto] of the images ``maps`` = F[0]."""
+    for level in range(1, upto + 1):
+        maps = model.encode_layer(maps, level)
+    return maps
+
+
+def _encoded_chunks(data_path, model: NSNModel, upto: int, chunk: int) -> Iterator[np.ndarray]:
+    """F[upto] of every image of the data file, ``chunk`` images at a time, in order."""
     with open_dataset(data_path) as dataset:
         n = dataset.shape[0]
-        out = None
         for a in range(0, n, chunk):
-            b = min(n, a + chunk)
-            maps = _read_chunk(dataset, a, b)
-            for level in range(1, upto + 1):
-                maps = model.encode_layer(maps, level)
-            if out is None:
-                out = np.empty((n, *maps.shape[1:]), dtype=np.float32)
-            out[a:b] = maps
+            yield _encode(_read_chunk(dataset, a, min(n, a + chunk)), model, upto)
+
+
+def _encoded_maps(data_path, model: NSNModel, upto: int, chunk: int) -> np.ndarray:
+    """F[upto] of every image, encoded chunk by chunk from the file into one array."""
+    out, start = None, 0
+    for maps in _encoded_chunks(data_path, model, upto, chunk):
+        if out is None:
+            with open_dataset(data_path) as dataset:
+                out = np.empty((dataset.shape[0], *maps.shape[1:]), dtype=np.float32)
+        out[start : start + maps.shape[0]] = maps
+        start += maps.shape[0]
     return out
 
 
@@ -332,9 +376,7 @@ class LayerPatches:
 
     def read(self, dataset, a: int, b: int) -> np.ndarray:
         """The patches of images a..b-1 of the open ``dataset``."""
-        maps = _read_chunk(dataset, a, b)
-        for level in range(1, self.below + 1):
-            maps = self.model.encode_layer(maps, level)
+        maps = _encode(_read_chunk(dataset, a, b), self.model, self.below)
         if self.image_idx is None:
             return extract_patches(maps, self.patch, self.stride)
         lo, hi = np.searchsorted(self.image_idx, [a, b])
@@ -352,9 +394,10 @@ class LayerPatches:
 
 
 def _fit(index: int, options: TrainOptions, reporter: TrainReporter, *, patches: np.ndarray | None = None,
-         source: LayerPatches | None = None, n_patches: int = 0, client=None) -> LayerFit:
+         source: LayerPatches | None = None, n_patches: int = 0, client=None, label_dir=None) -> LayerFit:
     """Fit layer ``index`` on ``patches`` in memory, or streamed from ``source`` (its chunk
-    E-steps on the Dask ``client`` if given)."""
+    E-steps on the Dask ``client`` if given, its labels in a temporary file in ``label_dir``
+    if given)."""
     seed = int(np.random.SeedSequence([options.seed, index]).generate_state(1)[0])
 
     def on_iteration(iteration: int, stats: StepStats) -> None:
@@ -373,6 +416,7 @@ def _fit(index: int, options: TrainOptions, reporter: TrainReporter, *, patches:
             from nsn_cli.dask_backend import dask_runner
 
             common["runner"] = dask_runner(client, source)
+        common["label_dir"] = label_dir
         if options.targets is not None:
             return fit_layer_stream_to_count(source, n_patches, options.targets[index - 1], on_fit=on_fit, **common)
         return fit_layer_stream(source, n_patches, options.alphas[index - 1], on_iteration=on_iteration, **common)

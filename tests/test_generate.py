@@ -65,16 +65,37 @@ def test_top_stats_match_numpy(rng):
     below = rng.random((40, 2, 2, 3)).astype(np.float32)
     mu = below[:3].reshape(3, -1)
     sigma = np.array([0.5, 0.5, 0.5])
-    stats = compute_top_stats(below, mu, sigma, seed=0)
+    stats = compute_top_stats([below], 40, mu, sigma, seed=0)
     flat = below.reshape(40, -1).astype(np.float64)
+    stored = flat.astype(np.float16).astype(np.float64)  # members are kept as they are stored
     d2 = ((flat[:, None, :] - mu[None]) ** 2).sum(-1)
     labels = d2.argmin(axis=1)
+    assert np.array_equal(stats["member_filter"], labels)
     for j in range(3):
-        members = flat[labels == j]
-        assert stats["image_counts"][j] == len(members)
-        assert np.allclose(stats["mean"][j], members.mean(axis=0), atol=1e-5)
-        eig = np.sort(np.linalg.eigvalsh(np.cov(members, rowvar=False, bias=True)))[::-1][:10]
+        mean = flat[labels == j].mean(axis=0)
+        assert stats["image_counts"][j] == np.sum(labels == j)
+        assert np.allclose(stats["mean"][j], mean, atol=1e-6)
+        centred = stored[labels == j] - mean
+        eig = np.sort(np.linalg.eigvalsh(centred.T @ centred / len(centred)))[::-1][:10]
         assert np.allclose(stats["variances"][j][: len(eig)], eig[: stats["variances"].shape[1]], atol=1e-5)
+
+
+def test_top_stats_from_chunks_and_a_member_subsample(rng):
+    """Chunks give the statistics of the whole; past the member limit, means and counts still
+    cover every image while members are a seeded subset."""
+    below = rng.random((300, 2, 2, 2)).astype(np.float32)
+    mu, sigma = below[:4].reshape(4, -1), np.full(4, 0.6)
+    whole = compute_top_stats([below], 300, mu, sigma, seed=3)
+    chunked = compute_top_stats((below[a : a + 64] for a in range(0, 300, 64)), 300, mu, sigma, seed=3)
+    for key in whole:
+        assert np.allclose(whole[key], chunked[key], rtol=1e-6, atol=1e-7), key
+    few = compute_top_stats([below], 300, mu, sigma, seed=3, max_members=50)
+    assert few["members"].shape == (50, 8) and np.array_equal(few["image_counts"], whole["image_counts"])
+    assert np.allclose(few["mean"], whole["mean"])
+    rows = [np.flatnonzero((below.reshape(300, -1).astype(np.float16) == m).all(axis=1))[0] for m in few["members"]]
+    assert len(set(rows)) == 50 and np.array_equal(few["member_filter"], whole["member_filter"][rows])
+    with pytest.raises(ValueError, match="expected 301"):
+        compute_top_stats([below], 301, mu, sigma, seed=3)
 
 
 def test_pca_samples_have_stored_mean_and_variance(rng):
@@ -198,7 +219,7 @@ def test_inpaint_cli_mask_errors(cli, tmp_path, tiny_model):
 def test_nearest_members_match_brute_force(rng):
     from nsn_cli.top import nearest_members
 
-    x = rng.random((50, 7)).astype(np.float32)
+    x = rng.random((50, 7)).astype(np.float16)  # as members are stored
     got = nearest_members(x, k=3, block=16)
     d = ((x[:, None, :].astype(np.float64) - x[None]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from nsn_cli import config
 from nsn_cli.cli._common import app, console, console_err, parse_float_list, parse_int_list, progress_bar
-from nsn_cli.train import TrainOptions, parse_memory, train
+from nsn_cli.train import TrainOptions, parse_memory, train, working_memory
 
 
 class _ProgressReporter:
@@ -67,7 +67,7 @@ def train_cli(
     activation: str = typer.Option("sigmoid", "--activation", help="Layer output: sigmoid (paper) or relative."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same model bits."),
     threads: int | None = typer.Option(None, "--threads", help="Numba threads (default: all cores)."),
-    memory: str = typer.Option("2G", "--memory", help="Memory budget, e.g. 512M, 2G or bytes: a layer whose patches do not fit is streamed from the data file in chunks."),
+    memory: str = typer.Option("2G", "--memory", help="Peak memory of this process, e.g. 512M, 2G (at least 320M): a layer whose patches do not fit is streamed from the data file in chunks."),
     workers: int | None = typer.Option(None, "--workers", help="Run streamed layers on a local Dask cluster of N processes (pip install 'nsn[dask]')."),
     dask: str | None = typer.Option(None, "--dask", help="Run streamed layers on the Dask scheduler at this address, e.g. tcp://host:8786."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last completed layer in the output."),
@@ -76,7 +76,7 @@ def train_cli(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Train an NSN layer by layer with non-parametric hard EM."""
-    budget = parse_memory(memory)
+    budget = working_memory(parse_memory(memory))
     options = TrainOptions(
         arch=arch, alphas=parse_float_list(alpha, "--alpha"), targets=parse_int_list(filters, "--filters"),
         iterations=iterations, max_patches=max_patches, max_filters=max_filters, activation=activation, seed=seed,

@@ -241,16 +241,23 @@ def em_step(
             created = seeds.size
             labels[candidates] = n_filters + new_labels
     new_mu, rms, counts = m_step(patches, labels, n_filters + created)
-    return finish_step(new_mu, rms, counts, labels, previous_labels, sigma_floor=sigma_floor, created=created,
-                       mean_sim=float(best.mean()), started=started)
+    changed = labels.size if previous_labels is None else int(np.count_nonzero(labels != previous_labels))
+    mu_out, sigma_out, counts, remap, stats = finish_step(
+        new_mu, rms, counts, sigma_floor=sigma_floor, created=created, changed=changed,
+        mean_sim=float(best.mean()), started=started)
+    return mu_out, sigma_out, counts, remap[labels], stats
 
 
-def finish_step(mu, rms, counts, labels, previous_labels, *, sigma_floor, created, mean_sim, started):
-    """End of an EM step: drop empty filters, renumber ``labels``, floor sigma, count changes."""
+def finish_step(mu, rms, counts, *, sigma_floor, created, changed, mean_sim, started):
+    """End of an EM step: drop empty filters, floor sigma. Returns the kept ``mu``, ``sigma``,
+    ``counts``, the ``remap`` from this step's filter numbers to the kept ones (for the
+    labels), and the step's statistics.
+
+    changed: patches whose filter differs from the previous step's, compared before the
+    renumbering (old filters keep their numbers within a step), so a dropped filter does not
+    count the patches of every filter after it as changed."""
     keep = counts > 0
     remap = np.cumsum(keep) - 1
-    labels = remap[labels]
-    changed = labels.size if previous_labels is None else int(np.count_nonzero(labels != previous_labels))
     stats = StepStats(
         filters=int(keep.sum()),
         created=int(created),
@@ -260,7 +267,7 @@ def finish_step(mu, rms, counts, labels, previous_labels, *, sigma_floor, create
         seconds=time.perf_counter() - started,
     )
     sigma_out = np.maximum(rms[keep], sigma_floor)
-    return mu[keep], sigma_out, counts[keep], labels, stats
+    return mu[keep], sigma_out, counts[keep], remap, stats
 
 
 class FilterCapError(NsnError):

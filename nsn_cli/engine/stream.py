@@ -12,12 +12,16 @@ One streamed iteration (:func:`stream_step`) is :func:`~.em.em_step` reorganised
 3. M-step from the merged moments (:func:`~.em.finish_moments`), empty filters dropped.
 
 The result depends on the chunk boundaries (candidate order, summation order), not on where
-the chunks come from: the same chunks from a file or from memory give the same bits. Only
-the labels (8 bytes per patch, twice) are held for the whole layer.
+the chunks come from: the same chunks from a file or from memory give the same bits. The
+only per-patch state is the label of every patch (:class:`LabelStore`, 4 bytes a patch), kept
+in memory or, when that would not fit the budget, in a temporary file read and written chunk
+by chunk, so nothing grows with the number of images.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -74,6 +78,57 @@ def chunk_estep(chunk: np.ndarray, mu: np.ndarray, sigma: np.ndarray, alpha: flo
                       rows, chunk[rows])
 
 
+class LabelStore:
+    """The filter of every patch of a streamed layer, int32, written chunk by chunk.
+
+    In memory, or (``directory`` given) in an anonymous temporary file there: the labels grow
+    with the number of patches (4 bytes each; 10.8 million patches at layer 1 of 64,000
+    digits), and file reads and writes go through the page cache, not the process's memory.
+    Labels are stored as the step numbered them; :attr:`remap` (set at the end of a step,
+    when empty filters are dropped) renumbers them on reading.
+    """
+
+    def __init__(self, size: int, directory: str | os.PathLike | None = None):
+        self.size = size
+        self.remap: np.ndarray | None = None
+        self._array = np.zeros(size, dtype=np.int32) if directory is None else None
+        self._file = None if directory is None else tempfile.TemporaryFile(dir=directory, prefix="nsn-labels-")
+
+    @property
+    def on_disk(self) -> bool:
+        return self._file is not None
+
+    def write(self, start: int, labels: np.ndarray) -> None:
+        """Labels of patches ``start..start + len(labels) - 1``, as this step numbers them."""
+        labels = np.ascontiguousarray(labels, dtype=np.int32)
+        if self._file is None:
+            self._array[start : start + labels.size] = labels
+            return
+        view, offset = memoryview(labels).cast("B"), 4 * start
+        while view.nbytes:  # pwrite may write less than asked
+            done = os.pwrite(self._file.fileno(), view, offset)
+            view, offset = view[done:], offset + done
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Labels of patches ``start..start + count - 1``, renumbered by :attr:`remap`."""
+        if self._file is None:
+            raw = self._array[start : start + count]
+        else:
+            buffer = bytearray(4 * count)
+            view, offset = memoryview(buffer), 4 * start
+            while view.nbytes:
+                got = os.preadv(self._file.fileno(), [view], offset)
+                if got == 0:
+                    raise EOFError(f"label file ends before patch {offset // 4}")
+                view, offset = view[got:], offset + got
+            raw = np.frombuffer(buffer, dtype=np.int32)
+        return raw if self.remap is None else self.remap[raw]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 #: Runs :func:`chunk_estep` over every chunk for the given (mu, sigma, alpha, seed) and
 #: yields the results in chunk order (locally, or on a cluster).
 EStepRunner = Callable[[np.ndarray, np.ndarray, float, int], Iterator[ChunkEStep]]
@@ -98,15 +153,17 @@ def stream_step(
     alpha: float,
     sigma_floor: float,
     seed: int,
-    previous_labels: np.ndarray | None = None,
+    labels: LabelStore,
+    first: bool = True,
     max_filters: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, StepStats]:
-    """One streamed EM step over ``n_patches`` patches; returns what :func:`~.em.em_step` does."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, LabelStore, StepStats]:
+    """One streamed EM step over ``n_patches`` patches; returns what :func:`~.em.em_step`
+    does, the labels in ``labels`` (which holds the previous step's unless ``first``)."""
     started = time.perf_counter()
     k, dims = mu.shape
     radius = sigma_new(alpha) if np.isfinite(alpha) else 0.0
     room = None if max_filters is None else max(0, max_filters - k)
-    labels = np.empty(n_patches, dtype=np.int64)
+    changed = n_patches if first else 0
     total = np.zeros((k, dims))
     sq = np.zeros(k)
     count = np.zeros(k, dtype=np.int64)
@@ -134,15 +191,20 @@ def stream_step(
             new_sq = np.concatenate([new_sq, np.zeros(grow)]) + q
             new_count = np.concatenate([new_count, np.zeros(grow, dtype=np.int64)]) + c
             chunk_labels[part.candidate_rows] = k + new_labels
-        labels[offset : offset + part.size] = chunk_labels
+        if not first:  # old filters keep their numbers within a step: compare before renumbering
+            changed += int(np.count_nonzero(chunk_labels != labels.read(offset, part.size)))
+        labels.write(offset, chunk_labels)
         offset += part.size
     if offset != n_patches:
         raise ValueError(f"the chunks held {offset} patches, expected {n_patches}")
     created = seed_mu.shape[0]
     new_mu, rms, counts = finish_moments(
         np.concatenate([total, new_total]), np.concatenate([sq, new_sq]), np.concatenate([count, new_count]))
-    return finish_step(new_mu, rms, counts, labels, previous_labels, sigma_floor=sigma_floor, created=created,
-                       mean_sim=best_sum / max(n_patches, 1), started=started)
+    mu_out, sigma_out, counts, remap, stats = finish_step(
+        new_mu, rms, counts, sigma_floor=sigma_floor, created=created, changed=changed,
+        mean_sim=best_sum / max(n_patches, 1), started=started)
+    labels.remap = remap
+    return mu_out, sigma_out, counts, labels, stats
 
 
 def patch_at(chunks: ChunkSource, index: int) -> np.ndarray:
@@ -176,20 +238,31 @@ def fit_layer_stream(
     max_filters: int,
     on_iteration: Callable[[int, StepStats], None] | None = None,
     runner: EStepRunner | None = None,
+    label_dir: str | os.PathLike | None = None,
 ) -> LayerFit:
-    """:func:`~.em.fit_layer` on a chunk source: same start, steps and stopping rule."""
+    """:func:`~.em.fit_layer` on a chunk source: same start, steps and stopping rule.
+
+    label_dir: keep the patches' labels in a temporary file there instead of in memory; the
+    fit's ``labels`` are then None (they are not needed after training)."""
     run = runner or local_runner(chunks)
     rng = np.random.default_rng(seed)
     width = sigma_new(alpha)
     floor = width / SIGMA_FLOOR_DIVISOR
     mu = patch_at(chunks, int(rng.integers(n_patches)))[None, :]
     sigma = np.array([width])
+    store = LabelStore(n_patches, label_dir)
 
-    def step(mu, sigma, labels):
+    def step(mu, sigma, previous):
         return stream_step(run, n_patches, mu, sigma, alpha=alpha, sigma_floor=floor,
-                           seed=int(rng.integers(1 << 62)), previous_labels=labels, max_filters=max_filters)
+                           seed=int(rng.integers(1 << 62)), labels=store, first=previous is None,
+                           max_filters=max_filters)
 
-    return iterate_em(step, mu, sigma, alpha, iterations, on_iteration)
+    try:
+        fit = iterate_em(step, mu, sigma, alpha, iterations, on_iteration)
+    finally:
+        store.close()
+    fit.labels = None if store.on_disk else store.read(0, n_patches).astype(np.int64)
+    return fit
 
 
 def fit_layer_stream_to_count(
@@ -202,11 +275,12 @@ def fit_layer_stream_to_count(
     max_filters: int,
     on_fit: Callable[[float, int], None] | None = None,
     runner: EStepRunner | None = None,
+    label_dir: str | os.PathLike | None = None,
 ) -> LayerFit:
     """:func:`~.em.fit_layer_to_count` on a chunk source."""
     return search_count(
         spread_sample(chunks, n_patches), target,
         lambda alpha: fit_layer_stream(chunks, n_patches, alpha, iterations=iterations, seed=seed,
-                                       max_filters=max_filters, runner=runner),
+                                       max_filters=max_filters, runner=runner, label_dir=label_dir),
         max_filters=max_filters, on_fit=on_fit,
     )
