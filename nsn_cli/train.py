@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import re
 import time
@@ -54,6 +56,19 @@ def working_memory(budget: int) -> int:
             f"nsn itself (Python, numba, HDF5) takes about {defaults.PROCESS_RESERVE >> 20}M of the budget"
         )
     return budget - defaults.PROCESS_RESERVE
+
+
+#: glibc's mallopt parameter number of M_MMAP_THRESHOLD.
+_M_MMAP_THRESHOLD = -3
+
+
+def return_freed_chunks_to_os() -> None:
+    """Serve every allocation above 256 kB by its own mmap, so a freed chunk's arrays leave
+    the process at once. By default glibc raises this threshold as large blocks are freed (up
+    to 32 MB), and freed heap blocks then stay resident: a streamed run's RSS crept 20-40 MB
+    above its budget. No-op off glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(_M_MMAP_THRESHOLD, 256 << 10)
 
 
 class TrainReporter(Protocol):
@@ -156,6 +171,8 @@ def train(
     """
     reporter = reporter or _Silent()
     output = Path(output)
+    if memory is not None:
+        return_freed_chunks_to_os()
     if threads is not None and not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
         raise NsnError(f"--threads must lie in 1..{numba.config.NUMBA_NUM_THREADS}, got {threads}")
     if memory is None:
@@ -220,8 +237,10 @@ def train(
                 in_channels = channels if index == 1 else model.layers[index - 2].filters
                 dims = shape.patch * shape.patch * in_channels
                 if memory is None or _layer_bytes(arch, sizes, n, in_channels, options, index) <= memory:
-                    if maps is None:
-                        maps = _encoded_maps(data_path, model, index - 1, _image_chunk(memory, model, sizes, index - 1))
+                    if maps is None:  # the chunks' maps share the budget with the whole F[index - 1] being filled
+                        in_h, in_w = sizes[index - 1]
+                        chunk = _image_chunk(memory - 4 * n * in_h * in_w * in_channels, model, sizes, index - 1)
+                        maps = _encoded_maps(data_path, model, index - 1, chunk)
                     patches = extract_patches(maps, shape.patch, shape.stride, image_idx, position)
                     reporter.layer_start(index, len(arch), patches.shape[0], patches.shape[1], False)
                     started = time.perf_counter()
@@ -384,6 +403,7 @@ class LayerPatches:
 
     def load(self, a: int, b: int) -> np.ndarray:
         """:meth:`read` on the data file (what a remote worker does)."""
+        return_freed_chunks_to_os()
         with open_dataset(self.path) as dataset:
             return self.read(dataset, a, b)
 
