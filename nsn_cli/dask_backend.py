@@ -4,11 +4,18 @@ Workers run the per-chunk E-step (:func:`~nsn_cli.engine.stream.chunk_estep`, pu
 their chunks from the data file themselves; the caller merges the results in chunk order and
 runs the creation pass, so the model is the same bits as the local streamed path. Dask is an
 optional extra (``pip install 'nsn[dask]'``), imported only when asked for.
+
+A worker lost mid-run (killed, out of memory) costs nothing: the scheduler reruns its chunks
+elsewhere (chunk E-steps are pure) and the model is unchanged. When a chunk has killed more
+workers than ``distributed.scheduler.allowed-failures`` allows, or the scheduler goes away,
+the run stops with one clear error; the model file keeps its last completed layer (it is
+only ever replaced atomically) and ``--resume`` continues from there.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 from typing import Iterator
 
@@ -64,11 +71,29 @@ def dask_runner(client, source, window: int | None = None) -> EStepRunner:
         mu_f, sigma_f = client.scatter([mu, sigma], broadcast=True)
         pending: collections.deque = collections.deque()
         for index, (a, b) in enumerate(ranges):
-            pending.append(client.submit(_estep_task, remote_source, a, b, mu_f, sigma_f, alpha, seed, index,
-                                         pure=False))
+            future = client.submit(_estep_task, remote_source, a, b, mu_f, sigma_f, alpha, seed, index, pure=False)
+            pending.append((future, a, b))
             if len(pending) >= window:
-                yield pending.popleft().result()
+                yield _result(*pending.popleft())
         while pending:
-            yield pending.popleft().result()
+            yield _result(*pending.popleft())
 
     return run
+
+
+def _result(future, a: int, b: int) -> ChunkEStep:
+    """The E-step of the chunk of images a..b-1, or an NsnError saying what failed and what to do."""
+    distributed = _import_distributed()
+    try:
+        return future.result()
+    except distributed.KilledWorker:
+        raise NsnError(
+            f"Dask workers kept dying while running the chunk of images {a}..{b - 1} "
+            "(out of memory? see the worker logs); "
+            "the model file keeps its completed layers: fix the workers and rerun with --resume"
+        ) from None
+    except (distributed.comm.CommClosedError, OSError, TimeoutError, concurrent.futures.CancelledError) as exc:
+        raise NsnError(
+            f"lost the Dask cluster ({type(exc).__name__}: {exc}); "
+            "the model file keeps its completed layers: rerun with --resume"
+        ) from None

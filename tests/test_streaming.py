@@ -228,3 +228,70 @@ def test_dask_option_errors(cli, tmp_path, mnist_small):
     code, _, err = cli("train", mnist_small, "-o", tmp_path / "m.h5", "-q", "--workers", "2", "--dask", "tcp://x:1")
     assert code == 2 and "not both" in err
 
+
+def _kill_workers_during(tmp_path, mnist_small, count: int, allowed_failures: int):
+    """Train streamed on a 2-worker local cluster and SIGKILL ``count`` worker processes
+    while layer 2's chunks are in flight; returns train's result or the NsnError it raised."""
+    import os
+    import signal
+    import threading
+
+    import dask
+    import distributed
+
+    from nsn_cli.train import TrainOptions, train
+
+    out = tmp_path / "d.h5"
+    with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        result = {}
+
+        def run():
+            try:
+                result["model"] = train(mnist_small, out, TrainOptions(iterations=3, seed=4), memory=4 << 20,
+                                        dask_address=cluster.scheduler_address)
+            except NsnError as exc:
+                result["error"] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        while not out.exists() and thread.is_alive():  # layer 1's checkpoint: layer 2 is running
+            thread.join(0.05)
+        pids = list(client.run(os.getpid).values())
+        for pid in pids[:count]:
+            os.kill(pid, signal.SIGKILL)
+        thread.join(300)
+        assert not thread.is_alive()
+    return out, result
+
+
+@pytest.mark.slow
+def test_a_killed_dask_worker_is_replaced_and_the_model_is_unchanged(tmp_path, mnist_small):
+    pytest.importorskip("distributed")
+    from nsn_cli.train import TrainOptions, train
+
+    out, result = _kill_workers_during(tmp_path, mnist_small, count=1, allowed_failures=3)
+    assert "error" not in result, result.get("error")
+    local = train(mnist_small, tmp_path / "l.h5", TrainOptions(iterations=3, seed=4), memory=4 << 20)
+    remote = NSNModel.load(out)
+    for a, b in zip(local.layers, remote.layers, strict=True):
+        assert np.array_equal(a.mu, b.mu) and np.array_equal(a.counts, b.counts)
+
+
+@pytest.mark.slow
+def test_dying_dask_workers_stop_the_run_with_a_clear_error_and_a_sound_model(tmp_path, mnist_small):
+    """No retries allowed: the run fails with one message; the file holds the completed
+    layers, and --resume (here on the local backend) finishes the same model."""
+    pytest.importorskip("distributed")
+    from nsn_cli.train import TrainOptions, train
+
+    out, result = _kill_workers_during(tmp_path, mnist_small, count=2, allowed_failures=0)
+    error = str(result.get("error"))
+    assert "Dask" in error and "--resume" in error, result
+    partial = NSNModel.load(out)  # not corrupt: a checkpoint of the completed layers
+    assert 1 <= len(partial.layers) < 3
+    resumed = train(mnist_small, out, TrainOptions(iterations=3, seed=4), memory=4 << 20, resume=True)
+    local = train(mnist_small, tmp_path / "l.h5", TrainOptions(iterations=3, seed=4), memory=4 << 20)
+    for a, b in zip(local.layers, resumed.layers, strict=True):
+        assert np.array_equal(a.mu, b.mu) and np.array_equal(a.counts, b.counts)
