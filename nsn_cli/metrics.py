@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -44,22 +44,117 @@ class DigitClassifier:
 
 def inception_score(probabilities: np.ndarray, splits: int = 10) -> tuple[float, float]:
     """exp(E KL(p(y|x) || p(y))), mean and std over ``splits``."""
-    scores = []
-    for part in np.array_split(probabilities, splits):
-        marginal = part.mean(axis=0, keepdims=True)
-        kl = np.sum(part * (np.log(part + 1e-12) - np.log(marginal + 1e-12)), axis=1)
-        scores.append(np.exp(kl.mean()))
-    return float(np.mean(scores)), float(np.std(scores))
+    accumulator = InceptionScoreAccumulator(len(probabilities), splits)
+    accumulator.add(probabilities)
+    return accumulator.result()
+
+
+@dataclass
+class InceptionScoreAccumulator:
+    """:func:`inception_score` of ``count`` probability rows given in consecutive chunks, in
+    memory independent of ``count``.
+
+    The splits are ``np.array_split``'s. Within a split the marginal is fixed, so the mean KL is
+    ``mean(sum p log p) - sum m log m`` with ``m = mean(p)``: per split the float64 sums of ``p``
+    and of ``p log p`` are all it needs."""
+
+    count: int
+    splits: int = 10
+    _bounds: np.ndarray = field(init=False, repr=False)
+    _seen: int = field(default=0, init=False)
+    _p: np.ndarray | None = field(default=None, init=False, repr=False)  # (splits, classes)
+    _p_log_p: np.ndarray = field(init=False, repr=False)  # (splits,)
+
+    def __post_init__(self) -> None:
+        size, extra = divmod(self.count, self.splits)
+        sizes = np.full(self.splits, size)
+        sizes[:extra] += 1  # as np.array_split: the first ``extra`` splits have one row more
+        self._bounds = np.concatenate([[0], np.cumsum(sizes)])
+        self._p_log_p = np.zeros(self.splits)
+
+    def add(self, probabilities: np.ndarray) -> None:
+        """The next rows ``(k, classes)``."""
+        p = np.asarray(probabilities, dtype=np.float64)
+        start, stop = self._seen, self._seen + len(p)
+        if stop > self.count:
+            raise ValueError(f"{stop} rows given to an Inception Score of {self.count}")
+        if self._p is None:
+            self._p = np.zeros((self.splits, p.shape[1]))
+        for s in range(self.splits):
+            lo, hi = max(start, self._bounds[s]), min(stop, self._bounds[s + 1])
+            if lo < hi:
+                part = p[lo - start : hi - start]
+                self._p[s] += part.sum(axis=0)
+                self._p_log_p[s] += float(np.sum(part * np.log(part + 1e-12)))
+        self._seen = stop
+
+    def result(self) -> tuple[float, float]:
+        """(mean, std) of the splits' scores, once all ``count`` rows are in."""
+        if self._seen != self.count or self._p is None:
+            raise ValueError(f"{self._seen} of {self.count} rows given to an Inception Score")
+        sizes = np.diff(self._bounds)
+        marginal = self._p / sizes[:, None]
+        kl = self._p_log_p / sizes - np.sum(marginal * np.log(marginal + 1e-12), axis=1)
+        scores = np.exp(kl)
+        return float(np.mean(scores)), float(np.std(scores))
+
+
+@dataclass
+class FeatureMoments:
+    """Mean and covariance (``np.cov``'s, divided by n - 1) of feature rows given in chunks, in
+    memory independent of their number: float64 sums of the rows and of their outer products.
+
+    Both sums are taken about the first chunk's mean: the covariance is the outer sum minus
+    ``n mean mean^T``, which would cancel away its digits for features far from zero."""
+
+    count: int = 0
+    shift: np.ndarray | None = None
+    total: np.ndarray | None = None
+    outer: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, features: np.ndarray) -> FeatureMoments:
+        """The moments of ``features`` (n, d) given at once."""
+        moments = cls()
+        moments.add(features)
+        return moments
+
+    def add(self, features: np.ndarray) -> None:
+        """The next rows ``(k, d)``."""
+        x = np.asarray(features, dtype=np.float64)
+        if self.shift is None:
+            self.shift = x.mean(axis=0)
+            self.total, self.outer = np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1]))
+        centred = x - self.shift
+        self.total += centred.sum(axis=0)
+        self.outer += centred.T @ centred
+        self.count += len(x)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.shift + self.total / self.count
+
+    @property
+    def cov(self) -> np.ndarray:
+        offset = self.total / self.count  # the mean, about the shift
+        return (self.outer - self.count * np.outer(offset, offset)) / (self.count - 1)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """FID between two feature sets (n, d)."""
+    return frechet_distance_from_moments(
+        a.mean(axis=0), np.cov(a, rowvar=False), b.mean(axis=0), np.cov(b, rowvar=False))
+
+
+def frechet_distance_from_moments(
+    mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray
+) -> float:
+    """Frechet distance between the Gaussians (mean_a, cov_a) and (mean_b, cov_b):
+    ``|mean_a - mean_b|^2 + tr(cov_a + cov_b - 2 (cov_a cov_b)^(1/2))``."""
     from scipy import linalg
 
-    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     root = np.asarray(linalg.sqrtm(cov_a @ cov_b)).real  # tiny imaginary parts are rounding
-    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
+    return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:

@@ -2,8 +2,15 @@
 
 Every input is brought to the reference's size and channels as ``nsn prep`` does (Pillow
 LANCZOS resize, luma or repeated gray); all metrics work on pixels in [0, 1] (a ZCA-whitened
-reference is de-whitened first). Metrics by their ``--metrics`` name, with the JSON keys
-(torch-fidelity style) in brackets:
+reference is de-whitened first).
+
+Sample sets are read (or sampled from a model) in chunks of 1,024 images and never held whole,
+so memory does not grow with ``-n``: IS and FID keep running sums, precision/recall the
+features of its (up to 2,500) rows, picked before reading. SWD, Parzen and memorisation work
+on images, so they see a subset of at most 10,000 images (``SUBSET_MAX``, the default ``-n``):
+all of them, in order, when the set has no more, else a random subset chosen by ``--seed``.
+
+Metrics by their ``--metrics`` name, with the JSON keys (torch-fidelity style) in brackets:
 
 ``is``, ``fid`` [inception_score_mean, inception_score_std, frechet_distance]
     A :class:`~nsn_cli.metrics.DigitClassifier` trained on the labelled reference stands in for
@@ -11,22 +18,22 @@ reference is de-whitened first). Metrics by their ``--metrics`` name, with the J
     hash of the reference's images and labels): Inception Score over 10 splits, Frechet
     distance of its 64 hidden features. Comparable only between runs on the same reference.
 ``swd`` [swd_level_<height>, swd_mean]
-    Multi-scale sliced Wasserstein distance (Karras et al. 2018, ProGAN) on 7x7 neighbourhoods
-    of a Laplacian pyramid. Levels go from full size down while a level is at least twice the
-    neighbourhood (28x28: 28 and 14; 64x64: 64, 32, 16 as ProGAN's ">= 16"), so every level
-    has at least 8x8 neighbourhood positions; the last level is the Gaussian low-pass. 128
-    random neighbourhoods per image (fewer when the set is large: at most 2^16 per level),
-    normalised per channel by the reference's mean and std, 4 repeats of 128 random
-    directions. Reported x 1e3, as ProGAN prints it.
+    On the image subset: multi-scale sliced Wasserstein distance (Karras et al. 2018, ProGAN)
+    on 7x7 neighbourhoods of a Laplacian pyramid. Levels go from full size down while a level
+    is at least twice the neighbourhood (28x28: 28 and 14; 64x64: 64, 32, 16 as ProGAN's
+    ">= 16"), so every level has at least 8x8 neighbourhood positions; the last level is the
+    Gaussian low-pass. 128 random neighbourhoods per image (fewer when the set is large: at
+    most 2^16 per level), normalised per channel by the reference's mean and std, 4 repeats
+    of 128 random directions. Reported x 1e3, as ProGAN prints it.
 ``parzen`` [parzen_ll_mean, parzen_ll_se, parzen_sigma]
-    Goodfellow et al. (2014): a Gaussian KDE on the samples; sigma from logspace(-1, 0, 10)
+    Goodfellow et al. (2014): a Gaussian KDE on the image subset; sigma from logspace(-1, 0, 10)
     maximises the log-likelihood of a validation split of the reference (up to 1,000
     images); mean and standard error on the rest (up to 10,000), in nats.
 ``pr`` [precision, recall]
     Kynkaanniemi et al. (2019), k = 3, in the classifier's features, or in PCA-50 of the
     pixels without labels; at most 2,500 images of each set (the k-NN matrices are held whole).
 ``memo`` [near_copy_fraction, nn_ratio_median, near_copy_fraction_reference]
-    With the generator's training set: ``memorisation(samples, train, held_out=reference)``.
+    With the generator's training set: ``memorisation(subset, train, held_out=reference)``.
 ``nll`` [nll_nats_per_patch, nll_bits_per_dim, nll_gaussian_nats_per_patch, nll_gaussian_bits_per_dim]
     Model inputs only: the mean negative log-likelihood of the reference's layer-1 patches
     under the filters as an isotropic Gaussian mixture (weights counts / sum, per-dimension
@@ -53,9 +60,10 @@ from nsn_cli.errors import NsnError
 from nsn_cli.files import MODEL_TYPE, atomic_path, file_kind, load_images
 from nsn_cli.metrics import (
     DigitClassifier,
-    frechet_distance,
+    FeatureMoments,
+    InceptionScoreAccumulator,
+    frechet_distance_from_moments,
     gaussian_mixture_log_density,
-    inception_score,
     laplacian_pyramid,
     memorisation,
     nearest_distance,
@@ -76,8 +84,12 @@ NEEDS_LABELS = ("is", "fid")
 MIN_IMAGES = 10
 #: Relative aspect-ratio difference still matched by resizing.
 ASPECT_TOLERANCE = 0.02
-#: Images read, pyramided or patched per chunk.
+#: Images read, sampled, pyramided or patched per chunk; with the fixed-size subsets below it
+#: bounds the memory of scoring any number of samples.
 CHUNK = 1024
+#: Most sample images kept for SWD, Parzen and memorisation: the default -n, so that default
+#: runs score every image (larger sets: a subset chosen by the seed).
+SUBSET_MAX = 10000
 
 CLASSIFIER_SEED = 0
 IS_SPLITS = 10
@@ -135,13 +147,28 @@ class Reference:
         return int(self.images.shape[3])
 
 
+#: ``sink(images)`` takes the next chunk of a sample set.
+Sink = Callable[[np.ndarray], None]
+
+
 @dataclass
 class SampleSet:
-    """Images to score, matched to the reference; ``model`` when they were sampled from one."""
+    """``count`` images to score, matched to the reference, that ``feed(sink)`` hands to ``sink``
+    in consecutive chunks of at most :data:`CHUNK` ``(k, H, W, C)`` float32 images; ``model`` when
+    they are sampled from one.
+
+    Pushed rather than iterated because :func:`~nsn_cli.sample.generate` streams only through
+    its sink; either way only one chunk is held."""
 
     name: str
-    images: np.ndarray
+    count: int
+    feed: Callable[[Sink], None]
     model: NSNModel | None = None
+
+    @classmethod
+    def of(cls, name: str, images: np.ndarray) -> SampleSet:
+        """Images already matched and in memory, fed in chunks like any other input."""
+        return cls(name, len(images), lambda sink: feed_ranges(len(images), lambda a, b: images[a:b], sink))
 
 
 def dataset_pixels(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, bool]:
@@ -215,27 +242,40 @@ def check_input(item: NSNModel | ImageSource, reference: Reference, where: str, 
         check_size(tuple(item.read(0, 1)[0].shape[:2]), reference, where)
 
 
+def feed_ranges(
+    count: int, read: Callable[[int, int], np.ndarray], sink: Sink, advance: Callable[[int], None] = lambda n: None
+) -> None:
+    """``sink(read(start, stop))`` for consecutive ranges of at most :data:`CHUNK` of ``count``."""
+    for start in range(0, count, CHUNK):
+        stop = min(count, start + CHUNK)
+        sink(read(start, stop))
+        advance(stop - start)
+
+
 def read_input(
     item: NSNModel | ImageSource, reference: Reference, where: str, n: int, seed: int,
     tracker: Tracker = no_progress,
 ) -> SampleSet:
-    """Sample ``n`` images from a model, or read at most ``n`` from an image input; match them.
-    NaN or infinite pixels (a data set file, a broken model) are refused."""
+    """``n`` images sampled from a model, or at most ``n`` read from an image input, matched to
+    the reference chunk by chunk when the set is fed (its progress task starts then).
+
+    A model is sampled in batches of :data:`CHUNK` with consecutive sample indices: the images
+    are those of ``generate(model, n, seed=seed)``, whose random streams go by sample index."""
+    label = Path(where).name
     if isinstance(item, NSNModel):
-        images = generate(item, n, seed=seed, progress=tracker(f"sample {Path(where).name}", n))
-        samples = SampleSet(where, match_images(images, reference, where), item)
-    else:
-        count = min(n, len(item))
-        advance = tracker(f"read {Path(where).name}", count)
-        parts = []
-        for start in range(0, count, CHUNK):
-            stop = min(count, start + CHUNK)
-            parts.append(match_images(item.read(start, stop), reference, where))
-            advance(stop - start)
-        samples = SampleSet(where, np.concatenate(parts))
-    if not np.isfinite(samples.images).all():
-        raise NsnError(f"{where}: the images contain NaN or infinite values")
-    return samples
+
+        def sample(sink: Sink) -> None:
+            generate(item, n, seed=seed, batch=CHUNK, progress=tracker(f"sample {label}", n),
+                     sink=lambda first, images: sink(match_images(images, reference, where)))
+
+        return SampleSet(where, n, sample, item)
+    count = min(n, len(item))
+
+    def read(sink: Sink) -> None:
+        feed_ranges(count, lambda start, stop: match_images(item.read(start, stop), reference, where), sink,
+                    tracker(f"read {label}", count))
+
+    return SampleSet(where, count, read)
 
 
 # --------------------------------------------------------------------------- classifier
@@ -451,11 +491,67 @@ def usable_metrics(metrics: Sequence[str], reference: Reference) -> tuple[tuple[
     return rest, [f"IS and FID need a reference with labels; {reference.name} has none, so they are skipped"]
 
 
+def pick_rows(count: int, limit: int, seed: int) -> np.ndarray:
+    """At most ``limit`` of ``count`` row indices, sorted: all when ``count <= limit``, else
+    chosen by ``seed``. They depend only on ``count``, so a stream's rows are picked before it
+    is read."""
+    if count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))
+
+
 def _subsample(x: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """At most ``limit`` rows, chosen by ``seed`` (equal inputs give equal subsets)."""
-    if len(x) <= limit:
-        return x
-    return x[np.sort(np.random.default_rng(seed).choice(len(x), limit, replace=False))]
+    """At most ``limit`` rows of ``x``, chosen by ``seed`` (equal inputs give equal subsets)."""
+    return x if len(x) <= limit else x[pick_rows(len(x), limit, seed)]
+
+
+@dataclass
+class RowPicker:
+    """The rows ``index`` (sorted) of a stream, copied out of its chunks as they go by."""
+
+    index: np.ndarray
+    values: np.ndarray | None = None
+
+    def take(self, start: int, chunk: np.ndarray) -> None:
+        """Keep the wanted rows of ``chunk``, which holds the stream's rows from ``start`` on."""
+        if self.values is None:
+            self.values = np.empty((len(self.index), *chunk.shape[1:]), dtype=chunk.dtype)
+        lo, hi = np.searchsorted(self.index, (start, start + len(chunk)))
+        self.values[lo:hi] = chunk[self.index[lo:hi] - start]
+
+
+@dataclass
+class SampleStream:
+    """What :meth:`Scorer.score` keeps of a sample set while its chunks go by, all of a size
+    independent of its count: IS and FID sums, the features of the precision/recall rows and
+    the image subset (those two picked up front, as :func:`pick_rows` picks from a whole set)."""
+
+    name: str
+    count: int
+    embed: Callable[[np.ndarray], np.ndarray] | None = None  # features for FID and PR
+    probabilities: Callable[[np.ndarray], np.ndarray] | None = None  # for IS
+    inception: InceptionScoreAccumulator | None = None
+    moments: FeatureMoments | None = None
+    pr: RowPicker | None = None
+    subset: RowPicker | None = None
+    seen: int = 0
+
+    def add(self, images: np.ndarray) -> None:
+        """The next chunk of matched images; NaN or infinite pixels (a data set file, a broken
+        model) are refused."""
+        if not np.isfinite(images).all():
+            raise NsnError(f"{self.name}: the images contain NaN or infinite values")
+        if self.inception is not None:
+            self.inception.add(self.probabilities(images))
+        if self.moments is not None or self.pr is not None:
+            features = self.embed(images)  # one pass serves FID and precision/recall
+            if self.moments is not None:
+                self.moments.add(features)
+            if self.pr is not None:
+                self.pr.take(self.seen, features)
+        if self.subset is not None:
+            self.subset.take(self.seen, images)
+        self.seen += len(images)
 
 
 @dataclass
@@ -473,7 +569,7 @@ class Scorer:
     classifier: DigitClassifier | None = field(default=None, init=False)
     classifier_cached: bool = field(default=False, init=False)
     swd: SwdReference | None = field(default=None, init=False, repr=False)
-    _ref_features: np.ndarray | None = field(default=None, init=False, repr=False)
+    _ref_moments: FeatureMoments | None = field(default=None, init=False, repr=False)
     _ref_pr: np.ndarray | None = field(default=None, init=False, repr=False)
     _pca: object = field(default=None, init=False, repr=False)
     _validation: np.ndarray | None = field(default=None, init=False, repr=False)
@@ -497,7 +593,8 @@ class Scorer:
         images = self.reference.images
         self.classifier, self.classifier_cached = reference_classifier(images, self.reference.labels, self.cache)
         advance(1)
-        self._ref_features = self.classifier.features(images)
+        if "fid" in self.metrics:
+            self._ref_moments = FeatureMoments.of(self.classifier.features(images))
         if set(self.metrics) & set(NEEDS_LABELS):
             self.note(
                 "IS and FID use a digit classifier trained on the reference, not Inception features: "
@@ -551,19 +648,39 @@ class Scorer:
     def swd_heights(self) -> list[int]:
         return self.swd.heights if self.swd is not None else []
 
+    def stream(self, samples: SampleSet) -> SampleStream:
+        """An empty :class:`SampleStream` for ``samples``, keeping what the metrics need."""
+        wanted, count, classifier = set(self.metrics), samples.count, self.classifier
+        stream = SampleStream(samples.name, count, embed=self.embed)
+        if classifier is not None and "is" in wanted:
+            stream.probabilities = classifier.probabilities
+            stream.inception = InceptionScoreAccumulator(count, min(IS_SPLITS, count))
+        if classifier is not None and "fid" in wanted:
+            stream.moments = FeatureMoments()
+        if "pr" in wanted:
+            stream.pr = RowPicker(pick_rows(count, PR_MAX, self.seed))
+        if self.swd is not None or "parzen" in wanted or ("memo" in wanted and self.train is not None):
+            stream.subset = RowPicker(pick_rows(count, SUBSET_MAX, self.seed))
+        return stream
+
     def score(self, samples: SampleSet) -> dict[str, float]:
-        """Every requested metric of one sample set, under its JSON name."""
-        images, label = samples.images, Path(samples.name).name
+        """Every requested metric of one sample set, under its JSON name; the set is fed once."""
+        stream = self.stream(samples)
+        samples.feed(stream.add)
+        if stream.seen != samples.count:
+            raise RuntimeError(f"{samples.name}: fed {stream.seen} of {samples.count} images")
+        label = Path(samples.name).name
         row: dict[str, float] = {}
-        if self.classifier is not None and "is" in self.metrics:
-            row["inception_score_mean"], row["inception_score_std"] = inception_score(
-                self.classifier.probabilities(images), splits=min(IS_SPLITS, len(images)))
-        if self.classifier is not None and "fid" in self.metrics:
+        if stream.inception is not None:
+            row["inception_score_mean"], row["inception_score_std"] = stream.inception.result()
+        if stream.moments is not None:
             from scipy.linalg import LinAlgWarning
 
             with warnings.catch_warnings():  # dead ReLU units make the covariances singular
                 warnings.simplefilter("ignore", LinAlgWarning)
-                row["frechet_distance"] = frechet_distance(self._ref_features, self.classifier.features(images))
+                row["frechet_distance"] = frechet_distance_from_moments(
+                    self._ref_moments.mean, self._ref_moments.cov, stream.moments.mean, stream.moments.cov)
+        images = stream.subset.values if stream.subset is not None else None
         if self.swd is not None:
             steps = len(self.swd.heights) * (1 + SWD_REPEATS)
             levels = self.swd.distances(images, self.tracker(f"SWD {label}", steps))
@@ -574,9 +691,8 @@ class Scorer:
             flat = images.reshape(len(images), -1)
             row["parzen_ll_mean"], row["parzen_ll_se"], row["parzen_sigma"] = parzen_log_likelihood(
                 flat, self._validation, self._test, PARZEN_SIGMAS, advance)
-        if "pr" in self.metrics:
-            fake = _subsample(self.embed(images), PR_MAX, self.seed)
-            row["precision"], row["recall"] = precision_recall(self._ref_pr, fake, k=PR_K)
+        if stream.pr is not None:
+            row["precision"], row["recall"] = precision_recall(self._ref_pr, stream.pr.values, k=PR_K)
         if "memo" in self.metrics and self.train is not None:
             ratio, copies, real_copies = memorisation(images, self.train, held_out=self.reference.images)
             row.update(near_copy_fraction=copies, nn_ratio_median=ratio, near_copy_fraction_reference=real_copies)
@@ -672,7 +788,7 @@ def score(
     for name, item in opened:
         samples = read_input(item, reference, name, options.n, options.seed, tracker)
         kind = "model" if samples.model is not None else "images"
-        rows.append({"input": name, "kind": kind, "images": len(samples.images), **scorer.score(samples)})
+        rows.append({"input": name, "kind": kind, "images": samples.count, **scorer.score(samples)})
     classifier = scorer.classifier
     return ScoreReport(
         reference=str(reference_path), reference_images=len(reference.images), metrics=metrics, rows=rows,

@@ -4,25 +4,33 @@ from __future__ import annotations
 
 import json
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
 
+import nsn_cli.score as score_module
 from nsn_cli.engine.geometry import LayerShape
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.errors import NsnError
 from nsn_cli.files import load_images
 from nsn_cli.metrics import (
+    FeatureMoments,
+    InceptionScoreAccumulator,
+    frechet_distance,
+    frechet_distance_from_moments,
     inception_score,
     isotropic_log_normal,
     laplacian_pyramid,
     parzen_log_density,
     parzen_log_likelihood,
+    precision_recall,
     sliced_wasserstein,
 )
 from nsn_cli.model import Layer, NSNModel
 from nsn_cli.prep import prep, resize_image, to_channels
 from nsn_cli.readers import open_source
+from nsn_cli.sample import generate
 from nsn_cli.score import (
     PARZEN_SIGMAS,
     Reference,
@@ -30,8 +38,11 @@ from nsn_cli.score import (
     Scorer,
     check_size,
     match_images,
+    open_input,
     parse_metrics,
     patch_nll,
+    pick_rows,
+    read_input,
     reference_classifier,
     usable_metrics,
 )
@@ -76,7 +87,7 @@ def _noise(n: int = 200) -> np.ndarray:
 
 
 def test_reference_against_itself(scorer, reference):
-    row = scorer.score(SampleSet("ref", reference.images))
+    row = scorer.score(SampleSet.of("ref", reference.images))
     assert abs(row["frechet_distance"]) < 1e-3
     assert row["precision"] == 1.0 and row["recall"] == 1.0
     assert row["swd_level_28"] == row["swd_level_14"] == row["swd_mean"] == 0.0
@@ -84,8 +95,8 @@ def test_reference_against_itself(scorer, reference):
 
 
 def test_noise_is_far_worse_than_real_digits_on_every_metric(scorer, held_out):
-    real = scorer.score(SampleSet("real", held_out))
-    noise = scorer.score(SampleSet("noise", _noise()))
+    real = scorer.score(SampleSet.of("real", held_out))
+    noise = scorer.score(SampleSet.of("noise", _noise()))
     assert real["inception_score_mean"] > 2 * noise["inception_score_mean"]
     assert noise["frechet_distance"] > 10 * real["frechet_distance"]
     assert noise["swd_mean"] > 10 * real["swd_mean"]
@@ -102,7 +113,7 @@ def test_one_confident_class_has_inception_score_near_one(scorer, reference, cac
     top = np.bincount(probs.argmax(axis=1)[confident]).argmax()
     one_class = reference.images[confident & (probs.argmax(axis=1) == top)]
     assert len(one_class) >= 20
-    row = Scorer(reference, ("is",), cache=cache).score(SampleSet("one class", one_class))
+    row = Scorer(reference, ("is",), cache=cache).score(SampleSet.of("one class", one_class))
     assert 1.0 <= row["inception_score_mean"] < 1.05
     mean, _ = inception_score(scorer.classifier.probabilities(one_class))
     assert row["inception_score_mean"] == pytest.approx(mean)
@@ -125,11 +136,145 @@ def test_without_labels_pr_uses_pca_and_is_fid_are_dropped(reference, held_out):
         usable_metrics(("is",), unlabelled)
     scorer = Scorer(unlabelled, metrics)
     assert scorer.classifier is None and any("PCA-50" in n for n in scorer.notes)
-    assert scorer.score(SampleSet("self", reference.images)) == {"precision": 1.0, "recall": 1.0}
-    assert scorer.score(SampleSet("real", held_out))["recall"] > 0.6
+    assert scorer.score(SampleSet.of("self", reference.images)) == {"precision": 1.0, "recall": 1.0}
+    assert scorer.score(SampleSet.of("real", held_out))["recall"] > 0.6
     # PCA-50 cannot see what lies outside its 50 components (noise keeps its precision), but
     # noise covers none of the digits
-    assert scorer.score(SampleSet("noise", _noise()))["recall"] == 0.0
+    assert scorer.score(SampleSet.of("noise", _noise()))["recall"] == 0.0
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+@pytest.mark.parametrize("caps", [None, (60, 90)], ids=["every image", "capped subsets"])
+def test_small_chunks_give_the_numbers_of_one_chunk(reference, held_out, cache, monkeypatch, caps):
+    """Chunks of 7 images (not dividing 150, the cap or the picks) against one chunk of all 150;
+    with caps below 150 the precision/recall rows and the image subset are picked mid-chunk."""
+    if caps is not None:
+        monkeypatch.setattr(score_module, "PR_MAX", caps[0])
+        monkeypatch.setattr(score_module, "SUBSET_MAX", caps[1])
+    samples, train = held_out[:150], held_out[150:]
+    scorer = Scorer(reference, (*SAMPLE_METRICS, "memo"), train=train, cache=cache)
+    rows = {}
+    for chunk in (7, 10**6):
+        monkeypatch.setattr(score_module, "CHUNK", chunk)
+        rows[chunk] = scorer.score(SampleSet.of("digits", samples))
+    small, whole = rows[7], rows[10**6]
+    assert small.keys() == whole.keys() and len(whole) == 14
+    # IS and FID to float32 precision: the classifier's float32 product rounds differently in
+    # batches of 7 rows (another BLAS kernel), and the sums go in another order
+    sums = ("inception_score_mean", "inception_score_std", "frechet_distance")
+    assert {k: small[k] for k in sums} == pytest.approx({k: whole[k] for k in sums}, rel=1e-6)
+    assert {k: v for k, v in small.items() if k not in sums} == {k: v for k, v in whole.items() if k not in sums}
+    # and they are what the whole-array metrics give on the picked rows
+    pr_rows = score_module._subsample(scorer.embed(samples), score_module.PR_MAX, scorer.seed)
+    assert (whole["precision"], whole["recall"]) == precision_recall(scorer._ref_pr, pr_rows, k=score_module.PR_K)
+    subset = samples[pick_rows(len(samples), score_module.SUBSET_MAX, scorer.seed)]
+    assert len(subset) == (150 if caps is None else 90)
+    assert [whole["swd_level_28"], whole["swd_level_14"]] == scorer.swd.distances(subset, lambda n: None)
+    mean, _ = inception_score(scorer.classifier.probabilities(samples))
+    assert whole["inception_score_mean"] == pytest.approx(mean, rel=1e-12)
+
+
+def test_pick_rows_takes_every_row_in_order_up_to_the_limit():
+    assert np.array_equal(pick_rows(5, 5, seed=3), np.arange(5))
+    picked = pick_rows(1000, 10, seed=3)
+    assert len(np.unique(picked)) == 10 and np.all(np.diff(picked) > 0) and picked[-1] < 1000
+    assert np.array_equal(picked, pick_rows(1000, 10, seed=3))
+
+
+def test_model_samples_stream_as_generate_makes_them(tiny_model, reference, monkeypatch):
+    model = open_input(tiny_model[0])
+    expected = match_images(generate(model, 50, seed=4), reference, "model")
+    monkeypatch.setattr(score_module, "CHUNK", 16)
+    advances: list[int] = []
+    samples = read_input(model, reference, "model", 50, seed=4, tracker=lambda text, total: advances.append)
+    chunks: list[np.ndarray] = []
+    samples.feed(chunks.append)
+    assert samples.count == 50 and [len(c) for c in chunks] == advances == [16, 16, 16, 2]
+    assert np.array_equal(np.concatenate(chunks), expected)
+
+
+def test_a_bad_pixel_in_a_late_chunk_is_refused(scorer, held_out, monkeypatch):
+    monkeypatch.setattr(score_module, "CHUNK", 16)
+    images = held_out.copy()
+    images[-1, 3, 3, 0] = np.inf
+    with pytest.raises(NsnError, match="late: the images contain NaN or infinite values"):
+        scorer.score(SampleSet.of("late", images))
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # the dead unit's singular covariance
+def test_fid_from_streamed_moments_is_the_array_formula():
+    from scipy import linalg
+
+    rng = np.random.default_rng(11)
+    # far from zero, correlated, one dead unit: what one-pass sums about zero would get wrong
+    a = 1e5 + rng.standard_normal((3000, 12)) @ rng.standard_normal((12, 12))
+    b = 1e5 - 1.0 + 1.3 * rng.standard_normal((2000, 12)) @ rng.standard_normal((12, 12))
+    a[:, 4] = b[:, 4] = 0.0
+    moments = []
+    for x in (a, b):
+        streamed = FeatureMoments()
+        for start, stop in zip((0, 1, 500, 1700), (1, 500, 1700, len(x))):
+            streamed.add(x[start:stop].astype(np.float32) if start == 1 else x[start:stop])
+        moments.append(streamed)
+    a[1:500], b[1:500] = a[1:500].astype(np.float32), b[1:500].astype(np.float32)  # as fed
+    for streamed, x in zip(moments, (a, b)):
+        assert streamed.count == len(x)
+        assert np.allclose(streamed.mean, x.mean(axis=0), rtol=1e-12, atol=0)
+        assert np.allclose(streamed.cov, np.cov(x, rowvar=False), rtol=1e-9, atol=1e-12)
+    # the formula as nsn score had it before it streamed
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = float(np.sum((a.mean(axis=0) - b.mean(axis=0)) ** 2)
+                     + np.trace(cov_a + cov_b - 2 * linalg.sqrtm(cov_a @ cov_b).real))
+    (ma, mb) = moments
+    assert frechet_distance_from_moments(ma.mean, ma.cov, mb.mean, mb.cov) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-12)
+    assert frechet_distance_from_moments(ma.mean, ma.cov, ma.mean, ma.cov) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_inception_score_from_chunks_is_the_split_formula():
+    p = np.random.default_rng(12).dirichlet(np.full(10, 0.3), size=1003)
+    expected = []
+    for part in np.array_split(p, 10):  # uneven splits: 101 rows in the first three
+        marginal = part.mean(axis=0, keepdims=True)
+        expected.append(np.exp(np.sum(part * (np.log(part + 1e-12) - np.log(marginal + 1e-12)), axis=1).mean()))
+    streamed = InceptionScoreAccumulator(len(p), 10)
+    for start in range(0, len(p), 64):
+        streamed.add(p[start : start + 64])
+    assert streamed.result() == pytest.approx((np.mean(expected), np.std(expected)), rel=1e-12)
+    assert inception_score(p) == pytest.approx(streamed.result(), rel=1e-12)
+    with pytest.raises(ValueError, match="1000 of 1003 rows"):
+        partial = InceptionScoreAccumulator(len(p), 10)
+        partial.add(p[:1000])
+        partial.result()
+
+
+def test_scoring_memory_does_not_grow_with_n(reference, held_out, cache, tmp_path, monkeypatch):
+    """A 12,000-image .npy scored in chunks of 64 with subsets of at most 100: the memory traced
+    while scoring 12,000 is that of scoring 1,000, far below the 38 MB the matched images alone
+    would take. (The reader holds the opened .npy array itself; it is opened before tracing.)
+    SWD is left out: its working memory is set by the reference's descriptors, not by n."""
+    monkeypatch.setattr(score_module, "CHUNK", 64)
+    monkeypatch.setattr(score_module, "SUBSET_MAX", 100)
+    monkeypatch.setattr(score_module, "PR_MAX", 100)
+    digits = np.rint(np.concatenate([reference.images, held_out]) * 255).astype(np.uint8)
+    np.save(tmp_path / "many.npy", np.tile(digits, (15, 1, 1, 1)))
+    item = open_input(tmp_path / "many.npy")
+    scorer = Scorer(reference, ("is", "fid", "pr", "parzen", "memo"), train=held_out, cache=cache)
+    peaks, advances = {}, []
+    for n in (1000, 12000):  # the smaller first: it also pays for what is allocated once
+        samples = read_input(item, reference, "many.npy", n, seed=0, tracker=lambda text, total: advances.append)
+        tracemalloc.start()
+        try:
+            row = scorer.score(samples)
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert samples.count == n and math.isfinite(row["frechet_distance"])
+    assert sum(advances) == 13000 and max(advances) == 64
+    matched = 12000 * 28 * 28 * 4
+    assert peaks[12000] < peaks[1000] + (1 << 20) and peaks[12000] < matched / 3, peaks
 
 
 # --------------------------------------------------------------------------- SWD pieces
@@ -185,8 +330,8 @@ def test_parzen_picks_sigma_on_validation_and_reports_the_entropy():
 def test_memorisation_flags_a_copied_training_set(reference, held_out):
     train, ref = reference.images[:400], Reference("held", reference.images[400:], reference.labels[400:])
     scorer = Scorer(ref, ("memo",), train=train)
-    assert scorer.score(SampleSet("copy", train[:200]))["near_copy_fraction"] == 1.0
-    real = scorer.score(SampleSet("real", held_out))
+    assert scorer.score(SampleSet.of("copy", train[:200]))["near_copy_fraction"] == 1.0
+    real = scorer.score(SampleSet.of("real", held_out))
     assert real["near_copy_fraction"] < 0.2 and 0.5 < real["nn_ratio_median"] < 2
     with pytest.raises(NsnError, match="also in the training set"):
         Scorer(ref, ("memo",), train=ref.images)

@@ -16,7 +16,7 @@ from rich.table import Table
 from nsn_cli.cli._common import app, console, console_err, progress_bar, task_advancer
 from nsn_cli.files import atomic_path, check_output_path
 from nsn_cli.readers import SkippedFilesWarning
-from nsn_cli.score import METRICS, ScoreOptions, ScoreReport, parse_metrics, score
+from nsn_cli.score import CHUNK, METRICS, SUBSET_MAX, ScoreOptions, ScoreReport, parse_metrics, score
 
 #: (JSON key, column header, key of its +/- part or None), in table order; SWD levels go third.
 _COLUMNS = [
@@ -79,7 +79,11 @@ def score_cli(
     samples: List[Path] = typer.Argument(..., help="Model files (sampled on the fly), .npz/.npy arrays, nsn .h5 data sets, or folders of images."),
     ref: Path = typer.Option(..., "--ref", help="Reference nsn data set (.h5); with labels it also gives IS and FID."),
     metrics: str = typer.Option(",".join(METRICS), "--metrics", help=f"Comma-separated, from {','.join(METRICS)}."),
-    n: int = typer.Option(10000, "-n", help="Samples drawn from each model; at most this many images read from other inputs."),
+    n: int = typer.Option(
+        10000, "-n",
+        help=f"Samples drawn from each model; at most this many images read from other inputs. Read in chunks "
+        f"of {CHUNK:,} (memory does not grow with -n); SWD, Parzen and memorisation use at most "
+        f"{SUBSET_MAX:,} of them (a subset chosen by --seed when there are more)."),
     seed: int = typer.Option(0, "--seed", help="Seed for sampling models and for every random choice of the metrics."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
     train: Path | None = typer.Option(None, "--train", help="The data set the generator was trained on (memorisation)."),
