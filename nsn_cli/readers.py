@@ -105,14 +105,20 @@ def _sibling_idx_labels(path: Path) -> Path | None:
     return None
 
 
-def _array_source(description: str, images: np.ndarray, labels: np.ndarray | None) -> ImageSource:
-    if images.ndim == 3:
-        images = images[..., None]
-    channels = images.shape[-1]
+def _array_source(description: str, images, labels: np.ndarray | None) -> ImageSource:
+    """A source over an (N, H, W[, C]) array checked by :func:`_check_array`; ``images`` may be
+    lazy (a memory map, :class:`_DatasetImages`): each read converts only its own slice."""
+    channels = 1 if images.ndim == 3 else min(images.shape[-1], 3)
+
+    def read(start: int, stop: int) -> list[np.ndarray]:
+        block = np.asarray(images[start:stop])
+        block = block[..., None] if block.ndim == 3 else block[..., :3]  # a grey axis; alpha dropped
+        return list(block if block.dtype == np.uint8 else block.astype(np.float32, copy=False))
+
     return ImageSource(
         description=description,
         count=images.shape[0],
-        read=lambda start, stop: list(images[start:stop]),
+        read=read,
         channels=lambda i: channels,
         labels=labels,
     )
@@ -136,7 +142,13 @@ def _idx_source(path: Path) -> ImageSource:
 # --------------------------------------------------------------------------- arrays
 
 
-def _check_array(path: Path, images: np.ndarray) -> np.ndarray:
+#: Images per block when checking a large (possibly memory-mapped) float array.
+CHECK_BLOCK = 4096
+
+
+def _check_array(path: Path, images) -> None:
+    """Refuse an image array of the wrong shape or dtype, with NaN, or float pixels outside
+    [0, 1]; float arrays are scanned block by block so a memory map stays unread."""
     if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3, 4)):
         raise NsnError(
             f"{path}: unsupported array shape {images.shape}; expected (N, H, W) or "
@@ -145,27 +157,26 @@ def _check_array(path: Path, images: np.ndarray) -> np.ndarray:
     if images.shape[0] == 0:
         raise NsnError(f"{path}: the array holds no images")
     if images.dtype == np.uint8:
-        pass
-    elif np.issubdtype(images.dtype, np.floating):
-        images = images.astype(np.float32, copy=False)
-        if not np.isfinite(images).all():
-            raise NsnError(f"{path}: the array contains NaN or infinite values")
-        lo, hi = float(images.min()), float(images.max())
-        if lo < 0.0 or hi > 1.0:
-            raise NsnError(
-                f"{path}: float pixels must lie in [0, 1], found [{lo:.3g}, {hi:.3g}] "
-                "(divide 0..255 data by 255, or save it as uint8)"
-            )
-    else:
+        return
+    if not np.issubdtype(images.dtype, np.floating):
         raise NsnError(f"{path}: unsupported dtype {images.dtype}; use uint8 or float")
-    if images.ndim == 4 and images.shape[-1] == 4:
-        images = images[..., :3]  # drop alpha
-    return images
+    lo, hi = np.inf, -np.inf
+    for start in range(0, images.shape[0], CHECK_BLOCK):
+        block = np.asarray(images[start : start + CHECK_BLOCK])
+        if not np.isfinite(block).all():
+            raise NsnError(f"{path}: the array contains NaN or infinite values")
+        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+    if lo < 0.0 or hi > 1.0:
+        raise NsnError(
+            f"{path}: float pixels must lie in [0, 1], found [{lo:.3g}, {hi:.3g}] "
+            "(divide 0..255 data by 255, or save it as uint8)"
+        )
 
 
 def _numpy_source(path: Path) -> ImageSource:
     try:
-        loaded = np.load(path, allow_pickle=False)
+        # a .npy is memory-mapped: a sample file larger than memory is read slice by slice
+        loaded = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise NsnError(f"{path}: not a readable .npy/.npz file ({exc})") from exc
     labels = None
@@ -181,7 +192,7 @@ def _numpy_source(path: Path) -> ImageSource:
                 labels = np.asarray(loaded[label_key]).astype(np.int64).ravel()
     else:
         images = loaded
-    images = _check_array(path, np.asarray(images))
+    _check_array(path, images)
     if labels is not None and len(labels) != images.shape[0]:
         raise NsnError(f"{path}: {len(labels)} labels for {images.shape[0]} images")
     return _array_source(f"array {path.name}", images, labels)
@@ -291,6 +302,22 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
 # --------------------------------------------------------------------------- dispatch
 
 
+@dataclass
+class _DatasetImages:
+    """The /images of an nsn data set, read slice by slice (the file reopened for each)."""
+
+    path: Path
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    ndim: int = 4
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        from nsn_cli.files import open_dataset
+
+        with open_dataset(self.path) as dataset:
+            return dataset.images[rows]
+
+
 def _dataset_source(path: Path) -> ImageSource:
     from nsn_cli.files import open_dataset
 
@@ -299,8 +326,9 @@ def _dataset_source(path: Path) -> ImageSource:
             raise NsnError(
                 f"{path}: this data set is ZCA-whitened; prep from the original images instead"
             )
-        images = dataset.images[()]
+        images = _DatasetImages(path, tuple(dataset.images.shape), dataset.images.dtype)
         labels = dataset.labels
+    _check_array(path, images)
     return _array_source(f"nsn data set {path.name}", images, labels)
 
 

@@ -163,3 +163,57 @@ def test_prep_crops_are_seeded_windows_of_the_image(tmp_path):
         assert np.any(np.all(np.isclose(windows, crop, atol=1e-6), axis=(2, 3)))
     prep([DATA / "brick.png"], tmp_path / "again.h5", size=(28, 28), crops=20, seed=3)
     assert np.array_equal(load_images(tmp_path / "again.h5")[0], images)
+
+
+def _peak_traced_bytes(action) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".h5"])
+def test_big_array_and_sample_files_are_read_slice_by_slice(tmp_path, suffix, monkeypatch):
+    """A 25 MB float32 file (50 MB as the .npy's float64) read 500 images at a time never holds
+    more than a few 1.6-3.1 MB slices (measured peak: 8.4 MB; a whole-file read traces at least
+    the file), and the slices are the file's pixels."""
+    from nsn_cli import readers
+    from nsn_cli.files import DATASET_TYPE, stamp
+
+    monkeypatch.setattr(readers, "CHECK_BLOCK", 500)
+    images = np.random.default_rng(0).random((8000, 28, 28, 1), dtype=np.float32)
+    path = tmp_path / f"samples{suffix}"
+    if suffix == ".npy":
+        np.save(path, images.astype(np.float64)[..., 0])  # (N, H, W) float64: converted per slice
+    else:
+        with h5py.File(path, "w") as handle:
+            stamp(handle, DATASET_TYPE, "test")
+            handle.create_dataset("images", data=images, chunks=(256, 28, 28, 1))
+
+    def read_all():
+        source = open_source(path)
+        for start in range(0, source.count, 500):
+            block = np.stack(source.read(start, start + 500))
+            assert block.dtype == np.float32 and block.shape == (500, 28, 28, 1)
+            np.testing.assert_array_equal(block, images[start : start + 500])
+
+    assert _peak_traced_bytes(read_all) < images.nbytes // 2
+
+
+def test_nan_late_in_a_big_array_is_still_refused(tmp_path, monkeypatch):
+    from nsn_cli import readers
+
+    monkeypatch.setattr(readers, "CHECK_BLOCK", 100)
+    images = np.full((1000, 8, 8), 0.5)
+    images[950, 3, 3] = np.nan
+    np.save(tmp_path / "x.npy", images)
+    with pytest.raises(NsnError, match="NaN"):
+        open_source(tmp_path / "x.npy")
+    images[950, 3, 3] = 1.5
+    np.save(tmp_path / "x.npy", images)
+    with pytest.raises(NsnError, match=r"\[0.5, 1.5\]"):
+        open_source(tmp_path / "x.npy")
