@@ -248,13 +248,14 @@ def train(
                     del patches
                     chunk = 0
                 else:
-                    maps = None
                     labels_bytes = 4 * n_patches
                     label_dir = output.parent if labels_bytes > memory // 8 else None
-                    chunk = _image_chunk(memory - (0 if label_dir else labels_bytes), model, sizes, index - 1,
-                                         (n_patches // n + 1) * dims)
+                    room = memory - (0 if label_dir else labels_bytes)
+                    patch_values = (n_patches // n + 1) * dims
+                    chunk = _image_chunk(room, model, sizes, index - 1, patch_values)
+                    maps = _held_maps(data_path, model, sizes, index - 1, n, maps, chunk, room, patch_values, client)
                     source = LayerPatches(str(data_path), model, index - 1, shape.patch, shape.stride, n, chunk,
-                                          image_idx, position)
+                                          image_idx, position, maps=maps)
                     reporter.layer_start(index, len(arch), n_patches, dims, False)
                     started = time.perf_counter()
                     fitted = _fit(index, options, reporter, source=source, n_patches=n_patches, client=client,
@@ -326,12 +327,38 @@ def _image_chunk(memory: int | None, model: NSNModel, sizes, below: int, patch_v
     large (encode_layer's own chunk)."""
     if memory is None:
         return 1024
-    per_image = 12 * patch_values
-    for level in range(below + 1):
-        h, w = sizes[level]
-        per_image += 4 * h * w * (model.image_shape[2] if level == 0 else model.layers[level - 1].filters)
+    per_image = 12 * patch_values + _map_bytes(model, sizes, 0, below)
     chunk = max(1, (memory - min(CHUNK_OVERHEAD, memory // 4)) // per_image)
     return chunk - chunk % 256 if chunk >= 256 else chunk
+
+
+def _map_bytes(model: NSNModel, sizes, first: int, last: int) -> int:
+    """Bytes of one image's float32 maps F[first..last]."""
+    total = 0
+    for level in range(first, last + 1):
+        h, w = sizes[level]
+        total += 4 * h * w * (model.image_shape[2] if level == 0 else model.layers[level - 1].filters)
+    return total
+
+
+def _held_maps(data_path, model: NSNModel, sizes, below: int, n: int, maps: np.ndarray | None, chunk: int,
+               room: int, patch_values: int, client) -> np.ndarray | None:
+    """F[below] of every image for a streamed layer to cut its patches from, when it fits in
+    ``room`` beside one chunk's patches (encoded here, in chunks that fit beside it, if not
+    already in memory); else None and every pass re-encodes its chunks from the file. Held only
+    for the local backend (Dask workers read the file) and for chunks that are multiples of
+    256: encode_layer works in 256-image blocks, so then the held maps are the bits a chunk
+    encoded from the file gets and the model does not depend on whether they were held (tested)."""
+    if client is not None or chunk % 256:
+        return None
+    held = n * _map_bytes(model, sizes, below, below)
+    overhead = min(CHUNK_OVERHEAD, room // 4)
+    if held + 12 * patch_values * chunk + overhead > room:
+        return None
+    if maps is not None:
+        return maps
+    fill = (room - held - overhead) // _map_bytes(model, sizes, 0, below) // 256 * 256  # any multiple of 256
+    return _encoded_maps(data_path, model, below, fill) if fill >= 256 else None
 
 
 def _read_chunk(dataset, a: int, b: int) -> np.ndarray:
@@ -371,8 +398,9 @@ def _encoded_maps(data_path, model: NSNModel, upto: int, chunk: int) -> np.ndarr
 @dataclass
 class LayerPatches:
     """Chunk source of one layer's patches: images ``chunk`` at a time from the data file,
-    encoded through the ``below`` trained layers, cut into patches (all, or the chosen
-    ``image_idx`` / ``position`` ones, in the same order as in memory). Picklable."""
+    encoded through the ``below`` trained layers (or sliced from ``maps``, F[below] of every
+    image held in memory), cut into patches (all, or the chosen ``image_idx`` / ``position``
+    ones, in the same order as in memory). Picklable; sent to Dask workers without ``maps``."""
 
     path: str
     model: NSNModel
@@ -383,6 +411,7 @@ class LayerPatches:
     chunk: int
     image_idx: np.ndarray | None = None
     position: np.ndarray | None = None
+    maps: np.ndarray | None = None
 
     def ranges(self) -> list[tuple[int, int]]:
         """The image ranges of the chunks, in order (ranges without a chosen patch skipped)."""
@@ -394,8 +423,8 @@ class LayerPatches:
         return out
 
     def read(self, dataset, a: int, b: int) -> np.ndarray:
-        """The patches of images a..b-1 of the open ``dataset``."""
-        maps = _encode(_read_chunk(dataset, a, b), self.model, self.below)
+        """The patches of images a..b-1 of the open ``dataset`` (None when ``maps`` are held)."""
+        maps = self.maps[a:b] if self.maps is not None else _encode(_read_chunk(dataset, a, b), self.model, self.below)
         if self.image_idx is None:
             return extract_patches(maps, self.patch, self.stride)
         lo, hi = np.searchsorted(self.image_idx, [a, b])
@@ -408,7 +437,7 @@ class LayerPatches:
             return self.read(dataset, a, b)
 
     def __call__(self):
-        with open_dataset(self.path) as dataset:
+        with contextlib.nullcontext() if self.maps is not None else open_dataset(self.path) as dataset:
             for a, b in self.ranges():
                 yield self.read(dataset, a, b)
 

@@ -295,3 +295,39 @@ def test_dying_dask_workers_stop_the_run_with_a_clear_error_and_a_sound_model(tm
     local = train(mnist_small, tmp_path / "l.h5", TrainOptions(iterations=3, seed=4), memory=4 << 20)
     for a, b in zip(local.layers, resumed.layers, strict=True):
         assert np.array_equal(a.mu, b.mu) and np.array_equal(a.counts, b.counts)
+
+
+@pytest.mark.parametrize("memory_mb, layer, naturally_held", [(16, 1, True), (40, 2, False)])
+def test_holding_the_input_maps_does_not_change_the_model(tmp_path, mnist_small, monkeypatch, memory_mb, layer,
+                                                          naturally_held):
+    """A streamed layer cuts its patches from F[l-1] held in memory when they fit (instead of
+    re-encoding every chunk from the file on every pass): with 256-image chunks the held maps
+    are the file-encoded bits, so the model is the same bits either way. 16M: layer 1 is
+    streamed with its images held; 40M: layer 2 is streamed from the file, and held by force."""
+    from nsn_cli import train as train_module
+    from nsn_cli.train import TrainOptions, train
+
+    options = TrainOptions(iterations=2, seed=5)
+    original = train_module._held_maps
+    held = []
+
+    def spy(data_path, model, sizes, below, n, maps, chunk, room, patch_values, client, force=None):
+        if force is False:
+            result = None
+        else:
+            result = original(data_path, model, sizes, below, n, maps, chunk, 1 << 40 if force else room,
+                              patch_values, client)
+        held.append((below + 1, chunk, result is not None))
+        return result
+
+    monkeypatch.setattr(train_module, "_held_maps", spy)
+    natural = train(mnist_small, tmp_path / "a.h5", options, memory=memory_mb << 20)
+    assert held[0] == (layer, 256, naturally_held) and not any(h for _, _, h in held[1:])
+    held.clear()
+    monkeypatch.setattr(train_module, "_held_maps", lambda *args: spy(*args, force=not naturally_held))
+    other = train(mnist_small, tmp_path / "b.h5", options, memory=memory_mb << 20)
+    assert held[0] == (layer, 256, not naturally_held) and not any(h for _, _, h in held[1:])
+    assert [lay.chunk for lay in other.layers] == [lay.chunk for lay in natural.layers]
+    for a, b in zip(natural.layers, other.layers, strict=True):
+        assert np.array_equal(a.mu, b.mu) and np.array_equal(a.sigma, b.sigma) and np.array_equal(a.counts, b.counts)
+    assert np.array_equal(natural.top["mean"], other.top["mean"])
