@@ -64,11 +64,11 @@ def dask_runner(client, source, window: int | None = None) -> EStepRunner:
     """Run the chunk E-steps of ``source`` (a :class:`~nsn_cli.train.LayerPatches`) on the
     cluster, at most ``window`` in flight, yielding the results in chunk order."""
     ranges = source.ranges()
-    remote_source = client.scatter(source, broadcast=True)
+    remote_source = _scatter(client, source)
     window = window or 2 * max(1, len(client.scheduler_info().get("workers", {})))
 
     def run(mu, sigma, alpha, seed):
-        mu_f, sigma_f = client.scatter([mu, sigma], broadcast=True)
+        mu_f, sigma_f = _scatter(client, [mu, sigma])
         pending: collections.deque = collections.deque()
         for index, (a, b) in enumerate(ranges):
             future = client.submit(_estep_task, remote_source, a, b, mu_f, sigma_f, alpha, seed, index, pure=False)
@@ -79,6 +79,27 @@ def dask_runner(client, source, window: int | None = None) -> EStepRunner:
             yield _result(*pending.popleft())
 
     return run
+
+
+#: Tries at copying data to every worker: a worker dying during the copy breaks it.
+SCATTER_TRIES = 3
+
+
+def _scatter(client, data):
+    """``data`` copied to every worker (so a lost worker loses no copy), retried when a worker
+    dies during the copy; an NsnError if the cluster stays unreachable."""
+    distributed = _import_distributed()
+    for attempt in range(SCATTER_TRIES):
+        try:
+            if attempt:
+                client.wait_for_workers(1, timeout=60)
+            return client.scatter(data, broadcast=True)
+        except (distributed.comm.CommClosedError, OSError, TimeoutError) as exc:
+            failure = exc
+    raise NsnError(
+        f"lost the Dask cluster while sending it the filters ({type(failure).__name__}: {failure}); "
+        "the model file keeps its completed layers: rerun with --resume"
+    )
 
 
 def _result(future, a: int, b: int) -> ChunkEStep:
