@@ -8,7 +8,7 @@ OUT    := out
 STAMP  := $(VENV)/.installed-test
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: install demo test test-fast bench bench-quality lint clean mnist faces figures score
+.PHONY: install demo test test-fast bench bench-quality bench-scale lint clean mnist faces figures score
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: $(BENCH_STAMP)
 bench-quality: $(BENCH_STAMP)
 	$(BIN)/python bench/bench_quality.py
 
+## bench-scale: train on 1x, 4x, 16x synthetic digits under --memory, locally and on 2 Dask workers (bench/results/scale.json)
+bench-scale: $(BENCH_STAMP) $(OUT)/scale/digits-1x.h5 $(OUT)/scale/digits-4x.h5 $(OUT)/scale/digits-16x.h5
+	$(BIN)/python bench/bench_scale.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check nsn_cli tests bench
 
@@ -74,6 +78,10 @@ $(OUT)/faces-samples.png: $(OUT)/faces-model.h5
 	$(NSN) sample -m $< -n 36 -o $@ --force -q
 
 faces: $(OUT)/faces-samples.png
+
+# ---------------------------------------------------------------- scaling data (bench-scale; not committed)
+$(OUT)/scale/digits-%x.h5: bench/make_synthetic.py bench/common.py data/mnist-4k-images-idx3-ubyte.gz data/mnist-4k-labels-idx1-ubyte.gz | $(BENCH_STAMP) $(OUT)
+	$(BIN)/python bench/make_synthetic.py --scale $* $@
 
 # ---------------------------------------------------------------- figures (docs/figures)
 FIG := docs/figures
