@@ -94,8 +94,9 @@ def test_unknown_option_is_one_line(cli, tmp_path):
 
 
 def test_prep_and_info(cli, tmp_path):
-    out = tmp_path / "m.h5"
+    out = tmp_path / ("a-long-folder-name-" * 6) / "m.h5"  # messages stay one line past 80 columns
+    out.parent.mkdir()
     code, stdout, _ = cli("prep", MNIST_IMAGES, "-o", out, "--limit", "100", "-q")
-    assert code == 0 and "100 x 28 x 28 x 1" in stdout
+    assert code == 0 and stdout.strip() == f"wrote {out}: 100 x 28 x 28 x 1, labels", stdout
     code, stdout, _ = cli("info", out, "--json")
     assert code == 0 and '"shape": "100 x 28 x 28 x 1"' in stdout and "10 classes" in stdout

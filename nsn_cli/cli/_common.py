@@ -29,8 +29,10 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-console = Console()
-console_err = Console(stderr=True)
+# soft_wrap: a message is one line however long its paths (rich would break it at the
+# terminal's width, 80 columns when piped); tables still fit the width.
+console = Console(soft_wrap=True)
+console_err = Console(stderr=True, soft_wrap=True)
 
 
 @dataclass
