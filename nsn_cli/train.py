@@ -254,8 +254,9 @@ def train(
                     patch_values = (n_patches // n + 1) * dims
                     chunk = _image_chunk(room, model, sizes, index - 1, patch_values)
                     maps = _held_maps(data_path, model, sizes, index - 1, n, maps, chunk, room, patch_values, client)
-                    source = LayerPatches(str(data_path), model, index - 1, shape.patch, shape.stride, n, chunk,
-                                          image_idx, position, maps=maps)
+                    source = LayerPatches(str(Path(data_path).resolve()),  # a Dask worker has its own cwd
+                                          model, index - 1, shape.patch, shape.stride, n, chunk, image_idx, position,
+                                          maps=maps)
                     reporter.layer_start(index, len(arch), n_patches, dims, False)
                     started = time.perf_counter()
                     fitted = _fit(index, options, reporter, source=source, n_patches=n_patches, client=client,

@@ -222,6 +222,24 @@ def test_dask_local_cluster_gives_the_local_streamed_model(tmp_path, mnist_small
         assert [h["changed"] for h in a.history] == [h["changed"] for h in b.history]
 
 
+@pytest.mark.slow
+def test_dask_workers_find_a_data_file_given_by_a_relative_path(tmp_path, mnist_small, monkeypatch):
+    """Workers started elsewhere (here: before the driver changes directory) get an absolute path."""
+    pytest.importorskip("distributed")
+    import distributed
+
+    from nsn_cli.train import TrainOptions, train
+
+    options = TrainOptions(iterations=2, seed=4)
+    local = train(mnist_small, tmp_path / "l.h5", options, memory=4 << 20)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        monkeypatch.chdir(mnist_small.parent)
+        remote = train(mnist_small.name, tmp_path / "d.h5", TrainOptions(iterations=2, seed=4), memory=4 << 20,
+                       dask_address=cluster.scheduler_address)
+    for a, b in zip(local.layers, remote.layers, strict=True):
+        assert np.array_equal(a.mu, b.mu) and np.array_equal(a.counts, b.counts)
+
+
 def test_dask_option_errors(cli, tmp_path, mnist_small):
     code, _, err = cli("train", mnist_small, "-o", tmp_path / "m.h5", "-q", "--memory", "352M", "--workers", "0")
     assert code == 2 and "--workers must be at least 1" in err
