@@ -201,7 +201,10 @@ def test_peak_memory_of_a_streamed_train(tmp_path, mnist_4k):
     out = tmp_path / "m.h5"
     cmd = [sys.executable, "-c", script, "train", str(mnist_4k), "-o", str(out), "-q", "--memory", "352M",
            "--iterations", "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # the same run first warms numba's cache, so the measure does not depend on which kernels
+    # earlier tests happened to compile (a cold run sits 3 MB under the budget)
+    subprocess.run([*cmd, "--force"], capture_output=True, check=True)
+    proc = subprocess.run([*cmd, "--force"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     peak_mb = int(proc.stdout.split()[-2]) / 1024  # "VmHWM:  386124 kB"
     assert peak_mb < 352, peak_mb
