@@ -207,6 +207,13 @@ class DatasetFile:
     def shape(self) -> tuple[int, int, int, int]:
         return tuple(int(s) for s in self.images.shape)  # type: ignore[return-value]
 
+    def read(self, rows: slice = slice(None)) -> np.ndarray:
+        """``/images[rows]``; a damaged file (a chunk that fails to decompress) is an NsnError."""
+        try:
+            return self.images[rows]
+        except OSError as exc:
+            raise NsnError(f"{self.path}: /images cannot be read, the file is damaged ({exc})") from None
+
 
 @contextlib.contextmanager
 def open_dataset(path: str | os.PathLike) -> Iterator[DatasetFile]:
@@ -232,7 +239,7 @@ def open_dataset(path: str | os.PathLike) -> Iterator[DatasetFile]:
 def load_images(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, Zca | None]:
     """Read a whole data set into memory: ``(images, labels, zca)``; NaN is refused."""
     with open_dataset(path) as dataset:
-        images = dataset.images[()].astype(np.float32, copy=False)
+        images = dataset.read().astype(np.float32, copy=False)
         labels, zca = dataset.labels, dataset.zca
     if not np.isfinite(images).all():
         raise NsnError(f"{path}: /images contains NaN or infinite values")

@@ -27,7 +27,7 @@ def describe_dataset(path: str | os.PathLike) -> dict:
         lo, hi, total = np.inf, -np.inf, 0.0
         step = 4096
         for start in range(0, n, step):
-            block = dataset.images[start : start + step]
+            block = dataset.read(slice(start, start + step))
             lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
             total += float(block.sum(dtype=np.float64))
         summary = {

@@ -315,7 +315,7 @@ class _DatasetImages:
         from nsn_cli.files import open_dataset
 
         with open_dataset(self.path) as dataset:
-            return dataset.images[rows]
+            return dataset.read(rows)
 
 
 def _dataset_source(path: Path) -> ImageSource:

@@ -363,7 +363,7 @@ def _held_maps(data_path, model: NSNModel, sizes, below: int, n: int, maps: np.n
 
 
 def _read_chunk(dataset, a: int, b: int) -> np.ndarray:
-    images = dataset.images[a:b].astype(np.float32, copy=False)
+    images = dataset.read(slice(a, b)).astype(np.float32, copy=False)
     if not np.isfinite(images).all():
         raise NsnError(f"{dataset.path}: /images contains NaN or infinite values")
     return images

@@ -100,3 +100,25 @@ def test_prep_and_info(cli, tmp_path):
     assert code == 0 and stdout.strip() == f"wrote {out}: 100 x 28 x 28 x 1, labels", stdout
     code, stdout, _ = cli("info", out, "--json")
     assert code == 0 and '"shape": "100 x 28 x 28 x 1"' in stdout and "10 classes" in stdout
+
+
+def test_damaged_image_chunks_are_one_line(cli, tmp_path, mnist_small):
+    """A data set whose compressed /images chunks are damaged: info, score and a streamed train
+    name the file and stop with exit code 2 instead of an HDF5 traceback."""
+    import h5py
+
+    from nsn_cli.files import DATASET_TYPE, stamp
+
+    path = tmp_path / "damaged.h5"
+    images = np.random.default_rng(0).random((600, 28, 28, 1), dtype=np.float32)
+    with h5py.File(path, "w") as handle:
+        stamp(handle, DATASET_TYPE, "test")
+        handle.create_dataset("images", data=images, chunks=(50, 28, 28, 1), compression="gzip")
+        offset = handle["images"].id.get_chunk_info(6).byte_offset
+    raw = bytearray(path.read_bytes())
+    raw[offset : offset + 64] = bytes(64)  # chunk 6 (images 300..349) no longer inflates
+    path.write_bytes(raw)
+    for argv in (("info", path), ("score", path, "--ref", mnist_small, "--metrics", "swd"),
+                 ("train", path, "-o", tmp_path / "m.h5", "--memory", "360M", "-q")):
+        code, _, err = cli(*argv)
+        assert code == 2 and "damaged.h5: /images cannot be read" in _one_line(err), (argv, err)
