@@ -96,10 +96,7 @@ def _scatter(client, data):
             return client.scatter(data, broadcast=True)
         except (distributed.comm.CommClosedError, OSError, TimeoutError) as exc:
             failure = exc
-    raise NsnError(
-        f"lost the Dask cluster while sending it the filters ({type(failure).__name__}: {failure}); "
-        "the model file keeps its completed layers: rerun with --resume"
-    )
+    raise _lost_cluster(failure, " while sending it the filters")
 
 
 def _result(future, a: int, b: int) -> ChunkEStep:
@@ -114,7 +111,11 @@ def _result(future, a: int, b: int) -> ChunkEStep:
             "the model file keeps its completed layers: fix the workers and rerun with --resume"
         ) from None
     except (distributed.comm.CommClosedError, OSError, TimeoutError, concurrent.futures.CancelledError) as exc:
-        raise NsnError(
-            f"lost the Dask cluster ({type(exc).__name__}: {exc}); "
-            "the model file keeps its completed layers: rerun with --resume"
-        ) from None
+        raise _lost_cluster(exc) from None
+
+
+def _lost_cluster(exc: BaseException, during: str = "") -> NsnError:
+    return NsnError(
+        f"lost the Dask cluster{during} ({type(exc).__name__}: {exc}); "
+        "the model file keeps its completed layers: rerun with --resume"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import re
 import time
@@ -62,6 +63,7 @@ def working_memory(budget: int) -> int:
 _M_MMAP_THRESHOLD = -3
 
 
+@functools.cache  # once per process (a Dask worker calls it for every chunk)
 def return_freed_chunks_to_os() -> None:
     """Serve every allocation above 256 kB by its own mmap, so a freed chunk's arrays leave
     the process at once. By default glibc raises this threshold as large blocks are freed (up
