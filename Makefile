@@ -8,7 +8,7 @@ OUT    := out
 STAMP  := $(VENV)/.installed-test
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: install demo test test-fast bench bench-quality bench-scale lint clean mnist faces figures score
+.PHONY: install demo test test-fast bench bench-quality bench-scale judge lint clean mnist faces figures score
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test-fast: $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_generate.py
+
+## judge: FID and KID of the score judge under noise, blur, dimming, occlusion, salt-and-pepper, grain and class dropping (bench/results/judge.json)
+judge: $(BENCH_STAMP)
+	$(BIN)/python bench/judge_table.py
 
 bench-quality: $(BENCH_STAMP)
 	$(BIN)/python bench/bench_quality.py

@@ -107,6 +107,20 @@ def inverse_coverage(height: int, width: int, patch: int, stride: int) -> np.nda
     return np.where(count > 0, 1.0 / np.maximum(count, 1), 0.0).astype(np.float32)
 
 
+def fold_patches(patches: np.ndarray, patch: int, stride: int, channels: int) -> np.ndarray:
+    """Sum overlapping patches ``(N, h, w, patch * patch * channels)`` into maps ``(N, (h-1)*stride
+    + patch, (w-1)*stride + patch, channels)`` (float32): the adjoint of :func:`extract_patches`
+    (col2im), which the judge's backward convolution needs."""
+    patches = np.ascontiguousarray(patches, dtype=np.float32)
+    n, h, w, d = patches.shape
+    if d != patch * patch * channels:
+        raise ValueError(f"patch length {d} != {patch}*{patch}*{channels}")
+    height, width = (h - 1) * stride + patch, (w - 1) * stride + patch
+    out = np.empty((n, height, width, channels), dtype=np.float32)
+    _stitch(patches, patch, stride, np.ones((height, width), dtype=np.float32), out)
+    return out
+
+
 def stitch_patches(patches: np.ndarray, patch: int, stride: int, channels: int) -> np.ndarray:
     """Average overlapping patches ``(N, h, w, patch * patch * channels)`` into maps
     ``(N, (h-1)*stride + patch, (w-1)*stride + patch, channels)`` (float32)."""
