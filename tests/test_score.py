@@ -9,7 +9,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-import nsn_cli.score as score_module
+import nsn_cli.score.inputs as inputs_module
+import nsn_cli.score.plugins as plugins_module
 from nsn_cli.engine.geometry import LayerShape
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.errors import NsnError
@@ -21,6 +22,7 @@ from nsn_cli.metrics import (
     frechet_distance_from_moments,
     inception_score,
     isotropic_log_normal,
+    kernel_inception_distance,
     laplacian_pyramid,
     parzen_log_density,
     parzen_log_likelihood,
@@ -33,23 +35,21 @@ from nsn_cli.readers import open_source
 from nsn_cli.sample import generate
 from nsn_cli.score import (
     PARZEN_SIGMAS,
+    Matcher,
     Reference,
     SampleSet,
     Scorer,
-    check_size,
-    match_images,
     open_input,
     parse_metrics,
     patch_nll,
     pick_rows,
     read_input,
-    reference_classifier,
-    usable_metrics,
+    reference_judge,
 )
 
 from .conftest import MNIST_IMAGES
 
-SAMPLE_METRICS = ("is", "fid", "swd", "parzen", "pr")
+SAMPLE_METRICS = ("is", "fid", "kid", "swd", "parzen", "pr")
 
 
 @pytest.fixture(scope="module")
@@ -99,48 +99,57 @@ def test_noise_is_far_worse_than_real_digits_on_every_metric(scorer, held_out):
     noise = scorer.score(SampleSet.of("noise", _noise()))
     assert real["inception_score_mean"] > 2 * noise["inception_score_mean"]
     assert noise["frechet_distance"] > 10 * real["frechet_distance"]
+    assert noise["kernel_inception_distance_mean"] > 10 * real["kernel_inception_distance_mean"]
     assert noise["swd_mean"] > 10 * real["swd_mean"]
     for level in (28, 14):
         assert noise[f"swd_level_{level}"] > 5 * real[f"swd_level_{level}"]
     assert noise["parzen_ll_mean"] < real["parzen_ll_mean"] - 300
     assert real["precision"] > 0.6 and real["recall"] > 0.6
-    assert noise["precision"] < 0.05 and noise["recall"] < 0.05
+    # noise covers none of the digits; k-NN precision in a classifier's features is the weak
+    # one (noise lands inside the balls of outlying real digits), but still far below real's
+    assert noise["recall"] == 0.0 and noise["precision"] < real["precision"] - 0.2
 
 
 def test_one_confident_class_has_inception_score_near_one(scorer, reference, cache):
-    probs = scorer.classifier.probabilities(reference.images)
+    probs = scorer.judge.probabilities(reference.images)
     confident = probs.max(axis=1) > 0.99
     top = np.bincount(probs.argmax(axis=1)[confident]).argmax()
     one_class = reference.images[confident & (probs.argmax(axis=1) == top)]
     assert len(one_class) >= 20
     row = Scorer(reference, ("is",), cache=cache).score(SampleSet.of("one class", one_class))
     assert 1.0 <= row["inception_score_mean"] < 1.05
-    mean, _ = inception_score(scorer.classifier.probabilities(one_class))
+    mean, _ = inception_score(scorer.judge.probabilities(one_class))
     assert row["inception_score_mean"] == pytest.approx(mean)
 
 
-def test_classifier_is_cached_by_content(reference, cache, scorer):
-    again, cached = reference_classifier(reference.images, reference.labels, cache)
-    assert cached and again.accuracy == scorer.classifier.accuracy > 0.8
-    entries = list(cache.glob("classifier-*.pkl"))
-    assert len(entries) == 1
-    other, cached = reference_classifier(reference.images[:300], reference.labels[:300], None)
-    assert not cached and len(list(cache.glob("classifier-*.pkl"))) == 1
+def test_judge_is_cached_by_content(reference, cache, scorer):
+    again, cached = reference_judge(reference, cache)
+    assert cached and again.accuracy == scorer.judge.accuracy > 0.8
+    assert all(np.array_equal(again.weights[k], scorer.judge.weights[k]) for k in again.weights)
+    assert len(list(cache.glob("judge-*.npz"))) == 1
+    fewer = Reference("fewer", reference.images[:300], reference.labels[:300])
+    _, cached = reference_judge(fewer, None)
+    assert not cached and len(list(cache.glob("judge-*.npz"))) == 1
+    # a damaged entry is refitted, not trusted
+    entry = next(cache.glob("judge-*.npz"))
+    entry.write_bytes(b"not a judge")
+    refit, cached = reference_judge(reference, cache)
+    assert not cached and refit.accuracy == scorer.judge.accuracy
 
 
-def test_without_labels_pr_uses_pca_and_is_fid_are_dropped(reference, held_out):
+def test_without_labels_the_random_judge_gives_fid_kid_and_pr_but_no_is(reference, held_out):
     unlabelled = Reference("plain", reference.images)
-    metrics, notes = usable_metrics(("is", "fid", "pr"), unlabelled)
-    assert metrics == ("pr",) and "need a reference with labels" in notes[0]
-    with pytest.raises(NsnError, match="IS need a reference with labels"):
-        usable_metrics(("is",), unlabelled)
-    scorer = Scorer(unlabelled, metrics)
-    assert scorer.classifier is None and any("PCA-50" in n for n in scorer.notes)
-    assert scorer.score(SampleSet.of("self", reference.images)) == {"precision": 1.0, "recall": 1.0}
-    assert scorer.score(SampleSet.of("real", held_out))["recall"] > 0.6
-    # PCA-50 cannot see what lies outside its 50 components (noise keeps its precision), but
-    # noise covers none of the digits
-    assert scorer.score(SampleSet.of("noise", _noise()))["recall"] == 0.0
+    scorer = Scorer(unlabelled, ("is", "fid", "kid", "pr"))
+    assert scorer.judge.kind == "random" and [p.name for p in scorer.plugins] == ["fid", "kid", "pr"]
+    assert any("IS needs a reference with labels" in n for n in scorer.notes)
+    assert any("randomly initialised CNN" in n for n in scorer.notes)
+    itself = scorer.score(SampleSet.of("self", reference.images))
+    assert itself["precision"] == itself["recall"] == 1.0 and abs(itself["frechet_distance"]) < 1e-3
+    real, noise = (scorer.score(SampleSet.of(name, x)) for name, x in (("real", held_out), ("noise", _noise())))
+    assert real["recall"] > 0.6 and noise["recall"] == 0.0 and noise["precision"] < real["precision"] - 0.2
+    assert noise["frechet_distance"] > 10 * real["frechet_distance"]
+    with pytest.raises(NsnError, match="none of the metrics asked for can run"):
+        Scorer(unlabelled, ("is",))
 
 
 # --------------------------------------------------------------------------- streaming
@@ -151,28 +160,35 @@ def test_small_chunks_give_the_numbers_of_one_chunk(reference, held_out, cache, 
     """Chunks of 7 images (not dividing 150, the cap or the picks) against one chunk of all 150;
     with caps below 150 the precision/recall rows and the image subset are picked mid-chunk."""
     if caps is not None:
-        monkeypatch.setattr(score_module, "PR_MAX", caps[0])
-        monkeypatch.setattr(score_module, "SUBSET_MAX", caps[1])
+        monkeypatch.setattr(plugins_module, "PR_MAX", caps[0])
+        monkeypatch.setattr(plugins_module, "KID_MAX", caps[0])
+        monkeypatch.setattr(plugins_module, "SUBSET_MAX", caps[1])
     samples, train = held_out[:150], held_out[150:]
     scorer = Scorer(reference, (*SAMPLE_METRICS, "memo"), train=train, cache=cache)
     rows = {}
     for chunk in (7, 10**6):
-        monkeypatch.setattr(score_module, "CHUNK", chunk)
+        monkeypatch.setattr(inputs_module, "CHUNK", chunk)
         rows[chunk] = scorer.score(SampleSet.of("digits", samples))
     small, whole = rows[7], rows[10**6]
-    assert small.keys() == whole.keys() and len(whole) == 14
-    # IS and FID to float32 precision: the classifier's float32 product rounds differently in
-    # batches of 7 rows (another BLAS kernel), and the sums go in another order
+    assert small.keys() == whole.keys() and len(whole) == 17
+    # the judge runs on one thread in fixed-size blocks, so chunking changes no feature bit;
+    # only the running sums of IS and FID go in another order
     sums = ("inception_score_mean", "inception_score_std", "frechet_distance")
-    assert {k: small[k] for k in sums} == pytest.approx({k: whole[k] for k in sums}, rel=1e-6)
+    assert {k: small[k] for k in sums} == pytest.approx({k: whole[k] for k in sums}, rel=1e-9)
     assert {k: v for k, v in small.items() if k not in sums} == {k: v for k, v in whole.items() if k not in sums}
     # and they are what the whole-array metrics give on the picked rows
-    pr_rows = score_module._subsample(scorer.embed(samples), score_module.PR_MAX, scorer.seed)
-    assert (whole["precision"], whole["recall"]) == precision_recall(scorer._ref_pr, pr_rows, k=score_module.PR_K)
-    subset = samples[pick_rows(len(samples), score_module.SUBSET_MAX, scorer.seed)]
-    assert len(subset) == (150 if caps is None else 90)
-    assert [whole["swd_level_28"], whole["swd_level_14"]] == scorer.swd.distances(subset, lambda n: None)
-    mean, _ = inception_score(scorer.classifier.probabilities(samples))
+    features = scorer.judge.features(samples)
+    pr_rows = features[pick_rows(len(samples), plugins_module.PR_MAX, scorer.seed)]
+    pr_reference = plugins_module.subsample(scorer.context.features, plugins_module.PR_MAX, scorer.seed)
+    assert (whole["precision"], whole["recall"]) == precision_recall(pr_reference, pr_rows, k=plugins_module.PR_K)
+    kid_rows = features[pick_rows(len(samples), plugins_module.KID_MAX, scorer.seed)]
+    assert whole["kernel_inception_distance_mean"] == kernel_inception_distance(
+        scorer.context.features, kid_rows, seed=scorer.seed)[0]
+    subset = samples[pick_rows(len(samples), plugins_module.SUBSET_MAX, scorer.seed)]
+    assert len(subset) == (150 if caps is None else 90) and whole["parzen_samples"] == len(subset)
+    swd = next(p for p in scorer.plugins if p.name == "swd")
+    assert [whole["swd_level_28"], whole["swd_level_14"]] == swd.reference.distances(subset, lambda n: None)
+    mean, _ = inception_score(scorer.judge.probabilities(samples))
     assert whole["inception_score_mean"] == pytest.approx(mean, rel=1e-12)
 
 
@@ -185,10 +201,11 @@ def test_pick_rows_takes_every_row_in_order_up_to_the_limit():
 
 def test_model_samples_stream_as_generate_makes_them(tiny_model, reference, monkeypatch):
     model = open_input(tiny_model[0])
-    expected = match_images(generate(model, 50, seed=4), reference, "model")
-    monkeypatch.setattr(score_module, "CHUNK", 16)
+    matcher = Matcher(reference)
+    expected = matcher.match(generate(model, 50, seed=4), "model")
+    monkeypatch.setattr(inputs_module, "CHUNK", 16)
     advances: list[int] = []
-    samples = read_input(model, reference, "model", 50, seed=4, tracker=lambda text, total: advances.append)
+    samples = read_input(model, matcher, "model", 50, seed=4, tracker=lambda text, total: advances.append)
     chunks: list[np.ndarray] = []
     samples.feed(chunks.append)
     assert samples.count == 50 and [len(c) for c in chunks] == advances == [16, 16, 16, 2]
@@ -196,7 +213,7 @@ def test_model_samples_stream_as_generate_makes_them(tiny_model, reference, monk
 
 
 def test_a_bad_pixel_in_a_late_chunk_is_refused(scorer, held_out, monkeypatch):
-    monkeypatch.setattr(score_module, "CHUNK", 16)
+    monkeypatch.setattr(inputs_module, "CHUNK", 16)
     images = held_out.copy()
     images[-1, 3, 3, 0] = np.inf
     with pytest.raises(NsnError, match="late: the images contain NaN or infinite values"):
@@ -255,16 +272,18 @@ def test_scoring_memory_does_not_grow_with_n(reference, held_out, cache, tmp_pat
     while scoring 12,000 is that of scoring 1,000, far below the 38 MB the matched images alone
     would take. (The reader holds the opened .npy array itself; it is opened before tracing.)
     SWD is left out: its working memory is set by the reference's descriptors, not by n."""
-    monkeypatch.setattr(score_module, "CHUNK", 64)
-    monkeypatch.setattr(score_module, "SUBSET_MAX", 100)
-    monkeypatch.setattr(score_module, "PR_MAX", 100)
+    monkeypatch.setattr(inputs_module, "CHUNK", 64)
+    monkeypatch.setattr(plugins_module, "SUBSET_MAX", 100)
+    monkeypatch.setattr(plugins_module, "PR_MAX", 100)
+    monkeypatch.setattr(plugins_module, "KID_MAX", 100)
     digits = np.rint(np.concatenate([reference.images, held_out]) * 255).astype(np.uint8)
     np.save(tmp_path / "many.npy", np.tile(digits, (15, 1, 1, 1)))
     item = open_input(tmp_path / "many.npy")
-    scorer = Scorer(reference, ("is", "fid", "pr", "parzen", "memo"), train=held_out, cache=cache)
+    scorer = Scorer(reference, ("is", "fid", "kid", "pr", "parzen", "memo"), train=held_out, cache=cache)
     peaks, advances = {}, []
     for n in (1000, 12000):  # the smaller first: it also pays for what is allocated once
-        samples = read_input(item, reference, "many.npy", n, seed=0, tracker=lambda text, total: advances.append)
+        samples = read_input(item, Matcher(reference), "many.npy", n, seed=0,
+                             tracker=lambda text, total: advances.append)
         tracemalloc.start()
         try:
             row = scorer.score(samples)
@@ -372,20 +391,25 @@ def test_nll_mixture_weights_follow_counts_and_skip_empty_filters():
 # --------------------------------------------------------------------------- matching
 
 
-def test_samples_are_matched_like_prep(reference):
+def test_other_sizes_are_refused_unless_resized_like_prep(reference):
     rgb = np.random.default_rng(5).integers(0, 256, (2, 56, 56, 3), dtype=np.uint8)
-    matched = match_images(list(rgb), reference, "x")
+    with pytest.raises(NsnError, match="images are 56x56x3, the reference .* is 28x28x1; .* --resize"):
+        Matcher(reference).match(list(rgb), "x")
+    matcher = Matcher(reference, resize=True)
+    assert "--resize brought 56x56x3 images to 28x28x1" in matcher.check(rgb.shape[1:], "x")
+    matched = matcher.match(list(rgb), "x")
     assert matched.shape == (2, 28, 28, 1)
     assert np.array_equal(matched[0], resize_image(to_channels(rgb[0], 1), (28, 28)))
+    assert matcher.check((28, 28, 1), "same") is None
     with pytest.raises(NsnError, match="cannot be matched"):
-        check_size((28, 14), reference, "wide.npy")
-    whitened = Reference("zca.h5", reference.images, whitened=True)
+        matcher.check((28, 14, 1), "wide.npy")
+    whitened = Matcher(Reference("zca.h5", reference.images, whitened=True), resize=True)
     with pytest.raises(NsnError, match="ZCA-whitened at 28x28"):
-        check_size((56, 56), whitened, "big.npy")
+        whitened.check((56, 56, 1), "big.npy")
 
 
 def test_parse_metrics():
-    assert parse_metrics("nll, IS,swd") == ("is", "swd", "nll")
+    assert parse_metrics("nll, IS,swd,kid") == ("is", "kid", "swd", "nll")
     with pytest.raises(NsnError, match="unknown metric 'foo'"):
         parse_metrics("is,foo")
 
@@ -405,11 +429,11 @@ def test_cli_scores_a_model_and_writes_json(cli, tiny_model, mnist_small, tmp_pa
     code, stdout, err = cli("score", model_path, "--ref", mnist_small, "-n", "200", "--metrics",
                             "is,fid,pr,parzen,nll", "--json", out, "-q")
     assert code == 0, err
-    assert "model.h5" in stdout and "not Inception features" in " ".join(err.split())
+    assert "model.h5" in stdout and "features: a CNN trained on the reference's labels" in " ".join(err.split())
     report = json.loads(out.read_text())
     row = report["results"][0]
     assert row["kind"] == "model" and row["images"] == 200
-    assert 0.8 < report["classifier_accuracy"] <= 1.0
+    assert report["judge"] == "trained" and 0.8 < report["judge_accuracy"] <= 1.0
     assert 1.0 < row["inception_score_mean"] < 10 and row["frechet_distance"] > 0
     assert 0.0 <= row["precision"] <= 1.0 and math.isfinite(row["parzen_ll_mean"])
     # the filters fit the patches far better than one Gaussian does
@@ -434,10 +458,10 @@ def test_cli_bad_inputs(cli, mnist_small, unlabelled, tmp_path):
     cases = [
         (["--metrics", "is,foo"], digits, "unknown metric 'foo'"),
         (["-n", "0"], digits, "-n must be at least 1"),
-        (["--metrics", "is"], digits, "need a reference with labels"),
+        (["--metrics", "is"], digits, "IS needs a reference with labels"),
     ]
     for options, sample, message in cases:
-        ref = unlabelled / "plain.h5" if "need a reference" in message else mnist_small
+        ref = unlabelled / "plain.h5" if "needs a reference" in message else mnist_small
         code, _, err = cli("score", sample, "--ref", ref, *options)
         assert code == 2 and message in _error(err), (options, err)
     (tmp_path / "empty").mkdir()
@@ -447,9 +471,15 @@ def test_cli_bad_inputs(cli, mnist_small, unlabelled, tmp_path):
     for sample, ref, message in [
         (tmp_path / "empty", mnist_small, "the folder is empty"),
         (tmp_path / "nan.npy", mnist_small, "NaN"),
-        (tmp_path / "wide.npy", mnist_small, "28x14 images cannot be matched to the reference's 28x28"),
-        (digits, unlabelled / "zca14.h5", "ZCA-whitened at 14x14"),
+        (tmp_path / "wide.npy", mnist_small, "images are 28x14x1, the reference"),
+        (digits, unlabelled / "zca14.h5", "images are 28x28x1, the reference"),
         (tmp_path / "missing.npz", mnist_small, "no such file or folder"),
     ]:
         code, _, err = cli("score", sample, "--ref", ref, "--metrics", "pr")
+        assert code == 2 and message in _error(err), (sample, err)
+    for sample, ref, message in [
+        (tmp_path / "wide.npy", mnist_small, "28x14 images cannot be matched to the reference's 28x28"),
+        (digits, unlabelled / "zca14.h5", "ZCA-whitened at 14x14"),
+    ]:
+        code, _, err = cli("score", sample, "--ref", ref, "--metrics", "pr", "--resize")
         assert code == 2 and message in _error(err), (sample, err)

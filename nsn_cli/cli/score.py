@@ -13,23 +13,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from nsn_cli.cli._common import app, console, console_err, progress_bar, task_advancer
+from nsn_cli.cli._common import app, console, console_err, progress_bar
 from nsn_cli.files import atomic_path, check_output_path
 from nsn_cli.readers import SkippedFilesWarning
 from nsn_cli.score import CHUNK, METRICS, SUBSET_MAX, ScoreOptions, ScoreReport, parse_metrics, score
-
-#: (JSON key, column header, key of its +/- part or None), in table order; SWD levels go third.
-_COLUMNS = [
-    ("inception_score_mean", "IS", "inception_score_std"),
-    ("frechet_distance", "FID", None),
-    ("parzen_ll_mean", "Parzen\nLL", "parzen_ll_se"),
-    ("precision", "prec.", None),
-    ("recall", "recall", None),
-    ("near_copy_fraction", "near\ncopies", None),
-    ("nll_nats_per_patch", "NLL\nnats/p.", None),
-    ("nll_bits_per_dim", "NLL\nbits/dim", None),
-    ("nll_gaussian_bits_per_dim", "Gauss.\nbits/dim", None),
-]
 
 
 def _number(value: float | None) -> str:
@@ -48,21 +35,35 @@ def _cell(row: dict, key: str, spread: str | None) -> str:
 
 
 def report_table(report: ScoreReport) -> Table:
-    """A rich table: one row per input, one column per metric any row has."""
-    columns = list(_COLUMNS)
-    if report.swd_heights:
-        swd = [(f"swd_level_{h}", f"SWD {h}\nx1e3", None) for h in report.swd_heights]
-        columns[2:2] = swd + [("swd_mean", "SWD\nmean", None)]
-    columns = [c for c in columns if any(c[0] in row for row in report.rows)]
+    """A rich table: one row per input, one column per metric column any row has."""
+    columns = [c for c in report.columns if any(c.key in row for row in report.rows)]
     table = Table(title=f"nsn score against {report.reference} ({report.reference_images} images)",
                   box=box.SIMPLE_HEAD)
     table.add_column("samples", overflow="fold")
     table.add_column("images", justify="right")
-    for _, header, _ in columns:
-        table.add_column(header, justify="right", no_wrap=True)
+    for column in columns:
+        table.add_column(column.header, justify="right", no_wrap=True)
     for row in report.rows:
-        table.add_row(row["input"], str(row["images"]), *(_cell(row, key, spread) for key, _, spread in columns))
+        table.add_row(row["input"], str(row["images"]), *(_cell(row, c.key, c.spread) for c in columns))
     return table
+
+
+def _tracker(progress):
+    """The scorer's ``tracker(description, total) -> advance(n, status="")`` on a progress display."""
+
+    def start(description: str, total: int):
+        if progress is None:
+            return lambda n, status="": None
+        task = progress.add_task(description, total=total)
+
+        def advance(n: int, status: str = "") -> None:
+            progress.advance(task, n)
+            if status:
+                progress.update(task, status=status)
+
+        return advance
+
+    return start
 
 
 def _print_wide(table: Table) -> None:
@@ -87,24 +88,26 @@ def score_cli(
     seed: int = typer.Option(0, "--seed", help="Seed for sampling models and for every random choice of the metrics."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
     train: Path | None = typer.Option(None, "--train", help="The data set the generator was trained on (memorisation)."),
+    resize: bool = typer.Option(
+        False, "--resize",
+        help="Bring inputs of another size or channel count to the reference's (Pillow LANCZOS, as nsn prep); "
+        "without it they are refused."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --json file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
-    """Score samples against a reference: classifier IS/FID, SWD, Parzen, precision/recall,
-    memorisation, and a model's patch likelihood (see nsn_cli/score.py for the definitions)."""
-    options = ScoreOptions(metrics=parse_metrics(metrics), n=n, seed=seed, train=train)
+    """Score samples against a reference: IS, FID, KID and precision/recall in a small CNN's
+    features (trained on the reference's labels, else random), SWD, Parzen, memorisation, and a
+    model's patch likelihood (see nsn_cli/score/plugins.py for the definitions)."""
+    options = ScoreOptions(metrics=parse_metrics(metrics), n=n, seed=seed, train=train, resize=resize)
     if json_path is not None:
         check_output_path(json_path, force)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedFilesWarning)  # reported from the notes instead
         with progress_bar(quiet) as progress:
-            report = score(samples, ref, options, tracker=lambda text, total: task_advancer(progress, text)(total, 1))
+            report = score(samples, ref, options, tracker=_tracker(progress))
     for note in report.notes:
         console_err.print(f"[yellow]note:[/] {note}", highlight=False)
     _print_wide(report_table(report))
-    if report.classifier_accuracy is not None:
-        cached = " (cached)" if report.classifier_cached else ""
-        console.print(f"classifier held-out accuracy {report.classifier_accuracy:.3f}{cached}", highlight=False)
     if json_path is not None:
         with atomic_path(json_path) as temp:
             temp.write_text(json.dumps(report.to_json(options), indent=2) + "\n")
