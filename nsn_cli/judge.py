@@ -135,6 +135,15 @@ def _unpool(grad: np.ndarray, pooled: np.ndarray, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _infer(x: np.ndarray, weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(hidden, logits)`` of a batch, keeping no intermediate map (inference's memory is
+    about one im2col buffer)."""
+    a = np.maximum(_conv(x, weights["conv1"], weights["conv1_b"])[1], 0.0)
+    a = np.maximum(_conv(_pool(a), weights["conv2"], weights["conv2_b"])[1], 0.0)
+    hidden = np.maximum(_pool(a).reshape(len(x), -1) @ weights["hidden"] + weights["hidden_b"], 0.0)
+    return hidden, hidden @ weights["out"] + weights["out_b"]
+
+
 def _forward(x: np.ndarray, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every activation of a batch (kept for the backward pass)."""
     cols1, z1 = _conv(x, weights["conv1"], weights["conv1_b"])
@@ -220,9 +229,9 @@ class ConvNet:
         probabilities = np.empty((len(images), self.classes))
         with _one_thread():
             for a in range(0, len(images), INFER_CHUNK):
-                act = _forward(images[a : a + INFER_CHUNK], self.weights)
-                features[a : a + INFER_CHUNK] = act["hidden"]
-                probabilities[a : a + INFER_CHUNK] = softmax(act["logits"])
+                hidden, logits = _infer(images[a : a + INFER_CHUNK], self.weights)
+                features[a : a + INFER_CHUNK] = hidden
+                probabilities[a : a + INFER_CHUNK] = softmax(logits)
         return features, probabilities
 
     def features(self, images: np.ndarray) -> np.ndarray:
