@@ -12,19 +12,21 @@ Model file layout (``encoding-type = "nsn-model"``, version 1)::
                            chunk if trained streamed under --memory, 0 if in memory)
     /layers/<l>/history/*  per EM iteration: filters, created, dropped, changed, mean_sim, seconds
     /zca/{mean,whiten,unwhiten}   the data set's preprocessing, so outputs are de-whitened
-    /top/...               optional top-layer statistics for the diverse priors (see sample.py)
+    /top/...               optional top-layer statistics for the diverse priors (see top.py)
+    /calibration/...       optional pixel calibration of NSN-Gen's output (see calibrate.py)
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from nsn_cli.calibrate import Calibration
 from nsn_cli.engine.generate import decode_maps
 from nsn_cli.engine.geometry import LayerShape, arch_string, map_sizes, parse_arch
 from nsn_cli.engine.patches import extract_patches
@@ -66,12 +68,17 @@ class Layer:
 
 @dataclass
 class DecodeParams:
-    """NSN-Gen hyper-parameters (paper section 4.2; defaults from SPEC.md)."""
+    """NSN-Gen hyper-parameters (paper section 4.2; defaults from SPEC.md).
+
+    draws: the paper's multinomial draws n per position; 0 is their limit for many draws, the
+    expected weights (deterministic given the maps); None: 0 after a top-density prior (mix,
+    pca, knn: the randomness is the prior's) and 1 elsewhere (one-hot and normal top vectors,
+    style: the multinomial is then what makes samples differ), see :meth:`resolved`."""
 
     delta1: float = 100.0
     delta2: float = 0.0
     delta3: float = 1.0
-    draws: int = 1
+    draws: int | None = 1
     noise_layers: str = "all"
     noise_scale: str = "rms"
 
@@ -80,7 +87,16 @@ class DecodeParams:
         """The measured defaults of ``nsn sample`` (config.SAMPLE_*), with overrides."""
         from nsn_cli import config
 
-        return cls(**{"delta1": config.SAMPLE_DELTA1, "delta3": config.SAMPLE_DELTA3, **overrides})
+        return cls(**{"delta1": config.SAMPLE_DELTA1, "delta3": config.SAMPLE_DELTA3, "draws": None, **overrides})
+
+    def resolved(self, density_prior: bool = False) -> DecodeParams:
+        """``draws = None`` made concrete: :data:`config.SAMPLE_DRAWS` after a top-density
+        prior, else 1."""
+        if self.draws is not None:
+            return self
+        from nsn_cli import config
+
+        return replace(self, draws=config.SAMPLE_DRAWS if density_prior else 1)
 
     def validate(self) -> DecodeParams:
         if not np.isfinite(self.delta1) or self.delta1 < 0:
@@ -89,8 +105,8 @@ class DecodeParams:
             raise NsnError(f"--delta2 must be a finite number >= 0, got {self.delta2}")
         if not np.isfinite(self.delta3) or self.delta3 <= 0:
             raise NsnError(f"--delta3 must be a finite number > 0, got {self.delta3}")
-        if self.draws < 1:
-            raise NsnError(f"--draws must be at least 1, got {self.draws}")
+        if self.draws is not None and self.draws < 0:
+            raise NsnError(f"--draws must be at least 0 (0: the expected weights), got {self.draws}")
         if self.noise_layers not in NOISE_LAYERS:
             raise NsnError(f"--noise-layers must be one of {', '.join(NOISE_LAYERS)}, got {self.noise_layers!r}")
         if self.noise_scale not in NOISE_SCALES:
@@ -111,6 +127,7 @@ class NSNModel:
     source: str = ""
     fingerprint: str = ""
     top: dict | None = None
+    calibration: Calibration | None = None
 
     # ------------------------------------------------------------------ shape facts
 
@@ -156,10 +173,16 @@ class NSNModel:
         """Pixels in [0, 1] to the model's input space (ZCA-whitened if it was trained so)."""
         return self.zca.apply(images) if self.zca is not None else images.astype(np.float32, copy=False)
 
-    def finish_images(self, maps: np.ndarray) -> np.ndarray:
-        """``F[0]`` back to pixels: de-whiten (ZCA models), clip to [0, 1]."""
+    def finish_images(self, maps: np.ndarray, calibrate: bool = True, raw: bool = False) -> np.ndarray:
+        """``F[0]`` back to pixels: de-whiten (ZCA models), apply the pixel calibration (when
+        the model has one and ``calibrate``), clip to [0, 1]. ``raw``: de-whitened only (what
+        the calibration is fitted on)."""
         if self.zca is not None:
             maps = self.zca.invert(maps)
+        if raw:
+            return maps.astype(np.float32, copy=False)
+        if calibrate and self.calibration is not None:
+            maps = self.calibration.apply(maps)
         return np.clip(maps, 0.0, 1.0).astype(np.float32, copy=False)
 
     def encode(self, images: np.ndarray, upto: int | None = None, whitened: bool = False) -> list[np.ndarray]:
@@ -177,6 +200,7 @@ class NSNModel:
     ) -> np.ndarray:
         """One NSN-Gen step: ``F[layer-1]`` (N, H, W, C_in) from ``F[layer]`` (N, h, w, K)."""
         spec = self.layers[layer - 1]
+        params = params.resolved()
         noisy = params.noise_layers == "all" or layer == 1
         scale = 1.0 if params.noise_scale == "rms" else 1.0 / np.sqrt(spec.flat_mu.shape[1])
         return decode_maps(
@@ -227,6 +251,8 @@ class NSNModel:
                     hist.create_dataset(key, data=np.asarray([row[key] for row in layer.history]))
             if self.zca is not None:
                 self.zca.write(handle)
+            if self.calibration is not None:
+                self.calibration.write(handle)
             if self.top is not None:
                 top = handle.create_group("top")
                 top.attrs["version"] = 1
@@ -279,6 +305,7 @@ class NSNModel:
                 arch=arch, image_shape=image_shape, activation=activation, layers=layers,
                 zca=Zca.read(handle, where), config=config, source=str(handle.attrs.get("source", "")),
                 fingerprint=str(handle.attrs.get("dataset-fingerprint", "")), top=top,
+                calibration=Calibration.read(handle, where),
             )
         for index, layer in enumerate(model.layers, 1):
             expected_channels = image_shape[2] if index == 1 else model.layers[index - 2].filters
@@ -332,5 +359,7 @@ def describe_model(path: str | os.PathLike) -> dict:
         "training seconds": round(sum(layer.seconds for layer in model.layers), 2),
         "zca": "none" if model.zca is None else f"channel-wise, eps {model.zca.eps:g}",
         "top statistics": "yes" if model.top is not None else "no",
+        "pixel calibration": "no" if model.calibration is None else
+        f"yes ({model.calibration.samples} samples, {model.calibration.sampler.get('prior', '?')} prior)",
         "layers": layers,
     }

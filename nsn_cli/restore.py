@@ -80,7 +80,7 @@ def load_for_model(path: str | os.PathLike, model: NSNModel, layer: int) -> Prep
 
 
 def style(model: NSNModel, image: np.ndarray, *, layer: int = 1, variants: int = 4,
-          params: DecodeParams | None = None, seed: int = 0) -> np.ndarray:
+          params: DecodeParams | None = None, seed: int = 0, calibrate: bool = True) -> np.ndarray:
     """``variants`` restyled versions (variants, H, W, C) of one image (H, W, C) in [0, 1]."""
     params = (params or DecodeParams()).validate()
     model.check_layer(layer)
@@ -88,7 +88,7 @@ def style(model: NSNModel, image: np.ndarray, *, layer: int = 1, variants: int =
         raise NsnError(f"--variants must be at least 1, got {variants}")
     encoded = model.encode(image[None], upto=layer)[layer]
     maps = np.repeat(encoded, variants, axis=0)
-    return model.finish_images(model.decode(maps, layer, params, seed=seed))
+    return model.finish_images(model.decode(maps, layer, params, seed=seed), calibrate)
 
 
 def load_mask(path: str | os.PathLike, shape: tuple[int, int]) -> tuple[np.ndarray, list[str]]:

@@ -25,6 +25,8 @@ from nsn_cli.errors import NsnError
 from nsn_cli.model import DecodeParams, NSNModel
 
 PRIORS = ("normal", "counts", "mix", "pca", "knn")
+#: Priors that draw F[L-1] from the top-layer density (the rest draw a top vector).
+DENSITY_PRIORS = ("mix", "pca", "knn")
 #: Random streams: separate for the prior draw and the decoding of each layer.
 PRIOR_STREAM = 1 << 20
 #: Samples decoded per batch; the same seed gives the same images whatever this is.
@@ -71,6 +73,9 @@ def generate(
     batch: int = BATCH,
     progress: Callable[[int], None] | None = None,
     sink: Callable[[int, np.ndarray], None] | None = None,
+    calibrate: bool = True,
+    first: int = 0,
+    raw: bool = False,
 ) -> np.ndarray | None:
     """``n`` samples (n, H, W, C) in [0, 1] generated from ``layer`` (default: the top).
 
@@ -79,6 +84,9 @@ def generate(
     any ``n`` needs memory for one batch only, and None is returned.
     ``prior=None`` picks the measured best: ``mix`` for the top layer of a model with top
     statistics (bench/bench_quality.py), else ``counts``.
+    calibrate: apply the model's pixel calibration (if it has one). first: the index of the
+    first sample (samples ``first .. first + n - 1`` of the seed's streams). raw: the decoder's
+    de-whitened pixels, neither calibrated nor clipped (what the calibration is fitted on).
     """
     params = (params or DecodeParams.for_sampling()).validate()
     layer = len(model.layers) if layer is None else layer
@@ -89,37 +97,41 @@ def generate(
         raise NsnError(f"-n must be at least 1, got {n}")
     if prior not in PRIORS:
         raise NsnError(f"--prior must be one of {', '.join(PRIORS)}, got {prior!r}")
+    params = params.resolved(density_prior=prior in DENSITY_PRIORS)
     out = None
-    for first in range(0, n, batch):
-        count = min(batch, n - first)
-        if prior in ("mix", "pca", "knn"):
+    for offset in range(0, n, batch):
+        count = min(batch, n - offset)
+        index = first + offset  # the sample index: it keys the random streams
+        if prior in DENSITY_PRIORS:
             from nsn_cli.top import sample_top_maps
 
             if layer != len(model.arch) or not model.complete:
                 raise NsnError(f"--prior {prior} samples the top layer of a complete model; use normal or counts for --layer {layer}")
-            maps = sample_top_maps(model, prior, seed, first, count)
+            maps = sample_top_maps(model, prior, seed, index, count)
             start = layer - 1
         else:
-            maps = top_vectors(model, layer, prior, seed, first, count)
+            maps = top_vectors(model, layer, prior, seed, index, count)
             start = layer
-        images = model.finish_images(model.decode(maps, start, params, seed=seed, first_sample=first))
+        images = model.finish_images(model.decode(maps, start, params, seed=seed, first_sample=index),
+                                     calibrate=calibrate, raw=raw)
         if sink is not None:
-            sink(first, images)
+            sink(offset, images)
             if progress is not None:
                 progress(count)
             continue
         if out is None:
             out = np.empty((n,) + images.shape[1:], dtype=np.float32)
-        out[first : first + count] = images
+        out[offset : offset + count] = images
         if progress is not None:
             progress(count)
     return out
 
 
-def from_top(model: NSNModel, vectors: np.ndarray, params: DecodeParams, seed: int) -> np.ndarray:
+def from_top(model: NSNModel, vectors: np.ndarray, params: DecodeParams, seed: int,
+             calibrate: bool = True) -> np.ndarray:
     """Decode given top vectors (m, N_L) to images."""
     maps = vectors.astype(np.float32).reshape(vectors.shape[0], 1, 1, -1)
-    return model.finish_images(model.decode(maps, len(model.layers), params, seed=seed))
+    return model.finish_images(model.decode(maps, len(model.layers), params, seed=seed), calibrate)
 
 
 def check_filter(model: NSNModel, index: int) -> None:
@@ -128,15 +140,17 @@ def check_filter(model: NSNModel, index: int) -> None:
         raise NsnError(f"filter {index} does not exist: the top layer has filters 0..{top - 1}")
 
 
-def one_filter(model: NSNModel, index: int, n: int, params: DecodeParams, seed: int) -> np.ndarray:
+def one_filter(model: NSNModel, index: int, n: int, params: DecodeParams, seed: int,
+               calibrate: bool = True) -> np.ndarray:
     """``n`` samples from top filter ``index`` (one-hot top vector)."""
     check_filter(model, index)
     vectors = np.zeros((n, model.layers[-1].filters), dtype=np.float32)
     vectors[:, index] = 1.0
-    return from_top(model, vectors, params, seed)
+    return from_top(model, vectors, params, seed, calibrate)
 
 
-def interpolate(model: NSNModel, a: int, b: int, steps: int, params: DecodeParams, seed: int) -> np.ndarray:
+def interpolate(model: NSNModel, a: int, b: int, steps: int, params: DecodeParams, seed: int,
+                calibrate: bool = True) -> np.ndarray:
     """Images along the straight line between the one-hot vectors of filters ``a`` and ``b``."""
     check_filter(model, a)
     check_filter(model, b)
@@ -148,7 +162,8 @@ def interpolate(model: NSNModel, a: int, b: int, steps: int, params: DecodeParam
     vectors[:, b] += t[:, 0]
     # every step shares the seed's first stream, so the strip changes only through the vector
     maps = vectors.reshape(vectors.shape[0], 1, 1, -1)
-    out = [model.finish_images(model.decode(maps[i : i + 1], len(model.layers), params, seed=seed)) for i in range(len(maps))]
+    out = [model.finish_images(model.decode(maps[i : i + 1], len(model.layers), params, seed=seed), calibrate)
+           for i in range(len(maps))]
     return np.concatenate(out)
 
 
@@ -161,7 +176,8 @@ def parse_arithmetic(text: str) -> list[tuple[int, int]]:
     return [(-1 if sign == "-" else 1, int(index)) for sign, index in terms]
 
 
-def arithmetic(model: NSNModel, text: str, n: int, params: DecodeParams, seed: int) -> np.ndarray:
+def arithmetic(model: NSNModel, text: str, n: int, params: DecodeParams, seed: int,
+               calibrate: bool = True) -> np.ndarray:
     """Paper section 6.3: generate ``F[L-1]`` from each filter's one-hot vector, combine the
     maps with the signs given, clip to the layer's output range, decode the result.
 
@@ -174,10 +190,10 @@ def arithmetic(model: NSNModel, text: str, n: int, params: DecodeParams, seed: i
         vectors = np.zeros((n, 1, 1, model.layers[-1].filters), dtype=np.float32)
         vectors[..., index] = 1.0
         below = model.decode(vectors, top, params, seed=seed, to_layer=top - 1)
-        rows.append(model.finish_images(model.decode(below, top - 1, params, seed=seed)))
+        rows.append(model.finish_images(model.decode(below, top - 1, params, seed=seed), calibrate))
         combined = sign * below if combined is None else combined + sign * below
     combined = np.clip(combined, 0.0, 1.0)  # both activations lie in [0, 1]
-    rows.append(model.finish_images(model.decode(combined, top - 1, params, seed=seed)))
+    rows.append(model.finish_images(model.decode(combined, top - 1, params, seed=seed), calibrate))
     return np.concatenate(rows)
 
 

@@ -17,6 +17,7 @@ import numba
 import numpy as np
 
 from nsn_cli import config as defaults
+from nsn_cli.calibrate import FIT_SAMPLES, calibrate_model
 from nsn_cli.engine.em import FilterCapError, LayerFit, StepStats, fit_layer, fit_layer_to_count
 from nsn_cli.engine.geometry import arch_string, check_reaches_one, default_arch, map_sizes, parse_arch, preset_name
 from nsn_cli.engine.patches import extract_patches
@@ -84,6 +85,9 @@ class TrainReporter(Protocol):
 
     def layer_done(self, layer: int, fitted: Layer) -> None: ...
 
+    def step(self, name: str, done: int, total: int) -> None:
+        """Progress of a step outside the layers' EM (the top-layer statistics, calibration)."""
+
 
 class _Silent:
     def layer_start(self, *args) -> None: ...
@@ -93,6 +97,8 @@ class _Silent:
     def probe(self, *args) -> None: ...
 
     def layer_done(self, *args) -> None: ...
+
+    def step(self, *args) -> None: ...
 
 
 @dataclass
@@ -285,10 +291,24 @@ def train(
         if model.top is None:
             model.top = _top_stats(data_path, model, sizes, n, maps, memory, options.seed)
             model.save(output)
+        if model.calibration is None:
+            del maps  # the calibration samples in batches; F[L-1] is no longer needed
+            done = [0]
+
+            def advance(count: int) -> None:
+                done[0] += count
+                reporter.step(CALIBRATION_STEP, done[0], FIT_SAMPLES)
+
+            model.calibration = calibrate_model(model, data_path, progress=advance)
+            model.save(output)
     finally:
         stack.close()
         numba.set_num_threads(previous_threads)
     return model
+
+
+#: The name :meth:`TrainReporter.step` reports the pixel calibration under.
+CALIBRATION_STEP = "pixel calibration"
 
 
 def _top_stats(data_path, model: NSNModel, sizes, n: int, maps: np.ndarray | None, memory: int | None,

@@ -116,7 +116,8 @@ def normal(state):
 
 
 def decode_step(maps, mu, sigma, delta1, delta2, delta3, draws, seed, first, stream):
-    """NSN-Gen's step (Eq. 4-5, one noise draw per element), position by position."""
+    """NSN-Gen's step (Eq. 4-5, one noise draw per element), position by position; ``draws = 0``
+    is the limit of many draws, the weights ``p`` themselves."""
     n, h, w, k = maps.shape
     out = np.zeros((n, h, w, mu.shape[1]))
     for i in range(n):
@@ -125,7 +126,7 @@ def decode_step(maps, mu, sigma, delta1, delta2, delta3, draws, seed, first, str
             for c in range(w):
                 logits = delta1 * np.float64(maps[i, r, c])
                 p = np.exp(logits - logits.max())
-                weight = np.zeros(k)
+                weight = p / p.sum() if draws == 0 else np.zeros(k)  # 0: the expected weights
                 for _ in range(draws):
                     state, u = uniform(state)
                     pick = int(np.searchsorted(np.cumsum(p), u * p.sum(), side="right"))

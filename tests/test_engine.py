@@ -183,6 +183,21 @@ def test_decode_patches_matches_reference(rng):
     assert np.allclose(ours, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("delta1", [3.0, 60.0])
+def test_expected_weights_decode_matches_reference_and_is_the_limit_of_many_draws(rng, delta1):
+    maps = rng.random((3, 2, 2, 5), dtype=np.float32)
+    mu = rng.random((5, 4), dtype=np.float32)
+    sigma = rng.uniform(0.1, 0.5, size=5)
+    kw = dict(delta1=delta1, delta3=1.5, seed=11, first_sample=4, stream=2)
+    ours = decode_patches(maps, mu, sigma, delta2=0.4, draws=0, **kw)
+    assert np.allclose(ours, ref.decode_step(maps, mu, sigma, delta1, 0.4, 1.5, 0, 11, 4, 2), atol=1e-5)
+    # without noise it is deterministic: the seed does not matter
+    quiet = decode_patches(maps, mu, sigma, delta2=0.0, draws=0, **kw)
+    assert np.array_equal(quiet, decode_patches(maps, mu, sigma, delta2=0.0, draws=0, **{**kw, "seed": 99}))
+    many = decode_patches(maps, mu, sigma, delta2=0.0, draws=4000, **kw)
+    assert np.allclose(many, quiet, atol=0.03)
+
+
 def test_one_draw_noise_matches_literal_sampler_in_mean_and_variance(rng):
     # literal Eq. 5: delta3 * sum_j w_j (mu_j + delta2 sigma_j M_j) with independent M_j
     k, d, n = 4, 3, 40000

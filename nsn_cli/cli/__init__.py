@@ -12,6 +12,7 @@ from typing import Sequence
 
 import typer
 
+from nsn_cli.cli import calibrate as _calibrate  # noqa: F401,E402
 from nsn_cli.cli import generate as _generate  # noqa: F401,E402
 
 # Importing the command modules registers their commands on ``app``.

@@ -30,7 +30,7 @@ def sample_cli(
     delta1: float = typer.Option(config.SAMPLE_DELTA1, "--delta1", help="Sharpness of softmax(delta1 * v).", rich_help_panel=_GEN),
     delta2: float = typer.Option(0.0, "--delta2", help="Filter noise scale (Eq. 5).", rich_help_panel=_GEN),
     delta3: float = typer.Option(config.SAMPLE_DELTA3, "--delta3", help="Contrast of generated patches (paper: 1).", rich_help_panel=_GEN),
-    draws: int = typer.Option(1, "--draws", help="Multinomial draws n per position (Eq. 4).", rich_help_panel=_GEN),
+    draws: int | None = typer.Option(None, "--draws", help="Multinomial draws n per position (Eq. 4); 0: their limit, the expected weights softmax(delta1 * v). Default: 0 after the mix, pca and knn priors, else 1.", rich_help_panel=_GEN),
     noise_layers: str = typer.Option("all", "--noise-layers", help="Where delta2 noise applies: all or pixel.", rich_help_panel=_GEN),
     noise_scale: str = typer.Option("rms", "--noise-scale", help="sigma as in Eq. 5 (rms) or per dimension, sigma/sqrt(D) (dim).", rich_help_panel=_GEN),
     filter_index: int | None = typer.Option(None, "--filter", help="Sample from one top filter (one-hot top vector)."),
@@ -39,10 +39,12 @@ def sample_cli(
     arithmetic_expr: str | None = typer.Option(None, "--arithmetic", help="'a+b-c' on the generated F[L-1] maps of top filters."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same images (any batch size, any thread count)."),
     grid: int | None = typer.Option(None, "--grid", help="Columns of the PNG grid."),
+    no_calibrate: bool = typer.Option(False, "--no-calibrate", help="The raw decoder's pixels, without the model's pixel calibration."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Generate images with NSN-Gen (from the top or any hidden layer)."""
+    calibrate = not no_calibrate
     params = _params(delta1, delta2, delta3, draws, noise_layers, noise_scale)
     if n < 1:
         raise NsnError(f"-n must be at least 1, got {n}")
@@ -54,29 +56,30 @@ def sample_cli(
         console_err.print(f"[yellow]note:[/] the model has {len(model.layers)} of {len(model.arch)} layers; sampling from layer {len(model.layers)}")
     columns = grid
     if filter_index is not None:
-        images = one_filter(model, filter_index, n, params, seed)
+        images = one_filter(model, filter_index, n, params, seed, calibrate)
     elif interpolate_pair is not None:
         try:
             a, b = (int(v) for v in interpolate_pair.split(":"))
         except ValueError:
             raise NsnError(f"--interpolate: '{interpolate_pair}' must be i:j with two filter numbers") from None
-        images = interpolate(model, a, b, steps, params, seed)
+        images = interpolate(model, a, b, steps, params, seed, calibrate)
         columns = columns or steps
     elif arithmetic_expr is not None:
-        images = arithmetic(model, arithmetic_expr, n, params, seed)
+        images = arithmetic(model, arithmetic_expr, n, params, seed, calibrate)
         columns = columns or n
     elif output.lower().endswith((".h5", ".hdf5")):
         # big sample sets go to HDF5 batch by batch, never held whole
         with progress_bar(quiet) as progress:
             advance = task_advancer(progress, "sample")(n, 1)
             written = stream_to_h5(output, n, force, lambda sink: generate(
-                model, n, layer=layer, prior=prior, params=params, seed=seed, progress=advance, sink=sink))
+                model, n, layer=layer, prior=prior, params=params, seed=seed, progress=advance, sink=sink,
+                calibrate=calibrate))
         console.print(f"wrote {n} samples to {written.path} ({written.kind})", highlight=False)
         return
     else:
         with progress_bar(quiet) as progress:
             images = generate(model, n, layer=layer, prior=prior, params=params, seed=seed,
-                              progress=task_advancer(progress, "sample")(n, 1))
+                              progress=task_advancer(progress, "sample")(n, 1), calibrate=calibrate)
     written = write_images(images, output, columns=columns, force=force)
     h, w, c = images.shape[1:]
     console.print(f"wrote {written.count} samples ({h}x{w}x{c}) to {written.path} ({written.kind})", highlight=False)
@@ -119,6 +122,7 @@ def style_cli(
     noise_layers: str = typer.Option("all", "--noise-layers", rich_help_panel=_GEN),
     noise_scale: str = typer.Option("rms", "--noise-scale", rich_help_panel=_GEN),
     seed: int = typer.Option(0, "--seed"),
+    no_calibrate: bool = typer.Option(False, "--no-calibrate", help="The raw decoder's pixels, without the model's pixel calibration."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
 ) -> None:
     """Restyle an image: encode to a layer, decode with NSN-Gen (paper section 4.3)."""
@@ -133,7 +137,8 @@ def style_cli(
     prepared = load_for_model(image, model, layer)
     for note in prepared.notes:
         console_err.print(f"[yellow]note:[/] {note}", highlight=False)
-    styled = style(model, prepared.image, layer=layer, variants=variants, params=params, seed=seed)
+    styled = style(model, prepared.image, layer=layer, variants=variants, params=params, seed=seed,
+                   calibrate=not no_calibrate)
     written = write_images(np.concatenate([prepared.image[None], styled]), output, columns=variants + 1, force=force)
     console.print(f"wrote the original and {variants} styled version(s) to {written.path}", highlight=False)
 

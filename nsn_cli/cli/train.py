@@ -20,6 +20,7 @@ class _ProgressReporter:
         self.progress = progress
         self.quiet = quiet
         self.tasks: dict[int, int] = {}
+        self.steps: dict[str, int] = {}
 
     def layer_start(self, layer, layers, patches, dims, resumed):
         if self.quiet:
@@ -46,6 +47,13 @@ class _ProgressReporter:
         task = self._task(layer, None)
         if task is not None:
             self.progress.update(task, status=f"alpha {alpha:.3f} -> {count} filters")
+
+    def step(self, name, done, total):
+        if self.progress is None:
+            return
+        if name not in self.steps:
+            self.steps[name] = self.progress.add_task(name, total=total)
+        self.progress.update(self.steps[name], total=total, completed=done)
 
     def layer_done(self, layer, fitted):
         task = self._task(layer, len(fitted.history))

@@ -1,7 +1,8 @@
 """NSN-Gen's top-down step (paper Eq. 4-5, SPEC "NSN-Gen") and its random numbers.
 
 For every position with channel vector ``v`` of ``F[l]``:
-``p = softmax(delta1 * v)``, ``w = Multinomial(n, p) / n`` and the patch of ``F[l-1]`` is
+``p = softmax(delta1 * v)``, ``w = Multinomial(n, p) / n`` (``n = draws``; ``draws = 0`` is
+the limit of many draws, ``w = p``) and the patch of ``F[l-1]`` is
 ``delta3 * sum_j w_j (mu_j + delta2 * sigma_j * M_j)``. The noise is drawn once per element:
 ``sum_j w_j sigma_j M_j`` has the law of ``sqrt(sum_j w_j^2 sigma_j^2) * N(0, 1)``.
 
@@ -69,32 +70,46 @@ def _draw_block(seed, first_sample, stream, normal, out):
                 state, out[i, j] = _uniform(state)
 
 
+#: With expected weights (draws = 0) filters below e^-EXPECTED_CUTOFF of the best at a position
+#: are left out: together they weigh under K e^-16 (2e-5 for 200 filters), and skipping them
+#: keeps the step O(D) per position rather than O(K D).
+EXPECTED_CUTOFF = 16.0
+
+
 @njit(**JIT)
 def _decode_position(v, mu, var, delta1, delta2, delta3, draws, state, prob, weight, out):
-    """One position: OUT out (D,) = the generated patch; returns the generator state."""
+    """One position: OUT out (D,) = the generated patch; returns the generator state.
+
+    draws >= 1: the paper's ``w = Multinomial(draws, p) / draws``; draws = 0: its limit for
+    many draws, the expected weights ``w = p`` (no random numbers for the weights)."""
     k = v.shape[0]
     top = -np.inf
     for j in range(k):
         top = max(top, delta1 * v[j])
+    # below e^-40 of the best a filter cannot be drawn in any practical run: skip its exp
+    cutoff = -EXPECTED_CUTOFF if draws == 0 else -40.0
     total = 0.0
     for j in range(k):
-        # below e^-40 of the best a filter cannot be drawn in any practical run: skip its exp
         x = delta1 * v[j] - top
-        prob[j] = math.exp(x) if x > -40.0 else 0.0
+        prob[j] = math.exp(x) if x > cutoff else 0.0
         total += prob[j]
-    for j in range(k):
-        weight[j] = 0.0
-    for _ in range(draws):  # inverse-CDF draws of the multinomial
-        state, u = _uniform(state)
-        u *= total
-        acc = 0.0
-        pick = k - 1
+    if draws == 0:
         for j in range(k):
-            acc += prob[j]
-            if u < acc:
-                pick = j
-                break
-        weight[pick] += 1.0 / draws
+            weight[j] = prob[j] / total
+    else:
+        for j in range(k):
+            weight[j] = 0.0
+        for _ in range(draws):  # inverse-CDF draws of the multinomial
+            state, u = _uniform(state)
+            u *= total
+            acc = 0.0
+            pick = k - 1
+            for j in range(k):
+                acc += prob[j]
+                if u < acc:
+                    pick = j
+                    break
+            weight[pick] += 1.0 / draws
     noise_var = 0.0
     for d in range(out.shape[0]):
         out[d] = 0.0
@@ -154,8 +169,8 @@ def _checked(maps: np.ndarray, mu: np.ndarray, draws: int) -> tuple[np.ndarray, 
     mu = np.ascontiguousarray(mu, dtype=np.float32)
     if maps.shape[-1] != mu.shape[0]:
         raise ValueError(f"maps have {maps.shape[-1]} channels, layer has {mu.shape[0]} filters")
-    if draws < 1:
-        raise ValueError("draws must be at least 1")
+    if draws < 0:
+        raise ValueError("draws must be at least 0 (0: the expected weights)")
     return maps, mu
 
 

@@ -1,0 +1,104 @@
+"""Pixel calibration: the quantile map by hand, its atoms, the file round trip, and on a real
+model: calibrated samples have the training digits' histogram, whatever the batch."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from nsn_cli.calibrate import Calibration, ValueReservoir, quantile_map
+from nsn_cli.errors import NsnError
+from nsn_cli.files import load_images
+from nsn_cli.model import NSNModel
+from nsn_cli.sample import generate
+
+
+def test_quantile_map_sends_each_quantile_to_the_data_quantile(rng):
+    generated = rng.uniform(0.2, 0.6, size=(200000, 1))
+    data = rng.beta(0.5, 2.0, size=(150000, 1))
+    source, target = quantile_map(generated, data, knots=257)
+    mapped = np.interp(generated[:, 0], source[0], target[0])
+    probabilities = np.linspace(0.05, 0.95, 19)
+    assert np.allclose(np.quantile(mapped, probabilities), np.quantile(data, probabilities), atol=0.01)
+    assert np.all(np.diff(source[0]) > 0) and np.all(np.diff(target[0]) >= 0)  # monotone
+
+
+def test_an_atom_goes_where_the_rank_transform_sends_it(rng):
+    """70% of generated pixels are exactly 0.05 (a flat background): they all go to the data's
+    lowest value, as ranking them would; the rest spread over the data's upper quantiles."""
+    generated = np.where(rng.random(100000) < 0.7, 0.05, rng.uniform(0.1, 0.9, 100000))[:, None]
+    data = np.where(rng.random(100000) < 0.8, 0.0, rng.uniform(0.5, 1.0, 100000))[:, None]
+    source, target = quantile_map(generated, data)
+    mapped = np.interp(generated[:, 0], source[0], target[0])
+    assert np.all(mapped[generated[:, 0] == 0.05] == 0.0)
+    assert np.mean(mapped > 0.5) == pytest.approx(0.2, abs=0.01)
+
+
+def test_reservoir_keeps_a_bounded_seeded_subsample(rng):
+    images = rng.random((50, 8, 8, 3)).astype(np.float32)
+    keep_all = ValueReservoir(3, 50 * 64, limit=10**6)
+    bounded = ValueReservoir(3, 50 * 64, limit=800, seed=2)
+    again = ValueReservoir(3, 50 * 64, limit=800, seed=2)
+    for a in range(0, 50, 7):
+        for reservoir in (keep_all, bounded, again):
+            reservoir.add(images[a : a + 7])
+    assert np.array_equal(keep_all.values(), images.reshape(-1, 3))
+    assert 600 < len(bounded.values()) < 1000 and np.array_equal(bounded.values(), again.values())
+
+
+def test_calibration_file_round_trip_and_damage(tmp_path):
+    calibration = Calibration(np.array([[0.0, 0.5, 1.0]], np.float32), np.array([[0.0, 0.2, 1.0]], np.float32),
+                              samples=10, seed=3, sampler={"prior": "mix"})
+    with h5py.File(tmp_path / "c.h5", "w") as handle:
+        calibration.write(handle)
+    with h5py.File(tmp_path / "c.h5", "r") as handle:
+        again = Calibration.read(handle, "c.h5")
+    assert np.array_equal(again.source, calibration.source) and again.sampler == {"prior": "mix"}
+    images = np.array([0.25, 0.75], np.float32).reshape(1, 1, 2, 1)
+    assert np.allclose(again.apply(images).ravel(), [0.1, 0.6])
+    with h5py.File(tmp_path / "c.h5", "a") as handle:
+        handle["calibration/source"][...] = np.array([[0.0, 0.5, 0.4]])  # no longer increasing
+    with h5py.File(tmp_path / "c.h5", "r") as handle, pytest.raises(NsnError, match="/calibration is damaged"):
+        Calibration.read(handle, "c.h5")
+
+
+def test_trained_model_is_calibrated_and_its_samples_have_the_data_histogram(tiny_model, mnist_small):
+    path, _ = tiny_model
+    model = NSNModel.load(path)
+    assert model.calibration is not None and model.calibration.sampler["prior"] == "mix"
+    digits, _, _ = load_images(mnist_small)
+    samples = generate(model, 400, seed=5)
+    raw = generate(model, 400, seed=5, calibrate=False)
+    # dark background and full-white strokes, as in the digits; the raw decoder has neither
+    for images, close in ((samples, True), (raw, False)):
+        for threshold in (0.05, 0.5, 0.9):
+            gap = abs(np.mean(images > threshold) - np.mean(digits > threshold))
+            assert (gap < 0.02) if close else True
+    assert np.mean(raw > 0.9) < 0.5 * np.mean(digits > 0.9)
+    # the map is per pixel: the same seed gives the same images at any -n or batch size
+    assert np.array_equal(generate(model, 7, seed=5), samples[:7])
+    assert np.array_equal(generate(model, 400, seed=5, batch=64), samples)
+
+
+def test_calibrate_command_refits_and_refuses_other_data(cli, tmp_path, tiny_model, mnist_small):
+    import shutil
+
+    path = tmp_path / "m.h5"
+    shutil.copy(tiny_model[0], path)
+    before = NSNModel.load(path).calibration
+    code, out, err = cli("calibrate", path, "--data", mnist_small, "--samples", "512", "-q")
+    assert code == 0, err
+    after = NSNModel.load(path).calibration
+    assert after.samples == 512 and before.samples == 4096
+    # fewer samples, the same map up to their noise
+    raw = generate(NSNModel.load(path), 200, seed=1, calibrate=False)
+    assert np.mean(np.abs(after.apply(raw) - before.apply(raw))) < 0.02
+    other = tmp_path / "other.h5"
+    digits, _, _ = load_images(mnist_small)
+    from nsn_cli.prep import prep
+
+    np.save(tmp_path / "flipped.npy", digits[:100, ::-1])
+    prep([tmp_path / "flipped.npy"], other)
+    code, _, err = cli("calibrate", path, "--data", other)
+    assert code == 2 and "not the data set" in err
