@@ -128,6 +128,8 @@ class NSNModel:
     fingerprint: str = ""
     top: dict | None = None
     calibration: Calibration | None = None
+    #: ``train``'s memorisation check: near-copy fractions of samples and of real images
+    memorisation: dict | None = None
 
     # ------------------------------------------------------------------ shape facts
 
@@ -253,6 +255,8 @@ class NSNModel:
                 self.zca.write(handle)
             if self.calibration is not None:
                 self.calibration.write(handle)
+            if self.memorisation is not None:
+                handle.attrs["memorisation"] = json.dumps(self.memorisation, sort_keys=True)
             if self.top is not None:
                 top = handle.create_group("top")
                 top.attrs["version"] = 1
@@ -306,6 +310,7 @@ class NSNModel:
                 zca=Zca.read(handle, where), config=config, source=str(handle.attrs.get("source", "")),
                 fingerprint=str(handle.attrs.get("dataset-fingerprint", "")), top=top,
                 calibration=Calibration.read(handle, where),
+                memorisation=json.loads(handle.attrs["memorisation"]) if "memorisation" in handle.attrs else None,
             )
         for index, layer in enumerate(model.layers, 1):
             expected_channels = image_shape[2] if index == 1 else model.layers[index - 2].filters
@@ -359,6 +364,8 @@ def describe_model(path: str | os.PathLike) -> dict:
         "training seconds": round(sum(layer.seconds for layer in model.layers), 2),
         "zca": "none" if model.zca is None else f"channel-wise, eps {model.zca.eps:g}",
         "top statistics": "yes" if model.top is not None else "no",
+        "near copies": "-" if model.memorisation is None else
+        f"{model.memorisation['near_copies']:.1%} of samples (real images: {model.memorisation['near_copies_real']:.1%})",
         "pixel calibration": "no" if model.calibration is None else
         f"yes ({model.calibration.samples} samples, {model.calibration.sampler.get('prior', '?')} prior)",
         "layers": layers,

@@ -9,7 +9,7 @@ import functools
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Protocol
 
@@ -25,6 +25,7 @@ from nsn_cli.engine.similarity import ACTIVATIONS
 from nsn_cli.engine.stream import fit_layer_stream, fit_layer_stream_to_count
 from nsn_cli.errors import NsnError
 from nsn_cli.files import check_output_path, fingerprint, load_images, open_dataset
+from nsn_cli.memorise import check_model
 from nsn_cli.model import Layer, NSNModel
 from nsn_cli.top import MAX_MEMBERS, compute_top_stats, top_stats_bytes
 
@@ -88,6 +89,9 @@ class TrainReporter(Protocol):
     def step(self, name: str, done: int, total: int) -> None:
         """Progress of a step outside the layers' EM (the top-layer statistics, calibration)."""
 
+    def note(self, text: str) -> None:
+        """Something the user should know about the model (a capped layer, memorisation)."""
+
 
 class _Silent:
     def layer_start(self, *args) -> None: ...
@@ -99,6 +103,8 @@ class _Silent:
     def layer_done(self, *args) -> None: ...
 
     def step(self, *args) -> None: ...
+
+    def note(self, *args) -> None: ...
 
 
 @dataclass
@@ -139,6 +145,20 @@ def _validate(options: TrainOptions, layers: int) -> None:
         raise NsnError("--alpha values must be finite numbers")
     if options.targets is not None and any(t < 1 for t in options.targets):
         raise NsnError("--filters values must be at least 1")
+
+
+def filter_cap(top: bool, images: int, patches: int) -> int:
+    """Most filters a layer fitted with the default alphas may keep (config.MIN_FILTER_PATCHES,
+    config.TOP_MIN_IMAGES): a filter's mean must summarise several patches, or decoding pastes
+    training patches back together; a top filter must hold several images for the top density
+    to mix. Only small data sets reach it (80 faces: 254 -> 33 and 39 -> 7 filters)."""
+    if top:
+        return max(1, images // defaults.TOP_MIN_IMAGES)
+    return max(1, patches // defaults.MIN_FILTER_PATCHES)
+
+
+def _cap_unit(top: bool) -> str:
+    return f"{defaults.TOP_MIN_IMAGES} images" if top else f"{defaults.MIN_FILTER_PATCHES} patches"
 
 
 def _choose_patches(n_images: int, positions: int, max_patches: int | None, seed: int, layer: int):
@@ -193,6 +213,7 @@ def train(
     arch = parse_arch(options.arch or default_arch(height, width))
     options.arch = preset_name(arch) or arch_string(arch)
     check_reaches_one(arch, height, width)
+    defaulted = options.alphas is None and options.targets is None  # the cap below guards defaults only
     if options.alphas is None and options.targets is None:
         key = (options.arch, options.activation)
         if key in DEFAULT_ALPHAS:
@@ -253,6 +274,14 @@ def train(
                     reporter.layer_start(index, len(arch), patches.shape[0], patches.shape[1], False)
                     started = time.perf_counter()
                     fitted = _fit(index, options, reporter, patches=patches)
+                    cap = filter_cap(index == len(arch), n, patches.shape[0])
+                    if defaulted and fitted.mu.shape[0] > cap:
+                        reporter.note(
+                            f"layer {index}: {fitted.mu.shape[0]} filters for {patches.shape[0]:,} patches would copy "
+                            f"training images; refitted to {cap}, at least {_cap_unit(index == len(arch))} each "
+                            "(--alpha or --filters choose for you)")
+                        fitted = _fit(index, replace(options, alphas=None, targets=[cap] * len(arch)), reporter,
+                                      patches=patches)
                     del patches
                     chunk = 0
                 else:
@@ -300,6 +329,10 @@ def train(
                 reporter.step(CALIBRATION_STEP, done[0], FIT_SAMPLES)
 
             model.calibration = calibrate_model(model, data_path, progress=advance)
+            check = check_model(model, data_path)
+            model.memorisation = {"near_copies": check.samples, "near_copies_real": check.reference}
+            if check.memorises:
+                reporter.note(check.message())
             model.save(output)
     finally:
         stack.close()

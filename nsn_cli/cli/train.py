@@ -55,6 +55,9 @@ class _ProgressReporter:
             self.steps[name] = self.progress.add_task(name, total=total)
         self.progress.update(self.steps[name], total=total, completed=done)
 
+    def note(self, text):
+        console_err.print(f"[yellow]note:[/] {text}", highlight=False)
+
     def layer_done(self, layer, fitted):
         task = self._task(layer, len(fitted.history))
         if task is not None:
