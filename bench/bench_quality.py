@@ -1,9 +1,16 @@
-"""Sample quality per prior on held-out digits (issue: top-layer density).
+"""Sample quality on held-out digits, judged by the CNN of ``nsn score`` (``make bench-quality``).
 
-Train NSN on 3,500 bundled digits, keep 500 out; score each prior's samples and two peers
-measured in the same run (a Gaussian mixture on PCA-50 pixels; the training set itself) with
-a digit classifier's IS, FID in its hidden features, precision/recall (k = 3) and
-memorisation. Writes bench/results/quality.json and prints a table.
+NSN trains on the first 3,000 bundled digits with default settings; the other 1,000 are held
+out. The judge (nsn_cli/judge.py) trains on the 3,000 training digits' labels; FID, KID and
+precision/recall compare each sample set with the 1,000 held-out digits in its features, IS
+uses its class probabilities, and near-copies are samples whose pixel distance to the nearest
+training digit is under half the held-out digits' median (held-out digits themselves: ~7%).
+
+Every row is two independent sample sets (seeds 1 and 2) of 2,000 images: their spread is
+the noise of a row. Peers measured in the same run: the training digits themselves (a perfect
+memoriser), a Gaussian mixture on PCA-50 pixels and an MLP VAE (bench/vae_peer.py), both fitted
+to the same 3,000 digits. Writes bench/results/quality.json and a picture per key row
+(bench/results/quality-*.png).
 """
 
 from __future__ import annotations
@@ -15,70 +22,97 @@ import time
 import numpy as np
 from common import OUT, bundled_digits, write_dataset  # noqa: E402
 
-from nsn_cli.metrics import DigitClassifier, frechet_distance, inception_score, memorisation, precision_recall
+from nsn_cli.judge import fit_judge
+from nsn_cli.metrics import frechet_distance, inception_score, kernel_inception_distance, memorisation, precision_recall
 from nsn_cli.model import DecodeParams, NSNModel
-from nsn_cli.sample import generate
+from nsn_cli.sample import generate, image_grid
+
+TRAIN = 3000
+SAMPLES = 2000
+SEEDS = (1, 2)
+PICTURES = ("held-out digits", "VAE (MLP, 60 epochs)", "nsn, the paper's sampler", "nsn before this change",
+            "nsn defaults (calibrated)")
 
 
-def main(n_samples: int = 500) -> dict:
+def save_grid(images: np.ndarray, name: str) -> None:
+    import imageio.v3 as iio
+
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    iio.imwrite(OUT / f"quality-{slug}.png", image_grid(images[:64], 8))
+
+
+def main(samples: int = SAMPLES) -> dict:
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
-
-
-    images, labels = bundled_digits()
-    train_x, held = images[:3500], images[3500:]
-    data = write_dataset(train_x, "mnist3500.h5")
-    model_path = OUT / "quality-model.h5"
-    from nsn_cli.train import TrainOptions, train
+    from vae_peer import fit_vae
 
     started = time.perf_counter()
-    train(data, model_path, TrainOptions(seed=0), force=True)
-    train_seconds = time.perf_counter() - started
+    images, labels = bundled_digits()
+    train_x, held = images[:TRAIN], images[TRAIN:]
+    judge = fit_judge(train_x, labels[:TRAIN])
+    reference = judge.features(held)
+    print(f"judge: held-out accuracy {judge.accuracy:.3f}", flush=True)
+
+    from nsn_cli.train import TrainOptions, train
+
+    model_path = OUT / "quality-model.h5"
+    train(write_dataset(train_x, f"mnist{TRAIN}.h5"), model_path, TrainOptions(seed=0), force=True)
     model = NSNModel.load(model_path)
-    clf = DigitClassifier.fit(train_x, labels[:3500])
-    real_features = clf.features(held)
+    print(f"nsn: filters {[layer.filters for layer in model.layers]}", flush=True)
 
-    def score(name, samples):
-        probs = clf.probabilities(samples)
-        is_mean, is_std = inception_score(probs)
-        feats = clf.features(samples)
-        precision, recall = precision_recall(real_features, feats)
-        median_ratio, copies, real_copies = memorisation(samples, train_x, held)
-        return {"name": name, "IS": is_mean, "IS_std": is_std, "FID": frechet_distance(real_features, feats),
-                "precision": precision, "recall": recall, "nn_ratio": median_ratio,
-                "near_copies": copies, "near_copies_real": real_copies}
+    def score(name: str, sets: list[np.ndarray]) -> dict:
+        runs = []
+        for images_ in sets:
+            features, probabilities = judge.both(images_)
+            precision, recall = precision_recall(reference, features[:2500], k=3)
+            kid, _ = kernel_inception_distance(reference, features)
+            ratio, copies, real_copies = memorisation(images_[:1000], train_x, held)
+            runs.append({"IS": inception_score(probabilities)[0], "FID": frechet_distance(reference, features),
+                         "KID": kid, "precision": precision, "recall": recall, "near_copies": copies,
+                         "nn_ratio": ratio, "near_copies_held_out": real_copies})
+        row = {"name": name, "samples": len(sets[0]), "runs": runs}
+        cells = "  ".join(f"{k} {' / '.join(f'{r[k]:.3g}' for r in runs)}"
+                          for k in ("IS", "FID", "KID", "precision", "recall", "near_copies"))
+        print(f"{name:44s} {cells}", flush=True)
+        if name in PICTURES:
+            save_grid(sets[0], name)
+        return row
 
-    rows = [score("held-out real (floor)", held), score("training set", train_x[:n_samples])]
-    pca = PCA(50, random_state=0).fit(train_x.reshape(3500, -1))
-    gmm = GaussianMixture(10, covariance_type="full", random_state=0).fit(pca.transform(train_x.reshape(3500, -1)))
-    gmm_samples = np.clip(pca.inverse_transform(gmm.sample(n_samples)[0]), 0, 1).reshape(-1, 28, 28, 1)
-    rows.append(score("PCA-50 GMM (peer)", gmm_samples.astype(np.float32)))
-    rows.append(score("nsn, paper's sampler", generate(model, n_samples, prior="normal", params=DecodeParams(), seed=1)))
-    for prior in ("normal", "counts", "pca", "mix", "knn"):
-        for seed in (1, 2):  # two sample draws: the spread between them is the noise of a row
-            samples = generate(model, n_samples, prior=prior, params=DecodeParams.for_sampling(), seed=seed)
-            rows.append(score(f"nsn --prior {prior} (seed {seed})", samples))
-    # the NSN-Gen sweep behind the defaults (issue: NSN-Gen), with the default prior
+    def nsn(**kw) -> list[np.ndarray]:
+        return [generate(model, samples, seed=seed, **kw) for seed in SEEDS]
+
+    rows = [score("held-out digits", [held])]
+    rows.append(score("training digits (a perfect memoriser)", [train_x[:samples]]))
+    flat = train_x.reshape(TRAIN, -1)
+    pca = PCA(50, random_state=0).fit(flat)
+    gmm = GaussianMixture(10, covariance_type="full", random_state=0).fit(pca.transform(flat))
+
+    def gmm_samples(seed: int) -> np.ndarray:
+        gmm.random_state = seed  # sample() draws from the estimator's own random_state
+        return np.clip(pca.inverse_transform(gmm.sample(samples)[0]), 0, 1).reshape(-1, 28, 28, 1).astype(np.float32)
+
+    rows.append(score("PCA-50 Gaussian mixture", [gmm_samples(seed) for seed in SEEDS]))
+    vae = fit_vae(train_x, epochs=60)
+    rows.append(score("VAE (MLP, 60 epochs)", [vae.sample(samples, seed) for seed in SEEDS]))
+    rows.append(score("nsn, the paper's sampler", nsn(prior="normal", params=DecodeParams(), calibrate=False)))
+    rows.append(score("nsn before this change", nsn(prior="mix", params=DecodeParams(delta3=1.1), calibrate=False)))
+    rows.append(score("nsn, old defaults + calibration", nsn(prior="mix", params=DecodeParams(delta3=1.1))))
+    rows.append(score("nsn defaults, no calibration", nsn(calibrate=False)))
+    rows.append(score("nsn defaults (calibrated)", nsn()))
+    for prior in ("normal", "counts", "pca", "knn"):
+        rows.append(score(f"nsn --prior {prior}", nsn(prior=prior)))
     sweep = []
-    settings = [dict(delta1=d1) for d1 in (5, 20, 50, 100, 200)]
-    settings += [dict(delta3=d3) for d3 in (1.0, 1.05, 1.15, 1.5)]
-    settings += [dict(delta2=0.02), dict(delta2=0.5, noise_layers="pixel"),
-                 dict(delta2=1.0, noise_layers="pixel", noise_scale="dim"), dict(draws=3)]
-    for prior in ("counts", "mix", "knn"):
-        for setting in settings:
-            samples = generate(model, n_samples, prior=prior, params=DecodeParams.for_sampling(**setting), seed=1)
-            label = f"{prior} " + " ".join(f"{k}={v}" for k, v in setting.items())
-            sweep.append(score(label, samples))
-    result = {"classifier_accuracy": clf.accuracy, "train_seconds": train_seconds, "samples": n_samples,
-              "filters": [layer.filters for layer in model.layers], "rows": rows, "sweep": sweep}
+    for setting in ([{"delta1": d} for d in (30, 50, 200)] + [{"draws": d} for d in (1, 3)]
+                    + [{"delta3": 1.5}]):
+        label = "nsn " + " ".join(f"--{k} {v}" for k, v in setting.items())
+        sweep.append(score(label, nsn(params=DecodeParams.for_sampling(**setting))))
+    result = {"judge_accuracy": judge.accuracy, "train_images": TRAIN, "held_out": len(held), "samples": samples,
+              "filters": [layer.filters for layer in model.layers], "rows": rows, "sweep": sweep,
+              "seconds": time.perf_counter() - started}
     (OUT / "quality.json").write_text(json.dumps(result, indent=2))
-    print(f"classifier held-out accuracy {clf.accuracy:.3f}; NSN filters {result['filters']}; train {train_seconds:.1f} s")
-    print(f"{'':26s} {'IS':>6s} {'FID':>8s} {'prec':>6s} {'recall':>6s} {'nn-ratio':>8s} {'copies':>6s}")
-    for r in rows + [{"name": "--- sweep (NSN-Gen settings) ---", **{k: float("nan") for k in rows[0] if k != "name"}}] + sweep:
-        print(f"{r['name']:26s} {r['IS']:6.2f} {r['FID']:8.2f} {r['precision']:6.3f} {r['recall']:6.3f} "
-              f"{r['nn_ratio']:8.3f} {r['near_copies']:6.3f}")
+    print(f"wrote {OUT / 'quality.json'} ({result['seconds']:.0f} s)")
     return result
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 500)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else SAMPLES)
