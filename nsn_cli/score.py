@@ -90,6 +90,9 @@ CHUNK = 1024
 #: Most sample images kept for SWD, Parzen and memorisation: the default -n, so that default
 #: runs score every image (larger sets: a subset chosen by the seed).
 SUBSET_MAX = 10000
+#: Most samples drawn from a model: a score's spread is far below the differences it shows
+#: long before this many, and a larger -n (a typo's extra zeros) would sample for days.
+MAX_MODEL_SAMPLES = 10_000_000
 
 CLASSIFIER_SEED = 0
 IS_SPLITS = 10
@@ -236,6 +239,9 @@ def check_input(item: NSNModel | ImageSource, reference: Reference, where: str, 
     """Cheap checks before any sampling: enough images, and the (first) size matches."""
     if isinstance(item, NSNModel):
         _enough(n, f"{where} (-n)")
+        if n > MAX_MODEL_SAMPLES:
+            raise NsnError(f"-n {n:,}: at most {MAX_MODEL_SAMPLES:,} samples are drawn from a model ({where}); "
+                           "scores do not change beyond their spread long before that")
         check_size(tuple(item.image_shape[:2]), reference, where)
     else:
         _enough(min(n, len(item)), where)
@@ -322,7 +328,7 @@ def reference_classifier(
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as temp:
                 temp.write_bytes(pickle.dumps(classifier))
-        except OSError:
+        except (OSError, NsnError):  # a failed write is an NsnError from atomic_path
             pass
     return classifier, False
 

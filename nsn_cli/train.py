@@ -22,8 +22,8 @@ from nsn_cli.engine.geometry import arch_string, check_reaches_one, default_arch
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import ACTIVATIONS
 from nsn_cli.engine.stream import fit_layer_stream, fit_layer_stream_to_count
-from nsn_cli.errors import NsnError
-from nsn_cli.files import check_output_path, fingerprint, load_images, open_dataset
+from nsn_cli.errors import Interrupted, NsnError
+from nsn_cli.files import check_output_path, fingerprint, load_images, open_dataset, output_lock, same_file
 from nsn_cli.model import Layer, NSNModel
 from nsn_cli.top import MAX_MEMBERS, compute_top_stats, top_stats_bytes
 
@@ -44,8 +44,9 @@ def parse_memory(text: str) -> int:
     if not match:
         raise NsnError(f"--memory: expected a size such as 512M, 2G or a number of bytes, got {text!r}")
     value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    if value < 1 << 20:
-        raise NsnError(f"--memory must be at least 1M, got {text!r}")
+    if value < defaults.MIN_MEMORY:
+        raise NsnError(f"--memory {text.strip()} is below the minimum of {defaults.MIN_MEMORY >> 20}M: nsn itself "
+                       f"(Python, numba, HDF5) takes about {defaults.PROCESS_RESERVE >> 20}M of the budget")
     return value
 
 
@@ -171,6 +172,21 @@ def train(
     workers, dask_address: run the streamed layers' chunk E-steps on a local Dask cluster of
     that many processes, or on the scheduler at that address (same bits as locally).
     """
+    output = Path(output)
+    if resume and output.exists():
+        if same_file(output, data_path):
+            raise NsnError(f"{output}: is the data set; write the model to another file")
+    else:
+        check_output_path(output, force, [data_path])  # before any data is read
+    with output_lock(output):  # a second train (or prep, sample) writing the same file is refused
+        return _train(data_path, output, options, resume=resume, force=force, threads=threads, reporter=reporter,
+                      memory=memory, workers=workers, dask_address=dask_address)
+
+
+def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, force: bool, threads: int | None,
+           reporter: TrainReporter | None, memory: int | None, workers: int | None,
+           dask_address: str | None) -> NSNModel:
+    """:func:`train` once its output is checked and locked."""
     reporter = reporter or _Silent()
     output = Path(output)
     if memory is not None:
@@ -220,6 +236,7 @@ def train(
 
     previous_threads = numba.get_num_threads()
     stack = contextlib.ExitStack()
+    saved = len(model.layers)  # layers in the output file as it is now
     try:
         if workers is not None or dask_address is not None:
             from nsn_cli.dask_backend import dask_client
@@ -273,6 +290,7 @@ def train(
                 del fitted
                 model.layers.append(layer)
                 model.save(output)  # the checkpoint: atomic, so a kill leaves the last one intact
+                saved = len(model.layers)
                 reporter.layer_done(index, layer)
             else:
                 reporter.layer_start(index, len(arch), 0, 0, True)
@@ -285,10 +303,22 @@ def train(
         if model.top is None:
             model.top = _top_stats(data_path, model, sizes, n, maps, memory, options.seed)
             model.save(output)
+    except KeyboardInterrupt:
+        raise Interrupted(_kept(output, saved, len(arch))) from None
     finally:
         stack.close()
         numba.set_num_threads(previous_threads)
     return model
+
+
+def _kept(output: Path, saved: int, layers: int) -> str:
+    """What an interrupted train leaves in ``output`` (``saved`` of ``layers`` in the file)."""
+    if saved == 0:
+        return f"before layer 1 was complete; nothing was written to {output}"
+    if saved < layers:
+        return f"{output} keeps {saved} of {layers} completed layers; continue with the same command and --resume"
+    return (f"while gathering the top-layer statistics; {output} keeps all {layers} layers; "
+            "finish with the same command and --resume")
 
 
 def _top_stats(data_path, model: NSNModel, sizes, n: int, maps: np.ndarray | None, memory: int | None,

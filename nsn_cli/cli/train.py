@@ -68,7 +68,7 @@ def train_cli(
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same model bits."),
     threads: int | None = typer.Option(None, "--threads", help="Numba threads (default: all cores)."),
     memory: str = typer.Option("2G", "--memory", help="Peak memory of this process, e.g. 512M, 2G (at least 352M): a layer whose patches do not fit is streamed from the data file in chunks."),
-    workers: int | None = typer.Option(None, "--workers", help="Run streamed layers on a local Dask cluster of N processes (pip install 'nsn[dask]')."),
+    workers: int | None = typer.Option(None, "--workers", help="Run streamed layers on a local Dask cluster of N processes (pip install 'nsn\\[dask]')."),
     dask: str | None = typer.Option(None, "--dask", help="Run streamed layers on the Dask scheduler at this address, e.g. tcp://host:8786."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last completed layer in the output."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
