@@ -28,6 +28,15 @@ class NsnError(Exception):
     """A user-facing error: the message names the problem and, where possible, the fix."""
 
 
+class WriteError(NsnError):
+    """A failed write of an output (full disk, read-only folder): ``path`` and ``reason``."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: cannot write: {reason}; no file was changed")
+        self.path = path
+        self.reason = reason
+
+
 class Interrupted(Exception):
     """Ctrl-C, caught by a job that says what it kept (e.g. a model's completed layers).
 

@@ -38,7 +38,7 @@ import h5py
 import numpy as np
 
 from nsn_cli import __version__
-from nsn_cli.errors import WRITE_FAILURES, NsnError, write_reason
+from nsn_cli.errors import WRITE_FAILURES, NsnError, WriteError, write_reason
 
 try:
     import resource
@@ -56,7 +56,7 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def write_failure(path: str | os.PathLike, exc: OSError) -> NsnError:
+def write_failure(path: str | os.PathLike, exc: OSError) -> WriteError:
     """The one-line error for a failed write of ``path``: what happened, and that nothing was
     replaced (every output is written to a temporary file first)."""
     reason = write_reason(exc)
@@ -66,7 +66,7 @@ def write_failure(path: str | os.PathLike, exc: OSError) -> NsnError:
             reason = WRITE_FAILURES[errno.ENOSPC]
         elif resource is not None and resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
             reason = WRITE_FAILURES[errno.EFBIG]
-    return NsnError(f"{path}: cannot write: {reason}; no file was changed")
+    return WriteError(path, reason)
 
 
 def _folder(path: Path) -> Path:
@@ -100,13 +100,19 @@ def check_output_path(path: str | os.PathLike, force: bool, inputs: Sequence[str
     if path.exists() and not force:
         raise NsnError(f"{path}: already exists (use --force to overwrite)")
     remove_stale_temporaries(path)
+    check_writable(folder, path)
+    return path
+
+
+def check_writable(folder: Path, output: str | os.PathLike) -> None:
+    """Refuse a ``folder`` in which ``output`` (named in the message) cannot be written:
+    tried by creating (and removing) a temporary file there."""
     try:
-        handle, probe = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=folder)
+        handle, probe = tempfile.mkstemp(prefix=f".nsn.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=folder)
     except OSError as exc:
-        raise write_failure(path, exc) from None
+        raise write_failure(output, exc) from None
     os.close(handle)
     os.unlink(probe)
-    return path
 
 
 # --------------------------------------------------------------------------- temporaries

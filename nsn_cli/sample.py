@@ -229,7 +229,7 @@ def check_images_output(output: str | os.PathLike, force: bool, inputs=(), count
     """Refuse an output of :func:`write_images` before any image is generated: an unknown
     kind, an existing file without ``force``, an input of the command, a folder that cannot
     be written (for a folder: any of the ``count`` files that exists, without ``force``)."""
-    from nsn_cli.files import check_output_path, same_file
+    from nsn_cli.files import check_output_path, check_writable, same_file
 
     if not is_folder_output(output):
         if Path(output).suffix.lower() not in GRID_SUFFIXES + ARRAY_SUFFIXES + H5_SUFFIXES:
@@ -242,8 +242,7 @@ def check_images_output(output: str | os.PathLike, force: bool, inputs=(), count
         existing = existing.parent
     if not existing.is_dir():
         raise NsnError(f"{output}: {existing} is a file, not a folder")
-    probe = (folder if folder.is_dir() else existing) / "0.png"
-    check_output_path(probe, True)  # the folder can be written
+    check_writable(folder if folder.is_dir() else existing, output)
     if count is not None and folder.is_dir():
         for target in folder_targets(folder, count):
             if target.exists() and not force:
@@ -266,21 +265,23 @@ def decode_bytes(model: NSNModel, layer: int) -> int:
     return 4 * sum(int(np.prod(model.map_shape(level, side, side))) for level in range(layer + 1))
 
 
-def check_room(output: str | os.PathLike, n: int, shape: tuple[int, int, int], held: int = 0) -> None:
+def check_room(output: str | os.PathLike, n: int, shape: tuple[int, int, int], held: int = 0,
+               streamable: bool = True) -> None:
     """Refuse ``n`` samples of ``shape`` (H, W, C) whose output cannot fit, before generating:
     a .png grid or a .npz/.npy array is built in memory (float32 images, and for a grid a
     float32 and a uint8 copy), an .h5 file is written batch by batch; every kind needs its
     size on the disk (a compressed one at least :data:`LEAST_COMPRESSED_BYTES` per value).
     ``held``: bytes per sample the generator holds besides its output (0 when it works in
-    batches)."""
+    batches). ``streamable``: whether an .h5 output would be written batch by batch (the hint)."""
     from nsn_cli.capacity import check_disk, check_memory, format_bytes
 
     values = n * int(np.prod(shape))
     suffix = Path(output).suffix.lower()
-    what = f"-n {n}: {n:,} samples of {'x'.join(map(str, shape))}"
-    if is_folder_output(output) or suffix not in H5_SUFFIXES:
+    what = f"{n:,} samples of {'x'.join(map(str, shape))}"
+    if is_folder_output(output) or suffix not in H5_SUFFIXES or not streamable:
         memory = 4 * values + n * held + (5 * values if suffix in GRID_SUFFIXES else 0)
-        check_memory(memory, what, "write them to a .h5 file (written batch by batch), or lower -n")
+        hint = "write them to a .h5 file (written batch by batch), or lower -n" if streamable else "lower -n"
+        check_memory(memory, what, hint)
     if is_folder_output(output):
         least = values + 100 * n  # a PNG per sample: 8-bit pixels and headers
     elif suffix == ".npy":

@@ -22,7 +22,7 @@ from nsn_cli.engine.geometry import arch_string, check_reaches_one, default_arch
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import ACTIVATIONS
 from nsn_cli.engine.stream import fit_layer_stream, fit_layer_stream_to_count
-from nsn_cli.errors import Interrupted, NsnError
+from nsn_cli.errors import Interrupted, NsnError, WriteError
 from nsn_cli.files import check_output_path, fingerprint, load_images, open_dataset, output_lock, same_file
 from nsn_cli.model import Layer, NSNModel
 from nsn_cli.top import MAX_MEMBERS, compute_top_stats, top_stats_bytes
@@ -85,6 +85,8 @@ class TrainReporter(Protocol):
 
     def layer_done(self, layer: int, fitted: Layer) -> None: ...
 
+    def top_start(self, images: int) -> None: ...
+
 
 class _Silent:
     def layer_start(self, *args) -> None: ...
@@ -94,6 +96,8 @@ class _Silent:
     def probe(self, *args) -> None: ...
 
     def layer_done(self, *args) -> None: ...
+
+    def top_start(self, *args) -> None: ...
 
 
 @dataclass
@@ -289,8 +293,7 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
                 )
                 del fitted
                 model.layers.append(layer)
-                model.save(output)  # the checkpoint: atomic, so a kill leaves the last one intact
-                saved = len(model.layers)
+                saved = _checkpoint(model, output, saved)  # atomic: a kill leaves the last one intact
                 reporter.layer_done(index, layer)
             else:
                 reporter.layer_start(index, len(arch), 0, 0, True)
@@ -301,8 +304,9 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
                 else:
                     maps = None
         if model.top is None:
+            reporter.top_start(n)
             model.top = _top_stats(data_path, model, sizes, n, maps, memory, options.seed)
-            model.save(output)
+            _checkpoint(model, output, saved)
     except KeyboardInterrupt:
         raise Interrupted(_kept(output, saved, len(arch))) from None
     finally:
@@ -312,13 +316,24 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
 
 
 def _kept(output: Path, saved: int, layers: int) -> str:
-    """What an interrupted train leaves in ``output`` (``saved`` of ``layers`` in the file)."""
+    """What ``output`` holds when a train stops with ``saved`` of ``layers`` checkpointed, and
+    how to go on."""
     if saved == 0:
-        return f"before layer 1 was complete; nothing was written to {output}"
+        return f"nothing was written to {output}"
     if saved < layers:
         return f"{output} keeps {saved} of {layers} completed layers; continue with the same command and --resume"
-    return (f"while gathering the top-layer statistics; {output} keeps all {layers} layers; "
+    return (f"{output} keeps all {layers} layers but not the top-layer statistics; "
             "finish with the same command and --resume")
+
+
+def _checkpoint(model: NSNModel, output: Path, saved: int) -> int:
+    """Save ``model`` to ``output``; return the layers now in the file. A failed write says
+    what the file still holds (``saved`` layers, from the last checkpoint)."""
+    try:
+        model.save(output)
+    except WriteError as exc:
+        raise NsnError(f"{output}: cannot write: {exc.reason}; {_kept(output, saved, len(model.arch))}") from None
+    return len(model.layers)
 
 
 def _top_stats(data_path, model: NSNModel, sizes, n: int, maps: np.ndarray | None, memory: int | None,

@@ -4,12 +4,14 @@
 :class:`~nsn_cli.errors.NsnError`, a usage error of the CLI, a failed write (full disk,
 read-only folder) and running out of memory become one red line on stderr and exit code 2
 (``--debug`` shows the traceback instead); Ctrl-C exits 130 with one line saying what was kept,
-after the job's own clean-up has run. Everything else is a bug and keeps its traceback.
+after the job's own clean-up has run (:func:`main` then ends the process by SIGINT). Everything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -90,5 +92,16 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+    """Console-script entry point.
+
+    After Ctrl-C (code 130, the job cleaned up and said what it kept) the process ends by
+    SIGINT itself, as an uncaught Ctrl-C would: the shell reports exit status 130 either way,
+    but only a death by SIGINT stops a calling shell loop or make as well (a shell waiting for
+    a child that exits normally takes the Ctrl-C as handled and runs the next command)."""
+    code = run()
+    if code == 130 and os.name == "posix":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    sys.exit(code)

@@ -92,7 +92,7 @@ def sample_cli(
         shape, held = sample_shape(model, top if layer is None else layer), 0  # generated batch by batch
     streamed = not chosen and output.lower().endswith(H5_SUFFIXES)
     check_images_output(output, force, [model_file], count)
-    check_room(output, count, shape, held)
+    check_room(output, count, shape, held, streamable=not chosen)
     columns = grid
     if filter_index is not None:
         images = one_filter(model, filter_index, n, params, seed)

@@ -47,6 +47,10 @@ class _ProgressReporter:
         if task is not None:
             self.progress.update(task, status=f"alpha {alpha:.3f} -> {count} filters")
 
+    def top_start(self, images):
+        if not self.quiet:
+            console_err.print(f"top-layer statistics of {images:,} images (for the mix, pca and knn priors)")
+
     def layer_done(self, layer, fitted):
         task = self._task(layer, len(fitted.history))
         if task is not None:
