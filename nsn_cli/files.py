@@ -27,9 +27,7 @@ import io
 import os
 import re
 import shutil
-import signal
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -37,7 +35,7 @@ from typing import Iterator, Sequence
 import h5py
 import numpy as np
 
-from nsn_cli import __version__
+from nsn_cli import __version__, interrupts
 from nsn_cli.errors import WRITE_FAILURES, NsnError, WriteError, write_reason
 
 try:
@@ -220,8 +218,8 @@ class _GuardedFile(io.RawIOBase):
     crashed at exit (a segfault after the error). Here the first error is kept in
     :attr:`error` and later writes are dropped (reads of lost bytes give zeros), so HDF5
     closes the file cleanly; :func:`atomic_h5` then raises the error and removes the file.
-    Ctrl-C while HDF5 is inside these methods is held in :attr:`interrupted` for the same
-    reason (:func:`_hold_interrupts`)."""
+    Ctrl-C while HDF5 is inside these methods is held until it returns, for the same reason
+    (:mod:`nsn_cli.interrupts`)."""
 
     def __init__(self, path: Path):
         super().__init__()
@@ -229,8 +227,6 @@ class _GuardedFile(io.RawIOBase):
         self._pos = 0
         self._size = 0
         self.error: OSError | None = None
-        self.interrupted = False
-        self.closing = False
 
     def readable(self) -> bool:
         return True
@@ -304,33 +300,8 @@ class _GuardedFile(io.RawIOBase):
         super().close()
 
 
-_GUARDED_CODE = {getattr(_GuardedFile, name).__code__ for name in ("seek", "tell", "readinto", "write", "truncate", "flush")}
-
-
-@contextlib.contextmanager
-def _hold_interrupts(guard: _GuardedFile) -> Iterator[None]:
-    """Ctrl-C raises KeyboardInterrupt as usual, except while HDF5 is inside ``guard``'s
-    methods or the file is closing: then it is held in ``guard.interrupted`` (an exception
-    there would fail HDF5's I/O, see :class:`_GuardedFile`)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    if not callable(previous):  # ignored, or the system default: nothing to hold
-        yield
-        return
-
-    def handler(signum, frame):
-        if guard.closing or (frame is not None and frame.f_code in _GUARDED_CODE):
-            guard.interrupted = True
-            return
-        previous(signum, frame)
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+# an exception inside these would fail HDF5's I/O call (see _GuardedFile)
+interrupts.hold_in(*(getattr(_GuardedFile, name) for name in ("seek", "tell", "readinto", "write", "truncate", "flush")))
 
 
 @dataclass
@@ -344,8 +315,7 @@ class H5Output:
         """Stop a long write early: raise the failed write or the Ctrl-C held so far."""
         if self._guard.error is not None:
             raise self._guard.error
-        if self._guard.interrupted:
-            raise KeyboardInterrupt
+        interrupts.check()
 
 
 @contextlib.contextmanager
@@ -353,15 +323,14 @@ def atomic_h5(path: str | os.PathLike) -> Iterator[H5Output]:
     """Write an HDF5 file atomically (:func:`atomic_path`): yield it open for writing; a full
     disk or a size limit is one line (:func:`write_failure`) and no file is left, never an
     HDF5 crash (:class:`_GuardedFile`). Long writers call :meth:`H5Output.check` now and then."""
-    with atomic_path(path) as temp:
+    with interrupts.handled(), atomic_path(path) as temp:
         guard = _GuardedFile(temp)
         try:
-            with _hold_interrupts(guard):
-                handle = h5py.File(guard, "w")
-                try:
-                    yield H5Output(handle, guard)
-                finally:
-                    guard.closing = True
+            handle = h5py.File(guard, "w")
+            try:
+                yield H5Output(handle, guard)
+            finally:
+                with interrupts.held():  # a half-closed file would be flushed again at exit
                     handle.close()
         finally:
             guard.close()

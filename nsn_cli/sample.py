@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from nsn_cli import interrupts
 from nsn_cli.engine.generate import normal_draws, uniform_draws
 from nsn_cli.errors import NsnError
 from nsn_cli.model import DecodeParams, NSNModel
@@ -92,6 +93,7 @@ def generate(
         raise NsnError(f"--prior must be one of {', '.join(PRIORS)}, got {prior!r}")
     out = None
     for first in range(0, n, batch):
+        interrupts.check()  # a Ctrl-C held while numba loaded its kernels (see nsn_cli.interrupts)
         count = min(batch, n - first)
         if prior in ("mix", "pca", "knn"):
             from nsn_cli.top import sample_top_maps

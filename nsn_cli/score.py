@@ -55,6 +55,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from nsn_cli import interrupts
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.errors import NsnError
 from nsn_cli.files import MODEL_TYPE, atomic_path, file_kind, load_images
@@ -545,6 +546,7 @@ class SampleStream:
     def add(self, images: np.ndarray) -> None:
         """The next chunk of matched images; NaN or infinite pixels (a data set file, a broken
         model) are refused."""
+        interrupts.check()  # a Ctrl-C held while numba loaded its kernels (see nsn_cli.interrupts)
         if not np.isfinite(images).all():
             raise NsnError(f"{self.name}: the images contain NaN or infinite values")
         if self.inception is not None:

@@ -17,6 +17,7 @@ import numba
 import numpy as np
 
 from nsn_cli import config as defaults
+from nsn_cli import interrupts
 from nsn_cli.engine.em import FilterCapError, LayerFit, StepStats, fit_layer, fit_layer_to_count
 from nsn_cli.engine.geometry import arch_string, check_reaches_one, default_arch, map_sizes, parse_arch, preset_name
 from nsn_cli.engine.patches import extract_patches
@@ -252,6 +253,7 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
             numba.set_num_threads(threads)
         maps = images  # F[index - 1] of every image, or None while streaming
         for index, shape in enumerate(arch, 1):
+            interrupts.check()
             done = index <= len(model.layers)
             h, w = sizes[index]
             if not done:
@@ -498,9 +500,11 @@ def _fit(index: int, options: TrainOptions, reporter: TrainReporter, *, patches:
     seed = int(np.random.SeedSequence([options.seed, index]).generate_state(1)[0])
 
     def on_iteration(iteration: int, stats: StepStats) -> None:
+        interrupts.check()  # a Ctrl-C held while numba loaded its kernels (see nsn_cli.interrupts)
         reporter.iteration(index, iteration, options.iterations, stats)
 
     def on_fit(alpha: float, count: float) -> None:
+        interrupts.check()
         reporter.probe(index, alpha, count)
 
     common = {"iterations": options.iterations, "seed": seed, "max_filters": options.max_filters}

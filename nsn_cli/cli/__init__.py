@@ -13,10 +13,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import traceback
+from pathlib import Path
 from typing import Sequence
 
 import typer
 
+from nsn_cli import interrupts
 from nsn_cli.cli import generate as _generate  # noqa: F401,E402
 
 # Importing the command modules registers their commands on ``app``.
@@ -42,6 +45,18 @@ def _usage_error(exc: Exception) -> bool:
     return hasattr(exc, "format_message") and hasattr(exc, "exit_code")
 
 
+def _failed_write(exc: OSError) -> str:
+    """What could not be written: the file, else the package that wrote (numba's cache
+    writes name no file)."""
+    if exc.filename:
+        return f"{exc.filename}: cannot write"
+    frames = traceback.extract_tb(exc.__traceback__)
+    package = next((Path(f.filename).parts for f in reversed(frames) if "site-packages" in f.filename), None)
+    if package:
+        return f"cannot write a file of {package[package.index('site-packages') + 1]}"
+    return "cannot write"
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -52,8 +67,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         # the command is invoked here rather than through its main(): main() turns Ctrl-C
         # into an exit code the caller must notice and an empty file's EOFError into "Aborted!"
-        with command.make_context("nsn", argv) as ctx:
+        with interrupts.handled(), command.make_context("nsn", argv) as ctx:
             command.invoke(ctx)
+            if interrupts.pending():  # held where it could not be raised, and no loop came by since
+                raise Interrupted("the job had finished before it could stop; its output is complete")
     except (typer.Exit, typer.Abort) as exc:  # --help, --version; Abort only from prompts
         return 130 if isinstance(exc, typer.Abort) else int(getattr(exc, "exit_code", 0) or 0)
     except BrokenPipeError:  # stdout closed early (nsn ... | head): stop quietly
@@ -73,8 +90,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a write no job caught (a compiled-code cache, a temporary file)
         if state.debug or exc.errno not in WRITE_FAILURES:
             raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        _line("error", f"{where}cannot write: {write_reason(exc)}")
+        _line("error", f"{_failed_write(exc)}: {write_reason(exc)}")
         return 2
     except MemoryError:
         if state.debug:

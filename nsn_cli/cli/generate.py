@@ -236,7 +236,8 @@ def inpaint_cli(
     targets = inpaint_targets(output, paths)
     inputs = [*paths, *masks, model_file]
     for target in targets:  # every output is checked before the first image is filled
-        check_images_output(target, force, inputs)
+        # a folder still to make: where it will be made must be writable
+        check_images_output(target if target.parent.is_dir() else f"{target.parent}/", force, inputs)
     written = 0
     try:
         with progress_bar(quiet or len(paths) == 1) as progress:
