@@ -1,9 +1,11 @@
-"""Versioned HDF5 files (data sets and models) and atomic writes.
+"""Versioned HDF5 files (data sets and models) and atomic, locked writes.
 
 Every file carries ``encoding-type`` and ``encoding-version`` attributes at its root; readers
 check both and name the failing HDF5 key when something is wrong. Files are written to a
-temporary name in the target folder and renamed into place, so an interrupted job never
-leaves a half-written file, and an existing output is kept unless ``force`` is given.
+temporary name in the target folder (``.NAME.<pid>.<random>.tmp``) and renamed into place, so
+an interrupted or failed job never leaves a half-written file, and an existing output is kept
+unless ``force`` is given; a temporary file whose writer was killed is removed by the next
+writer. A job that writes a file for long holds :func:`output_lock` on it.
 
 Data set layout (``encoding-type = "nsn-dataset"``, version 1)::
 

@@ -67,6 +67,14 @@ def tidy_help(command):
     argument shows ``<path>...`` rather than ``<list[Path]>``. Typer has no option for either,
     so the built command's parameters are adjusted here, once, for every subcommand."""
     for sub in [command, *getattr(command, "commands", {}).values()]:
+
+        def help_option(ctx, made=sub.get_help_option):  # --help is made on demand, not in params
+            option = made(ctx)
+            if option is not None:
+                option.metavar = ""
+            return option
+
+        sub.get_help_option = help_option
         for param in sub.params:
             if getattr(param, "is_flag", False):
                 param.metavar = ""
