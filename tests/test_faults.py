@@ -266,6 +266,25 @@ def test_ctrl_c_in_inpaint_keeps_the_finished_images(tmp_path, inputs):
 
 
 @pytest.mark.slow
+def test_ctrl_c_at_a_terminal_with_dask_workers(tmp_path, inputs):
+    """A terminal sends Ctrl-C to the whole process group, the local Dask workers included:
+    they ignore it (they printed KeyboardInterrupt tracebacks) and train stops the cluster."""
+    pytest.importorskip("distributed")
+    out = tmp_path / "m.h5"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nsn_cli", "train", str(inputs / "data.h5"), "-o", str(out), "--iterations", "4",
+         "--seed", "5", "--memory", "360M", "--workers", "2", "-q"],
+        cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        preexec_fn=_child_setup(None))
+    wait_for(out.exists, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    code, _, err = finish(proc)
+    assert code == INTERRUPTED and re.fullmatch(rf"interrupted: {re.escape(str(out))} keeps \d of 3 completed layers; .*",
+                                                one_line(err)), err
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
 def test_ctrl_c_at_random_moments_of_a_streamed_write(tmp_path, inputs):
     """Ctrl-C may land while HDF5 is inside the file object's methods, or while it closes."""
     out = tmp_path / "s.h5"
