@@ -71,15 +71,15 @@ def run(argv: Sequence[str] | None = None) -> int:
             command.invoke(ctx)
             if interrupts.pending():  # held where it could not be raised, and no loop came by since
                 raise Interrupted("the job had finished before it could stop; its output is complete")
-    except (typer.Exit, typer.Abort) as exc:  # --help, --version; Abort only from prompts
-        return 130 if isinstance(exc, typer.Abort) else int(getattr(exc, "exit_code", 0) or 0)
+    except typer.Exit as exc:  # --help, --version
+        return int(getattr(exc, "exit_code", 0) or 0)
     except BrokenPipeError:  # stdout closed early (nsn ... | head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Interrupted as exc:
         _line("interrupted", str(exc))
         return 130
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):  # Abort: Ctrl-C at a prompt (nsn asks none)
         _line("interrupted", NOTHING_WRITTEN)
         return 130
     except NsnError as exc:
