@@ -50,9 +50,24 @@ def dask_client(workers: int | None = None, address: str | None = None) -> Itera
         with client:
             yield client
         return
-    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    # dashboard on a free port: None still took 8787, and warned when another cluster had it
+    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  preload=[__name__]) as cluster, distributed.Client(cluster) as client:
         yield client
+
+
+def dask_setup(worker) -> None:
+    """Run by Dask in each worker process of a local cluster (``preload``): ignore Ctrl-C
+    and log only critical errors. A terminal sends Ctrl-C to the whole process group; the
+    train process stops the cluster itself, and a worker taking it printed a KeyboardInterrupt
+    traceback of its own. Whatever fails in a worker reaches train as the task's exception
+    (one line there); a worker still logged the teardown ("Failed to communicate with
+    scheduler during heartbeat", with a traceback) when stopped mid-task."""
+    import logging
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
 def _estep_task(source, a: int, b: int, mu, sigma, alpha: float, seed: int, index: int) -> ChunkEStep:

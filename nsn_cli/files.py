@@ -1,9 +1,11 @@
-"""Versioned HDF5 files (data sets and models) and atomic writes.
+"""Versioned HDF5 files (data sets and models) and atomic, locked writes.
 
 Every file carries ``encoding-type`` and ``encoding-version`` attributes at its root; readers
 check both and name the failing HDF5 key when something is wrong. Files are written to a
-temporary name in the target folder and renamed into place, so an interrupted job never
-leaves a half-written file, and an existing output is kept unless ``force`` is given.
+temporary name in the target folder (``.NAME.<pid>.<random>.tmp``) and renamed into place, so
+an interrupted or failed job never leaves a half-written file, and an existing output is kept
+unless ``force`` is given; a temporary file whose writer was killed is removed by the next
+writer. A job that writes a file for long holds :func:`output_lock` on it.
 
 Data set layout (``encoding-type = "nsn-dataset"``, version 1)::
 
@@ -20,18 +22,28 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
+import glob
 import hashlib
+import io
 import os
+import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import h5py
 import numpy as np
 
-from nsn_cli import __version__
-from nsn_cli.errors import NsnError
+from nsn_cli import __version__, interrupts
+from nsn_cli.errors import WRITE_FAILURES, NsnError, WriteError, write_reason
+
+try:
+    import resource
+except ImportError:  # not a POSIX system
+    resource = None
 
 DATASET_TYPE = "nsn-dataset"
 MODEL_TYPE = "nsn-model"
@@ -44,35 +56,338 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def check_output_path(path: str | os.PathLike, force: bool) -> Path:
-    """Refuse an output whose folder is missing, or which exists without ``force``."""
+def write_failure(path: str | os.PathLike, exc: OSError) -> WriteError:
+    """The one-line error for a failed write of ``path``: what happened, and that nothing was
+    replaced (every output is written to a temporary file first)."""
+    reason = write_reason(exc)
+    if exc.errno is None:
+        # numpy's tofile reports a short write without an errno ("N requested and M written")
+        if shutil.disk_usage(_folder(Path(path))).free < 1 << 20:
+            reason = WRITE_FAILURES[errno.ENOSPC]
+        elif resource is not None and resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+            reason = WRITE_FAILURES[errno.EFBIG]
+    return WriteError(path, reason)
+
+
+def _folder(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (hard links and symlinks included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def check_output_path(path: str | os.PathLike, force: bool, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Refuse an output before any work: its folder missing or not writable, the output an
+    existing file without ``force``, a folder, or one of the command's ``inputs``.
+
+    The folder is tried by creating (and removing) a temporary file in it: permission bits
+    do not tell (root ignores them; read-only mounts and full disks do not show in them)."""
     path = Path(path)
-    if not path.parent.exists() and str(path.parent) not in ("", "."):
-        raise NsnError(f"{path}: the folder {path.parent} does not exist")
-    if path.exists() and not force:
-        raise NsnError(f"{path}: already exists (use --force to overwrite)")
+    folder = _folder(path)
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise NsnError(f"{path}: the folder {folder} {what}")
+    for source in inputs:
+        if same_file(path, source):
+            raise NsnError(f"{path}: is also an input of this command; write the output to another file")
     if path.is_dir():
         raise NsnError(f"{path}: is a folder, expected a file name")
+    if path.exists() and not force:
+        raise NsnError(f"{path}: already exists (use --force to overwrite)")
+    remove_stale_temporaries(path)
+    check_writable(folder, path)
     return path
+
+
+def check_writable(folder: Path, output: str | os.PathLike) -> None:
+    """Refuse a ``folder`` in which ``output`` (named in the message) cannot be written:
+    tried by creating (and removing) a temporary file there."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".nsn.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=folder)
+    except OSError as exc:
+        raise write_failure(output, exc) from None
+    os.close(handle)
+    os.unlink(probe)
+
+
+# --------------------------------------------------------------------------- temporaries
+
+TEMP_SUFFIX = ".tmp"
+#: A temporary file of ``NAME``: ``.NAME.<pid>.<random>.tmp`` beside it.
+_TEMP_PATTERN = r"\.{name}\.(\d+)\.[A-Za-z0-9_]+\.tmp"
+#: Seconds of slack between a process's start time (whole seconds from /proc) and the time
+#: of a file it wrote.
+_CLOCK_SLACK = 2.0
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from /proc; None off Linux."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # the name in parentheses may hold spaces
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime in ticks
+
+
+def writer_gone(pid: int, written: float) -> bool:
+    """Whether the process ``pid`` that wrote a file last modified at ``written`` is dead:
+    no such process, or one started after the file was written (its pid reused)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    started = _process_start(pid)
+    return started is not None and started > written + _CLOCK_SLACK
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of ``path`` left by killed writers (kill -9, a crash, a
+    power cut); those of live writers stay. Returns the removed paths."""
+    path = Path(path)
+    pattern = re.compile(_TEMP_PATTERN.format(name=re.escape(path.name)))
+    removed = []
+    try:
+        candidates = list(_folder(path).glob(f".{glob.escape(path.name)}.*{TEMP_SUFFIX}"))
+    except OSError:
+        return removed
+    for candidate in candidates:
+        match = pattern.fullmatch(candidate.name)
+        if not match:
+            continue
+        with contextlib.suppress(OSError):
+            if writer_gone(int(match.group(1)), candidate.stat().st_mtime):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only on success."""
+    """Yield a temporary path beside ``path``; rename it into place only on success.
+
+    The body writes the temporary file; any OSError it raises is a failed write (one line:
+    :func:`write_failure`). The temporary file is removed on every way out but success
+    (errors, Ctrl-C); one left by a killed process is removed by the next writer of ``path``
+    (:func:`remove_stale_temporaries`)."""
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    folder = _folder(path)
+    remove_stale_temporaries(path)
+    try:
+        handle, temp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=folder)
+    except OSError as exc:
+        raise write_failure(path, exc) from None
     os.close(handle)
     temp = Path(temp_name)
     try:
-        yield temp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(temp, path)
+        try:
+            yield temp
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+            os.replace(temp, path)
+        except OSError as exc:
+            raise write_failure(path, exc) from None
     finally:
-        if temp.exists():
+        with contextlib.suppress(OSError):
             temp.unlink()
+
+
+# --------------------------------------------------------------------------- HDF5 outputs
+
+
+class _GuardedFile(io.RawIOBase):
+    """The file under an HDF5 file being written (h5py's ``fileobj`` driver) that never
+    reports a failed write to HDF5.
+
+    HDF5 cannot recover from a write that fails (a full disk, a size limit): closing the file
+    retries the flush, which fails again, h5py leaks the file's objects and the library
+    crashed at exit (a segfault after the error). Here the first error is kept in
+    :attr:`error` and later writes are dropped (reads of lost bytes give zeros), so HDF5
+    closes the file cleanly; :func:`atomic_h5` then raises the error and removes the file.
+    Ctrl-C while HDF5 is inside these methods is held until it returns, for the same reason
+    (:mod:`nsn_cli.interrupts`)."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self._fd = os.open(path, os.O_RDWR | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0))
+        self._pos = 0
+        self._size = 0
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        start, got = self._pos, 0
+        if self.error is None:
+            try:
+                while got < len(view):
+                    count = os.preadv(self._fd, [view[got:]], start + got)
+                    if count == 0:
+                        break
+                    got += count
+            except OSError as exc:
+                self.error = exc
+        view[got:] = bytes(len(view) - got)  # past the end (as HDF5's own driver reads it) or lost
+        self._pos = start + len(view)
+        return len(view)
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        start = self._pos
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self._fd, view[done:], start + done)
+            except OSError as exc:
+                self.error = exc
+        self._pos = start + len(view)
+        self._size = max(self._size, self._pos)
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError as exc:
+                self.error = exc
+        self._size = size
+        return size
+
+    def flush(self) -> None:
+        pass  # every write went straight to the file
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                if self.error is None:
+                    os.fsync(self._fd)  # a rename must not land before the data it names
+            except OSError as exc:
+                self.error = exc
+            finally:
+                os.close(self._fd)
+        super().close()
+
+
+# an exception inside these would fail HDF5's I/O call (see _GuardedFile)
+interrupts.hold_in(*(getattr(_GuardedFile, name) for name in ("seek", "tell", "readinto", "write", "truncate", "flush")))
+
+
+@dataclass
+class H5Output:
+    """An HDF5 file being written by :func:`atomic_h5`."""
+
+    file: h5py.File
+    _guard: _GuardedFile
+
+    def check(self) -> None:
+        """Stop a long write early: raise the failed write or the Ctrl-C held so far."""
+        if self._guard.error is not None:
+            raise self._guard.error
+        interrupts.check()
+
+
+@contextlib.contextmanager
+def atomic_h5(path: str | os.PathLike) -> Iterator[H5Output]:
+    """Write an HDF5 file atomically (:func:`atomic_path`): yield it open for writing; a full
+    disk or a size limit is one line (:func:`write_failure`) and no file is left, never an
+    HDF5 crash (:class:`_GuardedFile`). Long writers call :meth:`H5Output.check` now and then."""
+    with interrupts.handled(), atomic_path(path) as temp:
+        guard = _GuardedFile(temp)
+        try:
+            handle = h5py.File(guard, "w")
+            try:
+                yield H5Output(handle, guard)
+            finally:
+                with interrupts.held():  # a half-closed file would be flushed again at exit
+                    handle.close()
+        finally:
+            guard.close()
+        H5Output(handle, guard).check()
+
+
+# --------------------------------------------------------------------------- locks
+
+
+def _lock_path(path: Path) -> Path:
+    return _folder(path) / f".{path.name}.lock"
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the output ``path`` while a job writes it: a second nsn
+    process writing the same file is refused with one line instead of the two overwriting
+    each other. The lock is ``flock`` on ``.NAME.lock`` beside the output, released by the
+    system when the process ends however it ends, and the lock file removed on release."""
+    path = Path(path)
+    lock = _lock_path(path)
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock
+        yield
+        return
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise write_failure(path, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise NsnError(
+                f"{path}: another nsn process{who} is writing it; wait for it to finish or choose another output"
+            ) from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break  # still the lock file: its previous holder had not removed it
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # removed by its previous holder after we opened it: take the new one
+    try:
+        with contextlib.suppress(OSError):  # the pid is only for the message above
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
 
 
 def stamp(handle: h5py.File, encoding_type: str, source: str) -> None:

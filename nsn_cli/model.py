@@ -32,7 +32,7 @@ from nsn_cli.engine.geometry import LayerShape, arch_string, map_sizes, parse_ar
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import similarity
 from nsn_cli.errors import NsnError
-from nsn_cli.files import MODEL_TYPE, Zca, atomic_path, open_nsn_file, stamp
+from nsn_cli.files import MODEL_TYPE, Zca, atomic_h5, open_nsn_file, stamp
 
 HISTORY_KEYS = ("filters", "created", "dropped", "changed", "mean_sim", "seconds")
 NOISE_LAYERS = ("all", "pixel")
@@ -232,7 +232,8 @@ class NSNModel:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model atomically (temporary file, then rename)."""
-        with atomic_path(path) as temp, h5py.File(temp, "w") as handle:
+        with atomic_h5(path) as out:
+            handle = out.file
             stamp(handle, MODEL_TYPE, self.source)
             handle.attrs["arch"] = arch_string(self.arch)
             handle.attrs["activation"] = self.activation

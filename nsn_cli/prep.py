@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import h5py
 import numpy as np
 
 from nsn_cli import config
 from nsn_cli.errors import NsnError
-from nsn_cli.files import DATASET_TYPE, Zca, atomic_path, check_output_path, stamp
+from nsn_cli.files import DATASET_TYPE, Zca, atomic_h5, check_output_path, output_lock, stamp
 from nsn_cli.readers import ImageSource, concat_sources, open_source, read_labels
 
 # ITU-R 601-2 luma, the weights Pillow's convert("L") uses.
@@ -197,65 +196,69 @@ def prep(
         raise NsnError(f"--limit must be at least 1, got {limit}")
     if channels not in (None, 1, 3):
         raise NsnError(f"channels must be 1 or 3, got {channels}")
-    output = check_output_path(output, force)
-    source = concat_sources([open_source(p) for p in inputs])
-    if crops is not None:
-        if crops < 1:
-            raise NsnError(f"--crops must be at least 1, got {crops}")
-        if size is None:
-            raise NsnError("--crops needs --size (the crop size)")
-        source = crop_source(source, size, crops, seed)
-    notes = list(source.notes)
-    labels = source.labels
-    if labels_path is not None:
-        labels = read_labels(labels_path)
-    count = len(source) if limit is None else min(limit, len(source))
-    if labels is not None:
-        if len(labels) < count or (limit is None and len(labels) != len(source)):
-            raise NsnError(f"labels: {len(labels)} labels for {len(source)} images")
-        labels = labels[:count]
-    if channels is None:
-        channels = majority_channels(source)
-    if size is None:
-        first = source.read(0, 1)[0]
-        size = first.shape[:2]
-        notes.append(f"no --size given: keeping {size[0]}x{size[1]}")
-    height, width = size
-    if zca and height * width > 128 * 128:
-        raise NsnError(f"--zca on {height}x{width} images needs {height * width}^2 covariances; use --size 128 or less")
-    advance = progress(count, 2 if zca else 1) if progress else (lambda n: None)
-
-    with atomic_path(output) as temp, h5py.File(temp, "w") as handle:
-        stamp(handle, DATASET_TYPE, source.description)
-        data = handle.create_dataset(
-            "images",
-            shape=(count, height, width, channels),
-            dtype=np.float32,
-            chunks=(min(count, max(1, 65536 // (height * width * channels))), height, width, channels),
-            compression="gzip",
-            compression_opts=4,
-            shuffle=True,
-        )
-        acc = ZcaAccumulator.empty(height * width, channels) if zca else None
-        for start in range(0, count, chunk):
-            stop = min(count, start + chunk)
-            raw = source.read(start, stop)
-            images = np.stack([resize_image(to_channels(im, channels), size) for im in raw])
-            if images.shape[1:3] != (height, width):
-                raise NsnError(
-                    f"images differ in size ({images.shape[1]}x{images.shape[2]} vs {height}x{width}); give --size"
-                )
-            data[start:stop] = images
-            if acc is not None:
-                acc.add(images)
-            advance(stop - start)
+    output = check_output_path(output, force, [*inputs, *([labels_path] if labels_path else [])])
+    with output_lock(output):  # a second writer of the same file is refused
+        source = concat_sources([open_source(p) for p in inputs])
+        if crops is not None:
+            if crops < 1:
+                raise NsnError(f"--crops must be at least 1, got {crops}")
+            if size is None:
+                raise NsnError("--crops needs --size (the crop size)")
+            source = crop_source(source, size, crops, seed)
+        notes = list(source.notes)
+        labels = source.labels
+        if labels_path is not None:
+            labels = read_labels(labels_path)
+        count = len(source) if limit is None else min(limit, len(source))
         if labels is not None:
-            handle.create_dataset("labels", data=labels.astype(np.int64))
-        if acc is not None:
-            fitted = acc.finish(zca_eps)
+            if len(labels) < count or (limit is None and len(labels) != len(source)):
+                raise NsnError(f"labels: {len(labels)} labels for {len(source)} images")
+            labels = labels[:count]
+        if channels is None:
+            channels = majority_channels(source)
+        if size is None:
+            first = source.read(0, 1)[0]
+            size = first.shape[:2]
+            notes.append(f"no --size given: keeping {size[0]}x{size[1]}")
+        height, width = size
+        if zca and height * width > 128 * 128:
+            raise NsnError(f"--zca on {height}x{width} images needs {height * width}^2 covariances; use --size 128 or less")
+        advance = progress(count, 2 if zca else 1) if progress else (lambda n: None)
+
+        with atomic_h5(output) as out:
+            handle = out.file
+            stamp(handle, DATASET_TYPE, source.description)
+            data = handle.create_dataset(
+                "images",
+                shape=(count, height, width, channels),
+                dtype=np.float32,
+                chunks=(min(count, max(1, 65536 // (height * width * channels))), height, width, channels),
+                compression="gzip",
+                compression_opts=4,
+                shuffle=True,
+            )
+            acc = ZcaAccumulator.empty(height * width, channels) if zca else None
             for start in range(0, count, chunk):
                 stop = min(count, start + chunk)
-                data[start:stop] = fitted.apply(data[start:stop])
+                raw = source.read(start, stop)
+                images = np.stack([resize_image(to_channels(im, channels), size) for im in raw])
+                if images.shape[1:3] != (height, width):
+                    raise NsnError(
+                        f"images differ in size ({images.shape[1]}x{images.shape[2]} vs {height}x{width}); give --size"
+                    )
+                data[start:stop] = images
+                out.check()
+                if acc is not None:
+                    acc.add(images)
                 advance(stop - start)
-            fitted.write(handle)
+            if labels is not None:
+                handle.create_dataset("labels", data=labels.astype(np.int64))
+            if acc is not None:
+                fitted = acc.finish(zca_eps)
+                for start in range(0, count, chunk):
+                    stop = min(count, start + chunk)
+                    data[start:stop] = fitted.apply(data[start:stop])
+                    out.check()
+                    advance(stop - start)
+                fitted.write(handle)
     return PrepResult(output, (count, height, width, channels), labels is not None, zca, notes)

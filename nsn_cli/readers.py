@@ -177,6 +177,8 @@ def _numpy_source(path: Path) -> ImageSource:
     try:
         # a .npy is memory-mapped: a sample file larger than memory is read slice by slice
         loaded = np.load(path, mmap_mode="r", allow_pickle=False)
+    except EOFError:
+        raise NsnError(f"{path}: empty or cut short, not a .npy/.npz file") from None
     except (OSError, ValueError) as exc:
         raise NsnError(f"{path}: not a readable .npy/.npz file ({exc})") from exc
     labels = None
@@ -291,10 +293,15 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     if path.suffix == ".npy":
         try:
             return np.load(path, allow_pickle=False).astype(np.int64).ravel()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:
             raise NsnError(f"{path}: not a readable labels array ({exc})") from exc
     try:
-        return np.loadtxt(path, dtype=np.int64, ndmin=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": refused below
+            labels = np.loadtxt(path, dtype=np.int64, ndmin=1)
+        if labels.size == 0:
+            raise NsnError(f"{path}: the labels file is empty")
+        return labels
     except ValueError as exc:
         raise NsnError(f"{path}: labels text must hold one integer per line ({exc})") from exc
 

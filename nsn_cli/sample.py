@@ -12,6 +12,7 @@ Priors for the top vector ``F[k]`` (1 x 1 x N_k):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from nsn_cli import interrupts
 from nsn_cli.engine.generate import normal_draws, uniform_draws
 from nsn_cli.errors import NsnError
 from nsn_cli.model import DecodeParams, NSNModel
@@ -100,6 +102,7 @@ def generate(
     params = params.resolved(density_prior=prior in DENSITY_PRIORS)
     out = None
     for offset in range(0, n, batch):
+        interrupts.check()  # a Ctrl-C held while numba loaded its kernels (see nsn_cli.interrupts)
         count = min(batch, n - offset)
         index = first + offset  # the sample index: it keys the random streams
         if prior in DENSITY_PRIORS:
@@ -221,74 +224,182 @@ def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> 
     return grid[..., 0] if c == 1 else grid
 
 
-def write_images(images: np.ndarray, output: str | os.PathLike, *, columns: int | None = None,
-                 force: bool = False) -> Written:
-    """Write samples: ``.png``/``.jpg`` grid, ``.npz``/``.npy``/``.h5`` arrays, or a folder of PNGs
-    (a path ending in ``/`` or an existing folder)."""
-    import imageio.v3 as iio
+GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+ARRAY_SUFFIXES = (".npz", ".npy")
+H5_SUFFIXES = (".h5", ".hdf5")
+#: The fewest bytes a float32 value of a sample compresses to in .npz/.h5 (gzip does about 1
+#: on digits): only what surely cannot fit on the disk is refused before generating.
+LEAST_COMPRESSED_BYTES = 0.25
 
-    from nsn_cli.files import atomic_path, check_output_path
 
-    text = os.fspath(output)
-    output = Path(output)
-    if text.endswith(("/", os.sep)) or output.is_dir():
-        output.mkdir(parents=True, exist_ok=True)
-        width = len(str(len(images) - 1))
-        for i, image in enumerate(images):
-            target = output / f"{i:0{width}d}.png"
+def is_folder_output(output: str | os.PathLike) -> bool:
+    """A folder of PNGs: a path ending in ``/`` or an existing folder."""
+    return os.fspath(output).endswith(("/", os.sep)) or Path(output).is_dir()
+
+
+def folder_targets(output: str | os.PathLike, count: int) -> list[Path]:
+    """The PNG files of ``count`` images written to the folder ``output``."""
+    width = len(str(count - 1))
+    return [Path(output) / f"{i:0{width}d}.png" for i in range(count)]
+
+
+def check_images_output(output: str | os.PathLike, force: bool, inputs=(), count: int | None = None) -> None:
+    """Refuse an output of :func:`write_images` before any image is generated: an unknown
+    kind, an existing file without ``force``, an input of the command, a folder that cannot
+    be written (for a folder: any of the ``count`` files that exists, without ``force``)."""
+    from nsn_cli.files import check_output_path, check_writable, same_file
+
+    if not is_folder_output(output):
+        if Path(output).suffix.lower() not in GRID_SUFFIXES + ARRAY_SUFFIXES + H5_SUFFIXES:
+            raise NsnError(f"{output}: unknown output kind; use .png, .npz, .npy, .h5, or a folder ending in /")
+        check_output_path(output, force, inputs)
+        return
+    folder = Path(output)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:  # the folder and missing parents are made
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NsnError(f"{output}: {existing} is a file, not a folder")
+    check_writable(folder if folder.is_dir() else existing, output)
+    if count is not None and folder.is_dir():
+        for target in folder_targets(folder, count):
             if target.exists() and not force:
                 raise NsnError(f"{target}: already exists (use --force to overwrite)")
-            iio.imwrite(target, image_grid(image[None], 1, pad=0))
-        return Written(output, "folder of PNGs", len(images))
-    check_output_path(output, force)
+            if any(same_file(target, source) for source in inputs):
+                raise NsnError(f"{target}: is also an input of this command; write the output to another folder")
+
+
+def sample_shape(model: NSNModel, layer: int) -> tuple[int, int, int]:
+    """(H, W, C) of a sample generated from ``layer``: its receptive field."""
+    from nsn_cli.engine.geometry import receptive_field
+
+    side = receptive_field(model.arch[:layer])
+    return side, side, model.image_shape[2]
+
+
+def decode_bytes(model: NSNModel, layer: int) -> int:
+    """Bytes of one sample's float32 maps F[layer] .. F[0] while it is decoded from ``layer``."""
+    side = sample_shape(model, layer)[0]
+    return 4 * sum(int(np.prod(model.map_shape(level, side, side))) for level in range(layer + 1))
+
+
+def check_room(output: str | os.PathLike, n: int, shape: tuple[int, int, int], held: int = 0,
+               streamable: bool = True) -> None:
+    """Refuse ``n`` samples of ``shape`` (H, W, C) whose output cannot fit, before generating:
+    a .png grid or a .npz/.npy array is built in memory (float32 images, and for a grid a
+    float32 and a uint8 copy), an .h5 file is written batch by batch; every kind needs its
+    size on the disk (a compressed one at least :data:`LEAST_COMPRESSED_BYTES` per value).
+    ``held``: bytes per sample the generator holds besides its output (0 when it works in
+    batches). ``streamable``: whether an .h5 output would be written batch by batch (the hint)."""
+    from nsn_cli.capacity import check_disk, check_memory, format_bytes
+
+    values = n * int(np.prod(shape))
+    suffix = Path(output).suffix.lower()
+    what = f"{n:,} samples of {'x'.join(map(str, shape))}"
+    if is_folder_output(output) or suffix not in H5_SUFFIXES or not streamable:
+        memory = 4 * values + n * held + (5 * values if suffix in GRID_SUFFIXES else 0)
+        hint = "write them to a .h5 file (written batch by batch), or lower -n" if streamable else "lower -n"
+        check_memory(memory, what, hint)
+    if is_folder_output(output):
+        least = values + 100 * n  # a PNG per sample: 8-bit pixels and headers
+    elif suffix == ".npy":
+        least = 4 * values
+    elif suffix in GRID_SUFFIXES:
+        least = values // 16
+    else:
+        least = int(values * LEAST_COMPRESSED_BYTES)
+    check_disk(output, least, f"{what} ({format_bytes(4 * values)} as float32)")
+
+
+def encode_image(image: np.ndarray, suffix: str = ".png") -> bytes:
+    """An image file's bytes, made in memory: the file itself is written in one plain write,
+    so a failed write is one OSError (imageio writing the file would fail again on closing)."""
+    import imageio.v3 as iio
+
+    return iio.imwrite("<bytes>", image, extension=suffix)
+
+
+def write_images(images: np.ndarray, output: str | os.PathLike, *, columns: int | None = None,
+                 force: bool = False, inputs=()) -> Written:
+    """Write samples: ``.png``/``.jpg`` grid, ``.npz``/``.npy``/``.h5`` arrays, or a folder of PNGs
+    (a path ending in ``/`` or an existing folder). Every file is written atomically; a folder
+    write that fails (a full disk, Ctrl-C) removes the PNGs it had added. ``inputs``: files
+    the output must not be (see :func:`check_images_output`)."""
+    from nsn_cli.files import atomic_h5, atomic_path
+
+    check_images_output(output, force, inputs, len(images))
+    if is_folder_output(output):
+        return _write_folder(images, Path(output))
+    output = Path(output)
     suffix = output.suffix.lower()
+    if suffix in H5_SUFFIXES:
+        from nsn_cli.files import DATASET_TYPE, stamp
+
+        with atomic_h5(output) as out:
+            stamp(out.file, DATASET_TYPE, "nsn sample")
+            out.file.create_dataset("images", data=images, compression="gzip", compression_opts=4)
+        return Written(output, "nsn data set", len(images))
     with atomic_path(output) as temp:
-        if suffix in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
+        if suffix in GRID_SUFFIXES:
             # a single image is written as it is, a batch as a grid with 1-pixel gaps
-            iio.imwrite(temp, image_grid(images, columns, pad=0 if len(images) == 1 else 1), extension=suffix)
+            temp.write_bytes(encode_image(image_grid(images, columns, pad=0 if len(images) == 1 else 1), suffix))
             kind = "grid"
         elif suffix == ".npz":
             with open(temp, "wb") as handle:
                 np.savez_compressed(handle, images=images)
             kind = "array (npz)"
-        elif suffix == ".npy":
+        else:
             with open(temp, "wb") as handle:
                 np.save(handle, images)
             kind = "array (npy)"
-        elif suffix in (".h5", ".hdf5"):
-            import h5py
-
-            from nsn_cli.files import DATASET_TYPE, stamp
-
-            with h5py.File(temp, "w") as handle:
-                stamp(handle, DATASET_TYPE, "nsn sample")
-                handle.create_dataset("images", data=images, compression="gzip", compression_opts=4)
-            kind = "nsn data set"
-        else:
-            raise NsnError(f"{output}: unknown output kind; use .png, .npz, .npy, .h5, or a folder ending in /")
     return Written(output, kind, len(images))
 
 
-def stream_to_h5(output: str | os.PathLike, n: int, force: bool, generate_into: Callable) -> Written:
-    """Write ``n`` samples to an nsn data set file batch by batch (bounded memory, atomic).
+def _write_folder(images: np.ndarray, folder: Path) -> Written:
+    """One PNG per image in ``folder`` (made if missing), each written atomically; on any
+    failure the PNGs this call added (and the folders it made) are removed again."""
+    from nsn_cli.files import atomic_path
+
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    added: list[Path] = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for image, target in zip(images, folder_targets(folder, len(images))):
+            new = not target.exists()
+            with atomic_path(target) as temp:
+                temp.write_bytes(encode_image(image_grid(image[None], 1, pad=0)))
+            if new:
+                added.append(target)
+    except BaseException:
+        for path in added:
+            path.unlink(missing_ok=True)
+        for path in made:  # innermost first
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+    return Written(folder, "folder of PNGs", len(images))
+
+
+def stream_to_h5(output: str | os.PathLike, n: int, force: bool, generate_into: Callable, inputs=()) -> Written:
+    """Write ``n`` samples to an nsn data set file batch by batch (bounded memory, atomic,
+    locked against a second writer).
 
     ``generate_into(sink)`` must call ``sink(first_index, images)`` for consecutive batches.
     """
-    import h5py
+    from nsn_cli.files import DATASET_TYPE, atomic_h5, check_output_path, output_lock, stamp
 
-    from nsn_cli.files import DATASET_TYPE, atomic_path, check_output_path, stamp
-
-    output = check_output_path(output, force)
-    with atomic_path(output) as temp, h5py.File(temp, "w") as handle:
-        stamp(handle, DATASET_TYPE, "nsn sample")
+    output = check_output_path(output, force, inputs)
+    with output_lock(output), atomic_h5(output) as out:
+        stamp(out.file, DATASET_TYPE, "nsn sample")
         state: dict = {}
 
         def sink(first: int, images: np.ndarray) -> None:
             if "data" not in state:
-                state["data"] = handle.create_dataset(
+                state["data"] = out.file.create_dataset(
                     "images", shape=(n,) + images.shape[1:], dtype=np.float32,
                     chunks=(min(n, 256),) + images.shape[1:], compression="gzip", compression_opts=4)
             state["data"][first : first + len(images)] = images
+            out.check()  # a full disk or Ctrl-C stops here, not after every batch is generated
 
         generate_into(sink)
     return Written(output, "nsn data set (streamed)", n)

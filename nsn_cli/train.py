@@ -17,14 +17,15 @@ import numba
 import numpy as np
 
 from nsn_cli import config as defaults
+from nsn_cli import interrupts
 from nsn_cli.calibrate import FIT_SAMPLES, calibrate_model
 from nsn_cli.engine.em import FilterCapError, LayerFit, StepStats, fit_layer, fit_layer_to_count
 from nsn_cli.engine.geometry import arch_string, check_reaches_one, default_arch, map_sizes, parse_arch, preset_name
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import ACTIVATIONS
 from nsn_cli.engine.stream import fit_layer_stream, fit_layer_stream_to_count
-from nsn_cli.errors import NsnError
-from nsn_cli.files import check_output_path, fingerprint, load_images, open_dataset
+from nsn_cli.errors import Interrupted, NsnError, WriteError
+from nsn_cli.files import check_output_path, fingerprint, load_images, open_dataset, output_lock, same_file
 from nsn_cli.memorise import check_model
 from nsn_cli.model import Layer, NSNModel
 from nsn_cli.top import MAX_MEMBERS, compute_top_stats, top_stats_bytes
@@ -46,8 +47,9 @@ def parse_memory(text: str) -> int:
     if not match:
         raise NsnError(f"--memory: expected a size such as 512M, 2G or a number of bytes, got {text!r}")
     value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    if value < 1 << 20:
-        raise NsnError(f"--memory must be at least 1M, got {text!r}")
+    if value < defaults.MIN_MEMORY:
+        raise NsnError(f"--memory {text.strip()} is below the minimum of {defaults.MIN_MEMORY >> 20}M: nsn itself "
+                       f"(Python, numba, HDF5) takes about {defaults.PROCESS_RESERVE >> 20}M of the budget")
     return value
 
 
@@ -86,6 +88,8 @@ class TrainReporter(Protocol):
 
     def layer_done(self, layer: int, fitted: Layer) -> None: ...
 
+    def top_start(self, images: int) -> None: ...
+
     def step(self, name: str, done: int, total: int) -> None:
         """Progress of a step outside the layers' EM (the top-layer statistics, calibration)."""
 
@@ -101,6 +105,8 @@ class _Silent:
     def probe(self, *args) -> None: ...
 
     def layer_done(self, *args) -> None: ...
+
+    def top_start(self, *args) -> None: ...
 
     def step(self, *args) -> None: ...
 
@@ -197,6 +203,21 @@ def train(
     workers, dask_address: run the streamed layers' chunk E-steps on a local Dask cluster of
     that many processes, or on the scheduler at that address (same bits as locally).
     """
+    output = Path(output)
+    if resume and output.exists():
+        if same_file(output, data_path):
+            raise NsnError(f"{output}: is the data set; write the model to another file")
+    else:
+        check_output_path(output, force, [data_path])  # before any data is read
+    with output_lock(output):  # a second train (or prep, sample) writing the same file is refused
+        return _train(data_path, output, options, resume=resume, force=force, threads=threads, reporter=reporter,
+                      memory=memory, workers=workers, dask_address=dask_address)
+
+
+def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, force: bool, threads: int | None,
+           reporter: TrainReporter | None, memory: int | None, workers: int | None,
+           dask_address: str | None) -> NSNModel:
+    """:func:`train` once its output is checked and locked."""
     reporter = reporter or _Silent()
     output = Path(output)
     if memory is not None:
@@ -247,6 +268,7 @@ def train(
 
     previous_threads = numba.get_num_threads()
     stack = contextlib.ExitStack()
+    saved = len(model.layers)  # layers in the output file as it is now
     try:
         if workers is not None or dask_address is not None:
             from nsn_cli.dask_backend import dask_client
@@ -258,6 +280,7 @@ def train(
             numba.set_num_threads(threads)
         maps = images  # F[index - 1] of every image, or None while streaming
         for index, shape in enumerate(arch, 1):
+            interrupts.check()
             done = index <= len(model.layers)
             h, w = sizes[index]
             if not done:
@@ -307,7 +330,7 @@ def train(
                 )
                 del fitted
                 model.layers.append(layer)
-                model.save(output)  # the checkpoint: atomic, so a kill leaves the last one intact
+                saved = _checkpoint(model, output, saved)  # atomic: a kill leaves the last one intact
                 reporter.layer_done(index, layer)
             else:
                 reporter.layer_start(index, len(arch), 0, 0, True)
@@ -318,13 +341,15 @@ def train(
                 else:
                     maps = None
         if model.top is None:
+            reporter.top_start(n)
             model.top = _top_stats(data_path, model, sizes, n, maps, memory, options.seed)
-            model.save(output)
+            _checkpoint(model, output, saved)
         if model.calibration is None:
             del maps  # the calibration samples in batches; F[L-1] is no longer needed
             done = [0]
 
             def advance(count: int) -> None:
+                interrupts.check()
                 done[0] += count
                 reporter.step(CALIBRATION_STEP, done[0], FIT_SAMPLES)
 
@@ -333,7 +358,9 @@ def train(
             model.memorisation = {"near_copies": check.samples, "near_copies_real": check.reference}
             if check.memorises:
                 reporter.note(check.message())
-            model.save(output)
+            _checkpoint(model, output, saved)
+    except KeyboardInterrupt:
+        raise Interrupted(_kept(output, saved, len(arch))) from None
     finally:
         stack.close()
         numba.set_num_threads(previous_threads)
@@ -342,6 +369,27 @@ def train(
 
 #: The name :meth:`TrainReporter.step` reports the pixel calibration under.
 CALIBRATION_STEP = "pixel calibration"
+
+
+def _kept(output: Path, saved: int, layers: int) -> str:
+    """What ``output`` holds when a train stops with ``saved`` of ``layers`` checkpointed, and
+    how to go on."""
+    if saved == 0:
+        return f"nothing was written to {output}"
+    if saved < layers:
+        return f"{output} keeps {saved} of {layers} completed layers; continue with the same command and --resume"
+    return (f"{output} keeps all {layers} layers but not the top-layer statistics or the pixel calibration; "
+            "finish with the same command and --resume")
+
+
+def _checkpoint(model: NSNModel, output: Path, saved: int) -> int:
+    """Save ``model`` to ``output``; return the layers now in the file. A failed write says
+    what the file still holds (``saved`` layers, from the last checkpoint)."""
+    try:
+        model.save(output)
+    except WriteError as exc:
+        raise NsnError(f"{output}: cannot write: {exc.reason}; {_kept(output, saved, len(model.arch))}") from None
+    return len(model.layers)
 
 
 def _top_stats(data_path, model: NSNModel, sizes, n: int, maps: np.ndarray | None, memory: int | None,
@@ -506,9 +554,11 @@ def _fit(index: int, options: TrainOptions, reporter: TrainReporter, *, patches:
     seed = int(np.random.SeedSequence([options.seed, index]).generate_state(1)[0])
 
     def on_iteration(iteration: int, stats: StepStats) -> None:
+        interrupts.check()  # a Ctrl-C held while numba loaded its kernels (see nsn_cli.interrupts)
         reporter.iteration(index, iteration, options.iterations, stats)
 
     def on_fit(alpha: float, count: float) -> None:
+        interrupts.check()
         reporter.probe(index, alpha, count)
 
     common = {"iterations": options.iterations, "seed": seed, "max_filters": options.max_filters}

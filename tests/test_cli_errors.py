@@ -122,3 +122,108 @@ def test_damaged_image_chunks_are_one_line(cli, tmp_path, mnist_small):
                  ("train", path, "-o", tmp_path / "m.h5", "--memory", "360M", "-q")):
         code, _, err = cli(*argv)
         assert code == 2 and "damaged.h5: /images cannot be read" in _one_line(err), (argv, err)
+
+
+def test_empty_npy_is_one_line(cli, tmp_path):
+    (tmp_path / "empty.npy").write_bytes(b"")
+    code, _, err = cli("prep", tmp_path / "empty.npy", "-o", tmp_path / "x.h5")
+    assert code == 2 and "empty.npy: empty or cut short, not a .npy/.npz file" in _one_line(err)
+    (tmp_path / "labels.txt").write_text("")
+    code, _, err = cli("prep", FACES, "-o", tmp_path / "x.h5", "--labels", tmp_path / "labels.txt")
+    assert code == 2 and "labels.txt: the labels file is empty" in _one_line(err)
+
+
+def test_an_output_is_never_an_input(cli, tmp_path, mnist_small, tiny_model):
+    import shutil
+
+    import imageio.v3 as iio
+
+    model = tmp_path / "m.h5"
+    shutil.copy(tiny_model[0], model)
+    data = tmp_path / "d.h5"
+    shutil.copy(mnist_small, data)
+    digit = tmp_path / "digit.png"
+    iio.imwrite(digit, np.zeros((28, 28), np.uint8))
+    (tmp_path / "link.h5").symlink_to(model)
+    before = {p: p.read_bytes() for p in (model, data, digit)}
+    for argv in (("sample", "-m", model, "-o", model, "--force"),
+                 ("sample", "-m", tmp_path / "link.h5", "-o", model, "--force", "--filter", "1"),
+                 ("train", data, "-o", data, "--force"),
+                 ("prep", data, "-o", data, "--force"),
+                 ("score", data, "--ref", data, "--json", data, "--force"),
+                 ("style", digit, "-m", model, "-o", digit, "--force"),
+                 ("inpaint", digit, "--mask", digit, "-m", model, "-o", digit, "--force")):
+        code, _, err = cli(*argv)
+        assert code == 2 and "is also an input of this command" in _one_line(err), (argv, err)
+    code, _, err = cli("train", data, "-o", data, "--resume")
+    assert code == 2 and "is the data set" in _one_line(err)
+    assert all(p.read_bytes() == b for p, b in before.items())
+
+
+def test_huge_n_is_refused_before_any_work(cli, tmp_path, tiny_model, mnist_small):
+    model, _ = tiny_model
+    for output in ("s.png", "s.npz", "s.npy", "pngs/"):
+        code, _, err = cli("sample", "-m", model, "-n", "1000000000000", "-o", f"{tmp_path}/{output}")
+        line = _one_line(err)
+        assert code == 2 and line.startswith("error: 1,000,000,000,000 samples of 28x28x1 need "), err
+        assert " PB of memory, " in line and line.endswith("write them to a .h5 file (written batch by batch), or lower -n")
+    code, _, err = cli("sample", "-m", model, "-n", "1000000000000", "-o", tmp_path / "s.h5")
+    assert code == 2 and "(3.14 PB as float32) need at least 196 TB, the disk has" in _one_line(err)
+    code, _, err = cli("sample", "-m", model, "-n", "1000000000000", "--filter", "1", "-o", tmp_path / "s.h5")
+    assert code == 2 and _one_line(err).endswith("; lower -n")
+    code, _, err = cli("score", model, "--ref", mnist_small, "-n", "1000000000000")
+    assert code == 2 and "at most 10,000,000 samples are drawn from a model" in _one_line(err)
+    assert not list(tmp_path.iterdir())
+
+
+def test_outputs_are_checked_before_any_work(cli, tmp_path, tiny_model, mnist_small):
+    """An existing output without --force is refused at once, not after generating or training
+    (10 million samples would take minutes; the data set is not even read)."""
+    model, _ = tiny_model
+    existing = tmp_path / "out.h5"
+    existing.write_text("keep")
+    for argv in (("sample", "-m", model, "-n", "10000000", "-o", existing),
+                 ("sample", "-m", model, "-n", "10000000", "--filter", "0", "-o", existing),
+                 ("train", tmp_path / "unread.h5", "-o", existing),
+                 ("prep", tmp_path / "unread", "-o", existing)):
+        code, _, err = cli(*argv)
+        assert code == 2 and "out.h5: already exists (use --force to overwrite)" in _one_line(err), argv
+    assert existing.read_text() == "keep"
+
+
+def test_inpaint_output_folders(cli, tmp_path, tiny_model):
+    import imageio.v3 as iio
+
+    model, _ = tiny_model
+    for name in ("a.png", "b.png"):
+        iio.imwrite(tmp_path / name, np.zeros((28, 28), np.uint8))
+    mask = tmp_path / "a.png"
+    common = ("--mask", mask, "-m", model, "--draws", "1")
+    code, out, _ = cli("inpaint", tmp_path / "a.png", tmp_path / "b.png", *common, "-o", tmp_path / "new")
+    assert code == 0 and sorted(p.name for p in (tmp_path / "new").iterdir()) == ["a.png", "b.png"], out
+    code, _, err = cli("inpaint", tmp_path / "a.png", *common, "-o", tmp_path / "newdir")
+    assert code == 2 and "give an image file name (.png) for one image, or a folder ending in /" in _one_line(err)
+    code, _, err = cli("inpaint", tmp_path / "a.png", tmp_path / "b.png", *common, "-o", tmp_path / "x.png")
+    assert code == 2 and "2 images are written to a folder" in _one_line(err)
+    code, _, _ = cli("inpaint", tmp_path / "a.png", *common, "-o", f"{tmp_path / 'one'}/")
+    assert code == 0 and [p.name for p in (tmp_path / "one").iterdir()] == ["a.png"]
+
+
+def test_help_and_version(cli):
+    from nsn_cli import __version__
+
+    code, out, _ = cli("--version")
+    assert code == 0 and out.strip() == f"nsn {__version__}"
+    code, out, _ = cli("train", "--help")
+    assert code == 0 and "pip install 'nsn[dask]'" in " ".join(out.split())
+    assert "<bool>" not in out and "at least 352M" in out
+    code, out, _ = cli("inpaint", "--help")
+    assert code == 0 and "<list[Path]>" not in out and "IMAGES" in out and "<path>..." in out
+    for command in ("style", "inpaint"):
+        code, out, _ = cli(command, "--help")
+        assert "--quiet" in out and "Seed of NSN-Gen" in out and "Sharpness of softmax" in out, command
+
+
+def test_memory_below_the_minimum_names_the_minimum(cli, tmp_path, mnist_small):
+    code, _, err = cli("train", mnist_small, "-o", tmp_path / "m.h5", "--memory", "1K")
+    assert code == 2 and "--memory 1K is below the minimum of 352M" in _one_line(err)

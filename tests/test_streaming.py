@@ -100,10 +100,13 @@ def test_parse_memory():
     assert parse_memory("2G") == 2 << 30
     assert parse_memory("2GiB") == 2 << 30
     assert parse_memory("1.5g") == 3 << 29
-    assert parse_memory("1048576") == 1 << 20
+    assert parse_memory("536870912") == 512 << 20
     for bad in ("", "abc", "-1G", "2X", "1e9", "0", "100"):
         with pytest.raises(NsnError, match="--memory"):
             parse_memory(bad)
+    for small in ("1K", "1M", "351M"):  # the same minimum the help states, whatever the size
+        with pytest.raises(NsnError, match=f"--memory {small} is below the minimum of 352M"):
+            parse_memory(small)
 
 
 def test_bad_memory_values_exit_2_with_one_line(cli, tmp_path, mnist_small):

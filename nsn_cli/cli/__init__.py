@@ -1,17 +1,25 @@
 """The ``nsn`` command: a Typer app, one thin module per subcommand, one error boundary.
 
-:func:`run` is the boundary: the project's own :class:`~nsn_cli.errors.NsnError` and any
-usage error become one red line on stderr and exit code 2 (``--debug`` shows the traceback
-instead); Ctrl-C exits 130 after the job's own clean-up has run.
+:func:`run` is the boundary, and the only one: the project's own
+:class:`~nsn_cli.errors.NsnError`, a usage error of the CLI, a failed write (full disk,
+read-only folder) and running out of memory become one red line on stderr and exit code 2
+(``--debug`` shows the traceback instead); Ctrl-C exits 130 with one line saying what was kept,
+after the job's own clean-up has run (:func:`main` then ends the process by SIGINT). Everything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import traceback
+from pathlib import Path
 from typing import Sequence
 
 import typer
 
+from nsn_cli import interrupts
 from nsn_cli.cli import calibrate as _calibrate  # noqa: F401,E402
 from nsn_cli.cli import generate as _generate  # noqa: F401,E402
 
@@ -20,13 +28,34 @@ from nsn_cli.cli import info as _info  # noqa: F401,E402
 from nsn_cli.cli import prep as _prep  # noqa: F401,E402
 from nsn_cli.cli import score as _score  # noqa: F401,E402
 from nsn_cli.cli import train as _train  # noqa: F401,E402
-from nsn_cli.cli._common import app, console_err, state
-from nsn_cli.errors import NsnError
+from nsn_cli.cli._common import app, console_err, state, tidy_help
+from nsn_cli.errors import WRITE_FAILURES, Interrupted, NsnError, write_reason
+
+#: What a bare Ctrl-C kept: every output is written to a temporary file and renamed at the end.
+NOTHING_WRITTEN = "nothing was written (no partial file is left)"
 
 
-def _error_line(message: str) -> None:
+def _line(label: str, message: str) -> None:
     message = " ".join(str(message).split())  # one line, whatever the message held
-    console_err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    console_err.print(f"[bold red]{label}:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+
+
+def _usage_error(exc: Exception) -> bool:
+    """A usage error of the CLI framework (bad option, missing argument): click's exception
+    type, duck-typed because Typer versions vendor click or import it."""
+    return hasattr(exc, "format_message") and hasattr(exc, "exit_code")
+
+
+def _failed_write(exc: OSError) -> str:
+    """What could not be written: the file, else the package that wrote (numba's cache
+    writes name no file)."""
+    if exc.filename:
+        return f"{exc.filename}: cannot write"
+    frames = traceback.extract_tb(exc.__traceback__)
+    package = next((Path(f.filename).parts for f in reversed(frames) if "site-packages" in f.filename), None)
+    if package:
+        return f"cannot write a file of {package[package.index('site-packages') + 1]}"
+    return "cannot write"
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -34,35 +63,58 @@ def run(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["--help"]
-    command = typer.main.get_command(app)
+    command = tidy_help(typer.main.get_command(app))
     state.debug = "--debug" in argv
     try:
-        command.main(args=argv, prog_name="nsn", standalone_mode=False)
+        # the command is invoked here rather than through its main(): main() turns Ctrl-C
+        # into an exit code the caller must notice and an empty file's EOFError into "Aborted!"
+        with interrupts.handled(), command.make_context("nsn", argv) as ctx:
+            command.invoke(ctx)
+            if interrupts.pending():  # held where it could not be raised, and no loop came by since
+                raise Interrupted("the job had finished before it could stop; its output is complete")
+    except typer.Exit as exc:  # --help, --version
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except BrokenPipeError:  # stdout closed early (nsn ... | head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Interrupted as exc:
+        _line("interrupted", str(exc))
+        return 130
+    except (KeyboardInterrupt, typer.Abort):  # Abort: Ctrl-C at a prompt (nsn asks none)
+        _line("interrupted", NOTHING_WRITTEN)
+        return 130
     except NsnError as exc:
         if state.debug:
             raise
-        _error_line(str(exc))
+        _line("error", str(exc))
         return 2
-    except KeyboardInterrupt:
-        _error_line("interrupted; completed outputs were kept, partial ones removed")
-        return 130
-    except typer.Exit as exc:
-        return int(getattr(exc, "exit_code", 0) or 0)
-    except typer.Abort:
-        _error_line("aborted")
-        return 130
-    except Exception as exc:  # usage errors of the CLI framework (bad option, missing argument)
-        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            if state.debug:
-                raise
-            ctx = getattr(exc, "ctx", None)
-            where = f"{ctx.command_path}: " if ctx is not None else ""
-            _error_line(where + exc.format_message())
-            return 2
-        raise
+    except OSError as exc:  # a write no job caught (a compiled-code cache, a temporary file)
+        if state.debug or exc.errno not in WRITE_FAILURES:
+            raise
+        _line("error", f"{_failed_write(exc)}: {write_reason(exc)}")
+        return 2
+    except MemoryError:
+        if state.debug:
+            raise
+        _line("error", "out of memory; give a smaller job (-n, --memory, fewer images)")
+        return 2
+    except Exception as exc:
+        if not _usage_error(exc) or state.debug:
+            raise
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        _line("error", where + exc.format_message())
+        return 2
     return 0
 
 
 def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+    """Console-script entry point.
+
+    After Ctrl-C the job has cleaned up and said what it kept; the process exits with status
+    130 (128 + SIGINT), what scripts, make and schedulers check for. Further Ctrl-Cs are
+    ignored from then on, so a late one cannot turn that status into a death by signal."""
+    code = run()
+    if code == 130:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -18,6 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from nsn_cli import __version__
 from nsn_cli.errors import NsnError
 
 app = typer.Typer(
@@ -44,12 +46,44 @@ class _State:
 state = _State()
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        console.print(f"nsn {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="Show the version and exit."),
 ) -> None:
     """Normal Similarity Network toolkit."""
     state.debug = debug
+
+
+def tidy_help(command):
+    """Help pages that read right: a flag shows no ``<bool>`` (it takes no value) and a list
+    argument shows ``<path>...`` rather than ``<list[Path]>``. Typer has no option for either,
+    so the built command's parameters are adjusted here, once, for every subcommand."""
+    for sub in [command, *getattr(command, "commands", {}).values()]:
+
+        def help_option(ctx, made=sub.get_help_option):  # --help is made on demand, not in params
+            option = made(ctx)
+            if option is not None:
+                option.metavar = ""
+            return option
+
+        sub.get_help_option = help_option
+        for param in sub.params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+            elif param.param_type_name == "argument" and param.metavar is None:
+                param.metavar = param.name.upper()  # the usage line reads {IMAGES}...
+                if param.nargs != 1 and hasattr(param, "display_type_rich"):
+                    single = re.sub(r"^<list\[(\w+)\]>$", lambda m: f"<{m.group(1).lower()}>", param.display_type(None))
+                    param.display_type_rich = lambda ctx, label=single: f"{label}..."
+    return command
 
 
 class LazyProgress:

@@ -9,11 +9,35 @@ import typer
 
 from nsn_cli import config
 from nsn_cli.cli._common import app, console, console_err, default_model_path, progress_bar, task_advancer
-from nsn_cli.errors import NsnError
+from nsn_cli.errors import Interrupted, NsnError
 from nsn_cli.model import DecodeParams, load_model
-from nsn_cli.sample import arithmetic, generate, interpolate, one_filter, stream_to_h5, write_images
+from nsn_cli.sample import (
+    H5_SUFFIXES,
+    arithmetic,
+    check_images_output,
+    check_room,
+    decode_bytes,
+    generate,
+    interpolate,
+    one_filter,
+    parse_arithmetic,
+    sample_shape,
+    stream_to_h5,
+    write_images,
+)
 
 _GEN = "NSN-Gen"
+#: Help of the NSN-Gen options shared by sample, style and inpaint (defaults differ).
+_GEN_HELP = {
+    "delta1": "Sharpness of softmax(delta1 * v).",
+    "delta2": "Filter noise scale (Eq. 5).",
+    "delta3": "Contrast of generated patches (paper: 1).",
+    "draws": "Multinomial draws n per position (Eq. 4); 0: their limit, the expected weights softmax(delta1 * v).",
+    "calibrate": "The raw decoder's pixels, without the model's pixel calibration.",
+    "noise_layers": "Where delta2 noise applies: all or pixel.",
+    "noise_scale": "sigma as in Eq. 5 (rms) or per dimension, sigma/sqrt(D) (dim).",
+    "seed": "Seed of NSN-Gen's random draws: the same seed gives the same images.",
+}
 
 
 def _params(delta1, delta2, delta3, draws, noise_layers, noise_scale) -> DecodeParams:
@@ -27,60 +51,76 @@ def sample_cli(
     layer: int | None = typer.Option(None, "--layer", help="Start from layer k (1..L, default L): patches of its receptive field."),
     output: str = typer.Option("samples.png", "-o", "--output", help=".png grid, .npz/.npy/.h5 arrays, or a folder/ of PNGs."),
     prior: str | None = typer.Option(None, "--prior", help="normal (paper), counts, mix, pca or knn. Default: mix where the model has top statistics, else counts."),
-    delta1: float = typer.Option(config.SAMPLE_DELTA1, "--delta1", help="Sharpness of softmax(delta1 * v).", rich_help_panel=_GEN),
-    delta2: float = typer.Option(0.0, "--delta2", help="Filter noise scale (Eq. 5).", rich_help_panel=_GEN),
-    delta3: float = typer.Option(config.SAMPLE_DELTA3, "--delta3", help="Contrast of generated patches (paper: 1).", rich_help_panel=_GEN),
-    draws: int | None = typer.Option(None, "--draws", help="Multinomial draws n per position (Eq. 4); 0: their limit, the expected weights softmax(delta1 * v). Default: 0 after the mix, pca and knn priors, else 1.", rich_help_panel=_GEN),
-    noise_layers: str = typer.Option("all", "--noise-layers", help="Where delta2 noise applies: all or pixel.", rich_help_panel=_GEN),
-    noise_scale: str = typer.Option("rms", "--noise-scale", help="sigma as in Eq. 5 (rms) or per dimension, sigma/sqrt(D) (dim).", rich_help_panel=_GEN),
+    delta1: float = typer.Option(config.SAMPLE_DELTA1, "--delta1", help=_GEN_HELP["delta1"], rich_help_panel=_GEN),
+    delta2: float = typer.Option(0.0, "--delta2", help=_GEN_HELP["delta2"], rich_help_panel=_GEN),
+    delta3: float = typer.Option(config.SAMPLE_DELTA3, "--delta3", help=_GEN_HELP["delta3"], rich_help_panel=_GEN),
+    draws: int | None = typer.Option(
+        None, "--draws", help=_GEN_HELP["draws"] + " Default: 0 after the mix, pca and knn priors, else 1.",
+        rich_help_panel=_GEN),
+    noise_layers: str = typer.Option("all", "--noise-layers", help=_GEN_HELP["noise_layers"], rich_help_panel=_GEN),
+    noise_scale: str = typer.Option("rms", "--noise-scale", help=_GEN_HELP["noise_scale"], rich_help_panel=_GEN),
+    no_calibrate: bool = typer.Option(False, "--no-calibrate", help=_GEN_HELP["calibrate"], rich_help_panel=_GEN),
     filter_index: int | None = typer.Option(None, "--filter", help="Sample from one top filter (one-hot top vector)."),
     interpolate_pair: str | None = typer.Option(None, "--interpolate", help="i:j - interpolate between top filters i and j."),
     steps: int = typer.Option(8, "--steps", help="Steps for --interpolate."),
     arithmetic_expr: str | None = typer.Option(None, "--arithmetic", help="'a+b-c' on the generated F[L-1] maps of top filters."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same images (any batch size, any thread count)."),
     grid: int | None = typer.Option(None, "--grid", help="Columns of the PNG grid."),
-    no_calibrate: bool = typer.Option(False, "--no-calibrate", help="The raw decoder's pixels, without the model's pixel calibration."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Generate images with NSN-Gen (from the top or any hidden layer)."""
-    calibrate = not no_calibrate
     params = _params(delta1, delta2, delta3, draws, noise_layers, noise_scale)
     if n < 1:
         raise NsnError(f"-n must be at least 1, got {n}")
     chosen = [o for o in (filter_index, interpolate_pair, arithmetic_expr) if o is not None]
     if len(chosen) > 1:
         raise NsnError("give at most one of --filter, --interpolate, --arithmetic")
-    model = load_model(default_model_path(str(model_path) if model_path else None))
+    model_file = default_model_path(str(model_path) if model_path else None)
+    model = load_model(model_file)
     if not model.complete:
         console_err.print(f"[yellow]note:[/] the model has {len(model.layers)} of {len(model.arch)} layers; sampling from layer {len(model.layers)}")
-    columns = grid
-    if filter_index is not None:
-        images = one_filter(model, filter_index, n, params, seed, calibrate)
-    elif interpolate_pair is not None:
+    top = len(model.layers)
+    model.check_layer(top if layer is None else layer)
+    # what will be written, checked before any image is generated
+    count, shape, held = n, sample_shape(model, top), decode_bytes(model, top)
+    if interpolate_pair is not None:
         try:
             a, b = (int(v) for v in interpolate_pair.split(":"))
         except ValueError:
             raise NsnError(f"--interpolate: '{interpolate_pair}' must be i:j with two filter numbers") from None
+        count, held = steps, 0
+    elif arithmetic_expr is not None:
+        count = (len(parse_arithmetic(arithmetic_expr)) + 1) * n
+    elif filter_index is None:
+        shape, held = sample_shape(model, top if layer is None else layer), 0  # generated batch by batch
+    streamed = not chosen and output.lower().endswith(H5_SUFFIXES)
+    check_images_output(output, force, [model_file], count)
+    check_room(output, count, shape, held, streamable=not chosen)
+    columns = grid
+    calibrate = not no_calibrate
+    if filter_index is not None:
+        images = one_filter(model, filter_index, n, params, seed, calibrate)
+    elif interpolate_pair is not None:
         images = interpolate(model, a, b, steps, params, seed, calibrate)
         columns = columns or steps
     elif arithmetic_expr is not None:
         images = arithmetic(model, arithmetic_expr, n, params, seed, calibrate)
         columns = columns or n
-    elif output.lower().endswith((".h5", ".hdf5")):
+    elif streamed:
         # big sample sets go to HDF5 batch by batch, never held whole
         with progress_bar(quiet) as progress:
             advance = task_advancer(progress, "sample")(n, 1)
             written = stream_to_h5(output, n, force, lambda sink: generate(
                 model, n, layer=layer, prior=prior, params=params, seed=seed, progress=advance, sink=sink,
-                calibrate=calibrate))
+                calibrate=calibrate), inputs=[model_file])
         console.print(f"wrote {n} samples to {written.path} ({written.kind})", highlight=False)
         return
     else:
         with progress_bar(quiet) as progress:
             images = generate(model, n, layer=layer, prior=prior, params=params, seed=seed,
                               progress=task_advancer(progress, "sample")(n, 1), calibrate=calibrate)
-    written = write_images(images, output, columns=columns, force=force)
+    written = write_images(images, output, columns=columns, force=force, inputs=[model_file])
     h, w, c = images.shape[1:]
     console.print(f"wrote {written.count} samples ({h}x{w}x{c}) to {written.path} ({written.kind})", highlight=False)
 
@@ -102,45 +142,73 @@ def _image_paths(inputs: List[Path]) -> list[Path]:
     return paths
 
 
-def _save_png(image, path: Path, force: bool) -> None:
-    from nsn_cli.sample import write_images
-
-    write_images(image[None], path, columns=1, force=force)
+def _note(text: str, quiet: bool) -> None:
+    if not quiet:
+        console_err.print(f"[yellow]note:[/] {text}", highlight=False)
 
 
 @app.command("style")
 def style_cli(
     image: Path = typer.Argument(..., help="Content image (any size for models without ZCA)."),
     model_path: Path | None = typer.Option(None, "-m", "--model", help="Model file (default $NSN_MODEL or model.h5)."),
-    output: Path = typer.Option(Path("styled.png"), "-o", "--output", help="Output: .png strip (original + variants), .npz, or folder/."),
+    output: str = typer.Option("styled.png", "-o", "--output", help="Output: .png strip (original + variants), .npz, or folder/."),
     layer: int = typer.Option(1, "--layer", help="Encode up to this layer, then decode back down."),
     variants: int = typer.Option(4, "--variants", help="How many styled versions."),
-    delta1: float = typer.Option(100.0, "--delta1", rich_help_panel=_GEN),
-    delta2: float = typer.Option(0.0, "--delta2", rich_help_panel=_GEN),
-    delta3: float = typer.Option(1.0, "--delta3", rich_help_panel=_GEN),
-    draws: int = typer.Option(1, "--draws", rich_help_panel=_GEN),
-    noise_layers: str = typer.Option("all", "--noise-layers", rich_help_panel=_GEN),
-    noise_scale: str = typer.Option("rms", "--noise-scale", rich_help_panel=_GEN),
-    seed: int = typer.Option(0, "--seed"),
-    no_calibrate: bool = typer.Option(False, "--no-calibrate", help="The raw decoder's pixels, without the model's pixel calibration."),
+    delta1: float = typer.Option(100.0, "--delta1", help=_GEN_HELP["delta1"], rich_help_panel=_GEN),
+    delta2: float = typer.Option(0.0, "--delta2", help=_GEN_HELP["delta2"], rich_help_panel=_GEN),
+    delta3: float = typer.Option(1.0, "--delta3", help=_GEN_HELP["delta3"], rich_help_panel=_GEN),
+    draws: int = typer.Option(1, "--draws", help=_GEN_HELP["draws"], rich_help_panel=_GEN),
+    noise_layers: str = typer.Option("all", "--noise-layers", help=_GEN_HELP["noise_layers"], rich_help_panel=_GEN),
+    noise_scale: str = typer.Option("rms", "--noise-scale", help=_GEN_HELP["noise_scale"], rich_help_panel=_GEN),
+    seed: int = typer.Option(0, "--seed", help=_GEN_HELP["seed"]),
+    no_calibrate: bool = typer.Option(False, "--no-calibrate", help=_GEN_HELP["calibrate"], rich_help_panel=_GEN),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No notes (cropping, channel conversion)."),
 ) -> None:
     """Restyle an image: encode to a layer, decode with NSN-Gen (paper section 4.3)."""
     import numpy as np
 
     from nsn_cli.restore import load_for_model, style
-    from nsn_cli.sample import write_images
 
     params = _params(delta1, delta2, delta3, draws, noise_layers, noise_scale)
-    model = load_model(default_model_path(str(model_path) if model_path else None))
+    if variants < 1:
+        raise NsnError(f"--variants must be at least 1, got {variants}")
+    model_file = default_model_path(str(model_path) if model_path else None)
+    model = load_model(model_file)
     model.check_layer(layer)
+    check_images_output(output, force, [image, model_file], variants + 1)
     prepared = load_for_model(image, model, layer)
     for note in prepared.notes:
-        console_err.print(f"[yellow]note:[/] {note}", highlight=False)
+        _note(note, quiet)
     styled = style(model, prepared.image, layer=layer, variants=variants, params=params, seed=seed,
                    calibrate=not no_calibrate)
-    written = write_images(np.concatenate([prepared.image[None], styled]), output, columns=variants + 1, force=force)
+    written = write_images(np.concatenate([prepared.image[None], styled]), output, columns=variants + 1, force=force,
+                           inputs=[image, model_file])
     console.print(f"wrote the original and {variants} styled version(s) to {written.path}", highlight=False)
+
+
+def inpaint_targets(output: str | None, paths: list[Path]) -> list[Path]:
+    """Where each inpainted image goes: one input to a .png file (default inpainted.png), or
+    into a folder as <name>.png (``-o`` ending in / or an existing folder; several inputs
+    always, default inpainted/, made if missing)."""
+    from nsn_cli.sample import GRID_SUFFIXES, is_folder_output
+
+    single = len(paths) == 1
+    if output is None:
+        output = "inpainted.png" if single else "inpainted/"
+    if single and not is_folder_output(output):
+        if Path(output).suffix.lower() not in GRID_SUFFIXES:
+            raise NsnError(f"-o {output}: give an image file name (.png) for one image, or a folder ending in /")
+        return [Path(output)]
+    if Path(output).suffix.lower() in GRID_SUFFIXES and not Path(output).is_dir():
+        raise NsnError(f"-o {output}: {len(paths)} images are written to a folder; give a folder name (made if missing)")
+    targets = [Path(output) / f"{path.stem}.png" for path in paths]
+    seen: dict[Path, Path] = {}
+    for path, target in zip(paths, targets):
+        if target in seen:
+            raise NsnError(f"{seen[target]} and {path} would both be written to {target}; inpaint them separately")
+        seen[target] = path
+    return targets
 
 
 @app.command("inpaint")
@@ -148,37 +216,53 @@ def inpaint_cli(
     images: List[Path] = typer.Argument(..., help="Images, or folders of images, to fill."),
     mask: Path = typer.Option(..., "--mask", help="Mask image (white = hole, black = keep), or a folder with one mask per image (sorted order)."),
     model_path: Path | None = typer.Option(None, "-m", "--model", help="Model file (default $NSN_MODEL or model.h5)."),
-    output: Path | None = typer.Option(None, "-o", "--output", help="One image: a .png (default inpainted.png); several: a folder (default inpainted/)."),
+    output: str | None = typer.Option(None, "-o", "--output", help="One image: a .png (default inpainted.png) or a folder/; several: a folder, made if missing (default inpainted/)."),
     draws: int = typer.Option(8, "--draws", help="Decodings averaged per image (8 helped on digits)."),
     rounds: int = typer.Option(1, "--rounds", help="Re-encode the filled image and fill again this many times."),
-    delta1: float = typer.Option(100.0, "--delta1", rich_help_panel=_GEN),
-    delta2: float = typer.Option(0.0, "--delta2", rich_help_panel=_GEN),
-    delta3: float = typer.Option(1.0, "--delta3", rich_help_panel=_GEN),
-    seed: int = typer.Option(0, "--seed"),
+    delta1: float = typer.Option(100.0, "--delta1", help=_GEN_HELP["delta1"], rich_help_panel=_GEN),
+    delta2: float = typer.Option(0.0, "--delta2", help=_GEN_HELP["delta2"], rich_help_panel=_GEN),
+    delta3: float = typer.Option(1.0, "--delta3", help=_GEN_HELP["delta3"], rich_help_panel=_GEN),
+    seed: int = typer.Option(0, "--seed", help=_GEN_HELP["seed"]),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display and no notes."),
 ) -> None:
     """Fill the white part of a mask in each image, conditioning NSN-Gen at every layer."""
     from nsn_cli.restore import inpaint, load_for_model, load_mask
 
     params = _params(delta1, delta2, delta3, 1, "all", "rms")
-    model = load_model(default_model_path(str(model_path) if model_path else None))
+    if draws < 1 or rounds < 1:
+        raise NsnError(f"--draws and --rounds must be at least 1, got {draws} and {rounds}")
+    model_file = default_model_path(str(model_path) if model_path else None)
+    model = load_model(model_file)
     paths = _image_paths(images)
-    masks = _image_paths([mask]) if mask.is_dir() else [mask] * len(paths)
     if not mask.exists():
         raise NsnError(f"{mask}: no such mask file or folder")
+    masks = _image_paths([mask]) if mask.is_dir() else [mask] * len(paths)
     if len(masks) != len(paths):
         raise NsnError(f"{mask}: {len(masks)} masks for {len(paths)} images (give one mask, or one per image)")
-    single = len(paths) == 1
-    target = output or (Path("inpainted.png") if single else Path("inpainted"))
-    if not single:
-        target.mkdir(parents=True, exist_ok=True)
-    for path, mask_path in zip(paths, masks):
-        prepared = load_for_model(path, model, len(model.layers))
-        hole, notes = load_mask(mask_path, prepared.original_shape)
-        hole = prepared.crop_like(hole)
-        for note in prepared.notes + notes:
-            console_err.print(f"[yellow]note:[/] {note}", highlight=False)
-        filled = inpaint(model, prepared.image, hole, draws=draws, rounds=rounds, params=params, seed=seed)
-        out = target if single else target / f"{path.stem}.png"
-        _save_png(filled, out, force)
-        console.print(f"wrote {out}", highlight=False)
+    targets = inpaint_targets(output, paths)
+    inputs = [*paths, *masks, model_file]
+    for target in targets:  # every output is checked before the first image is filled
+        # a folder still to make: where it will be made must be writable
+        check_images_output(target if target.parent.is_dir() else f"{target.parent}/", force, inputs)
+    written = 0
+    try:
+        with progress_bar(quiet or len(paths) == 1) as progress:
+            advance = task_advancer(progress, "inpaint")(len(paths), 1)
+            for path, mask_path, target in zip(paths, masks, targets):
+                prepared = load_for_model(path, model, len(model.layers))
+                hole, notes = load_mask(mask_path, prepared.original_shape)
+                hole = prepared.crop_like(hole)
+                for note in prepared.notes + notes:
+                    _note(note, quiet)
+                filled = inpaint(model, prepared.image, hole, draws=draws, rounds=rounds, params=params, seed=seed)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_images(filled[None], target, columns=1, force=force, inputs=inputs)
+                written += 1
+                advance(1)
+                console.print(f"wrote {target}", highlight=False)
+    except KeyboardInterrupt:
+        if not written:
+            raise
+        raise Interrupted(f"{written} of {len(paths)} images were written to {targets[0].parent}/ "
+                          "(each complete); the rest were not started") from None

@@ -100,7 +100,7 @@ def score_cli(
     model's patch likelihood (see nsn_cli/score/plugins.py for the definitions)."""
     options = ScoreOptions(metrics=parse_metrics(metrics), n=n, seed=seed, train=train, resize=resize)
     if json_path is not None:
-        check_output_path(json_path, force)
+        check_output_path(json_path, force, [*samples, ref, *([train] if train else [])])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedFilesWarning)  # reported from the notes instead
         with progress_bar(quiet) as progress:

@@ -58,6 +58,10 @@ class _ProgressReporter:
     def note(self, text):
         console_err.print(f"[yellow]note:[/] {text}", highlight=False)
 
+    def top_start(self, images):
+        if not self.quiet:
+            console_err.print(f"top-layer statistics of {images:,} images (for the mix, pca and knn priors)")
+
     def layer_done(self, layer, fitted):
         task = self._task(layer, len(fitted.history))
         if task is not None:
@@ -79,7 +83,7 @@ def train_cli(
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same model bits."),
     threads: int | None = typer.Option(None, "--threads", help="Numba threads (default: all cores)."),
     memory: str = typer.Option("2G", "--memory", help="Peak memory of this process, e.g. 512M, 2G (at least 352M): a layer whose patches do not fit is streamed from the data file in chunks."),
-    workers: int | None = typer.Option(None, "--workers", help="Run streamed layers on a local Dask cluster of N processes (pip install 'nsn[dask]')."),
+    workers: int | None = typer.Option(None, "--workers", help="Run streamed layers on a local Dask cluster of N processes (pip install 'nsn\\[dask]')."),
     dask: str | None = typer.Option(None, "--dask", help="Run streamed layers on the Dask scheduler at this address, e.g. tcp://host:8786."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last completed layer in the output."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),

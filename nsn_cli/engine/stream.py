@@ -43,6 +43,7 @@ from nsn_cli.engine.em import (
     sigma_new,
 )
 from nsn_cli.engine.similarity import best_filter
+from nsn_cli.errors import NsnError, write_reason
 
 #: A chunk provider: each call yields the layer's patches (m, D) float32 in a fixed order.
 ChunkSource = Callable[[], Iterable[np.ndarray]]
@@ -92,7 +93,11 @@ class LabelStore:
         self.size = size
         self.remap: np.ndarray | None = None
         self._array = np.zeros(size, dtype=np.int32) if directory is None else None
-        self._file = None if directory is None else tempfile.TemporaryFile(dir=directory, prefix="nsn-labels-")
+        self._directory = directory
+        try:  # anonymous: no name on disk, so nothing is left behind however the process ends
+            self._file = None if directory is None else tempfile.TemporaryFile(dir=directory, prefix="nsn-labels-")
+        except OSError as exc:
+            raise self._failure(exc) from None
 
     @property
     def on_disk(self) -> bool:
@@ -105,9 +110,16 @@ class LabelStore:
             self._array[start : start + labels.size] = labels
             return
         view, offset = memoryview(labels).cast("B"), 4 * start
-        while view.nbytes:  # pwrite may write less than asked
-            done = os.pwrite(self._file.fileno(), view, offset)
-            view, offset = view[done:], offset + done
+        try:
+            while view.nbytes:  # pwrite may write less than asked
+                done = os.pwrite(self._file.fileno(), view, offset)
+                view, offset = view[done:], offset + done
+        except OSError as exc:
+            raise self._failure(exc) from None
+
+    def _failure(self, exc: OSError) -> NsnError:
+        return NsnError(f"{self._directory}: cannot write the patches' labels (a temporary file there): "
+                        f"{write_reason(exc)}")
 
     def read(self, start: int, count: int) -> np.ndarray:
         """Labels of patches ``start..start + count - 1``, renumbered by :attr:`remap`."""

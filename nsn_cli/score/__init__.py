@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from nsn_cli import interrupts
 from nsn_cli.errors import NsnError
 from nsn_cli.readers import ImageSource
 from nsn_cli.score import plugins as _plugins
@@ -127,6 +128,7 @@ class Scorer:
 
         def add(images: np.ndarray) -> None:
             nonlocal seen
+            interrupts.check()  # a Ctrl-C held while numba loaded its kernels (see nsn_cli.interrupts)
             if not np.isfinite(images).all():
                 raise NsnError(f"{samples.name}: the images contain NaN or infinite values")
             chunk = Chunk(images, seen, self.judge)

@@ -23,6 +23,9 @@ from nsn_cli.sample import generate
 MIN_IMAGES = 10
 #: Relative aspect-ratio difference still matched by ``--resize``.
 ASPECT_TOLERANCE = 0.02
+#: Most samples drawn from a model: a score's spread is far below the differences it shows
+#: long before this many, and a larger -n (a typo's extra zeros) would sample for days.
+MAX_MODEL_SAMPLES = 10_000_000
 #: Images read, sampled or scored per chunk: with the metrics' fixed-size subsets it bounds
 #: the memory of scoring any number of samples.
 CHUNK = 1024
@@ -167,6 +170,9 @@ def check_input(item: NSNModel | ImageSource, matcher: Matcher, where: str, n: i
     Returns the ``--resize`` note, if any."""
     if isinstance(item, NSNModel):
         enough(n, f"{where} (-n)")
+        if n > MAX_MODEL_SAMPLES:
+            raise NsnError(f"-n {n:,}: at most {MAX_MODEL_SAMPLES:,} samples are drawn from a model ({where}); "
+                           "scores do not change beyond their spread long before that")
         return matcher.check(tuple(item.image_shape), where)
     enough(min(n, len(item)), where)
     first = item.read(0, 1)[0]

@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from nsn_cli.errors import NsnError
 from nsn_cli.files import atomic_path
 from nsn_cli.judge import EPOCHS, JUDGE_VERSION, ConvNet, fit_judge, random_judge
 from nsn_cli.score.inputs import Reference
@@ -59,6 +60,6 @@ def reference_judge(
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as temp, open(temp, "wb") as handle:
                 np.savez(handle, **judge.to_arrays())
-        except OSError:
+        except (OSError, NsnError):  # a failed write is an NsnError from atomic_path
             pass
     return judge, False
