@@ -130,6 +130,8 @@ class NSNModel:
     calibration: Calibration | None = None
     #: ``train``'s memorisation check: near-copy fractions of samples and of real images
     memorisation: dict | None = None
+    #: Values derived from the model once and reused (e.g. its decoded top members); not saved
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------ shape facts
 

@@ -31,6 +31,15 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     original_shape: tuple[int, int] = (0, 0)
     offset: tuple[int, int] = (0, 0)
+    original: np.ndarray | None = None  # set when ``image`` was resized to a ZCA model's size
+
+    def back(self, images: np.ndarray) -> np.ndarray:
+        """Outputs (n, h, w, C) at the original image's size (resized back if it was resized)."""
+        if self.original is None:
+            return images
+        from nsn_cli.prep import resize_image
+
+        return np.stack([resize_image(x, self.original_shape) for x in images])
 
     def crop_like(self, array: np.ndarray) -> np.ndarray:
         """Crop an array of the original image's size the way the image was cropped."""
@@ -62,12 +71,15 @@ def load_for_model(path: str | os.PathLike, model: NSNModel, layer: int) -> Prep
         image = to_channels(image, channels)
     image = image.astype(np.float32) / 255.0
     h, w = image.shape[:2]
-    if model.zca is not None:
-        if (h, w) != model.image_shape[:2]:
-            raise NsnError(
-                f"{path}: {h}x{w}, but this ZCA-whitened model needs {model.image_shape[0]}x{model.image_shape[1]} inputs"
-            )
-        return Prepared(image, notes, (h, w))
+    if model.zca is not None:  # whitened at one size: bring the image to it (and back, see back())
+        if (h, w) == model.image_shape[:2]:
+            return Prepared(image, notes, (h, w))
+        from nsn_cli.prep import resize_image
+
+        size = model.image_shape[:2]
+        notes.append(f"{path}: {h}x{w} brought to the ZCA model's {size[0]}x{size[1]} (Pillow LANCZOS), "
+                     "the output resized back")
+        return Prepared(resize_image(image, size), notes, (h, w), original=image)
     th, tw = reachable_size(model, h, layer), reachable_size(model, w, layer)
     if th == 0 or tw == 0:
         need = exact_input_size(model.arch[:layer])
@@ -106,6 +118,9 @@ def load_mask(path: str | os.PathLike, shape: tuple[int, int]) -> tuple[np.ndarr
     hole = raw > 0.5
     if not hole.any():
         notes.append(f"{path}: the mask has no hole (no white pixel); the image is returned unchanged")
+    elif hole.all():
+        notes.append(f"{path}: the mask covers the whole image: nothing is known, so the fill is a sample of "
+                     "the model (nsn sample)")
     return hole, notes
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Protocol
 
+import h5py
 import numba
 import numpy as np
 
@@ -378,8 +379,12 @@ def _kept(output: Path, saved: int, layers: int) -> str:
         return f"nothing was written to {output}"
     if saved < layers:
         return f"{output} keeps {saved} of {layers} completed layers; continue with the same command and --resume"
-    return (f"{output} keeps all {layers} layers but not the top-layer statistics or the pixel calibration; "
-            "finish with the same command and --resume")
+    missing = "the top-layer statistics"
+    with contextlib.suppress(OSError):  # the file is the truth: what its last checkpoint holds
+        with h5py.File(output, "r") as handle:
+            if "top" in handle:
+                missing = "the pixel calibration"
+    return f"{output} keeps all {layers} layers but not {missing}; finish with the same command and --resume"
 
 
 def _checkpoint(model: NSNModel, output: Path, saved: int) -> int:

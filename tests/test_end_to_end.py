@@ -13,19 +13,39 @@ from .conftest import DATA, FACES
 
 @pytest.mark.slow
 def test_zca_faces_train_sample_inpaint(cli, tmp_path):
+    """The README's faces workflow with default settings: a small data set, so the layers are
+    capped; samples are not copies and have the faces' contrast; a 25x25 face is filled and
+    restyled through the 28x28 ZCA model."""
+    import imageio.v3 as iio
+
     data, model = tmp_path / "faces.h5", tmp_path / "faces-model.h5"
     assert cli("prep", FACES, "--size", "28", "--zca", "-o", data, "-q")[0] == 0
-    code, _, err = cli("train", data, "--filters", "12,12,6", "--iterations", "3", "-o", model, "-q")
+    code, _, err = cli("train", data, "-o", model, "-q")
     assert code == 0, err
+    assert "refitted to" in " ".join(err.split())  # the small-data caps said what they did
     trained = NSNModel.load(model)
-    assert trained.zca is not None and [layer.filters for layer in trained.layers] != []
-    code, _, err = cli("sample", "-m", model, "-n", "4", "-o", tmp_path / "s.npz", "-q")
+    assert trained.zca is not None and trained.calibration is not None
+    assert trained.layers[-1].filters <= 80 // 8 and trained.layers[1].filters <= 80 * 36 // 64
+    assert trained.memorisation["near_copies"] <= 0.05
+    code, _, err = cli("sample", "-m", model, "-n", "200", "-o", tmp_path / "s.npz", "-q")
     assert code == 0, err
     samples = np.load(tmp_path / "s.npz")["images"]
-    assert samples.shape == (4, 28, 28, 1) and 0 <= samples.min() and samples.max() <= 1
-    # a whitened model refuses an image of another size, with one line
-    code, _, err = cli("style", DATA / "astronaut.png", "-m", model, "-o", tmp_path / "x.png")
-    assert code == 2 and "needs 28x28 inputs" in err
+    faces = np.stack([iio.imread(p) for p in sorted(FACES.glob("*.png"))]).astype(np.float32) / 255
+    assert samples.shape == (200, 28, 28, 1)
+    assert abs(samples.std() - faces.std()) < 0.15 * faces.std()  # contrast restored by calibration
+    # a 25x25 face and a rectangular hole: filled through the 28x28 model, known pixels exact
+    mask = np.zeros((25, 25), np.uint8)
+    mask[6:15, 5:17] = 255
+    iio.imwrite(tmp_path / "mask.png", mask)
+    face = sorted(FACES.glob("*.png"))[3]
+    code, _, err = cli("inpaint", face, "--mask", tmp_path / "mask.png", "-m", model, "-o", tmp_path / "f.png")
+    assert code == 0 and "25x25 brought to the model's 28x28" in " ".join(err.split()), err
+    filled, original = iio.imread(tmp_path / "f.png"), iio.imread(face)
+    assert filled.shape == (25, 25) and np.array_equal(filled[mask == 0], original[mask == 0])
+    assert not np.array_equal(filled[mask > 0], original[mask > 0])
+    code, _, err = cli("style", face, "-m", model, "--variants", "2", "-o", tmp_path / "st.png")
+    assert code == 0 and "brought to the ZCA model's 28x28" in " ".join(err.split()), err
+    assert iio.imread(tmp_path / "st.png").shape[0] == 1 + 25 + 1  # the strip, at the face's own size
 
 
 def test_rgb_texture_model_styles_a_gray_image(cli, tmp_path):

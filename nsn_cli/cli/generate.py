@@ -180,20 +180,21 @@ def style_cli(
     prepared = load_for_model(image, model, layer)
     for note in prepared.notes:
         _note(note, quiet)
-    styled = style(model, prepared.image, layer=layer, variants=variants, params=params, seed=seed,
-                   calibrate=not no_calibrate)
-    written = write_images(np.concatenate([prepared.image[None], styled]), output, columns=variants + 1, force=force,
+    styled = prepared.back(style(model, prepared.image, layer=layer, variants=variants, params=params, seed=seed,
+                                 calibrate=not no_calibrate))
+    shown = prepared.image if prepared.original is None else prepared.original
+    written = write_images(np.concatenate([shown[None], styled]), output, columns=variants + 1, force=force,
                            inputs=[image, model_file])
     console.print(f"wrote the original and {variants} styled version(s) to {written.path}", highlight=False)
 
 
-def inpaint_targets(output: str | None, paths: list[Path]) -> list[Path]:
-    """Where each inpainted image goes: one input to a .png file (default inpainted.png), or
-    into a folder as <name>.png (``-o`` ending in / or an existing folder; several inputs
-    always, default inpainted/, made if missing)."""
+def inpaint_targets(output: str | None, paths: list[Path], from_folder: bool = False) -> list[Path]:
+    """Where each inpainted image goes: one input file to a .png file (default inpainted.png), or
+    into a folder as <name>.png (``-o`` ending in / or an existing folder; several inputs or a
+    folder input always, default inpainted/, made if missing)."""
     from nsn_cli.sample import GRID_SUFFIXES, is_folder_output
 
-    single = len(paths) == 1
+    single = len(paths) == 1 and not from_folder
     if output is None:
         output = "inpainted.png" if single else "inpainted/"
     if single and not is_folder_output(output):
@@ -216,19 +217,31 @@ def inpaint_cli(
     images: List[Path] = typer.Argument(..., help="Images, or folders of images, to fill."),
     mask: Path = typer.Option(..., "--mask", help="Mask image (white = hole, black = keep), or a folder with one mask per image (sorted order)."),
     model_path: Path | None = typer.Option(None, "-m", "--model", help="Model file (default $NSN_MODEL or model.h5)."),
-    output: str | None = typer.Option(None, "-o", "--output", help="One image: a .png (default inpainted.png) or a folder/; several: a folder, made if missing (default inpainted/)."),
-    draws: int = typer.Option(8, "--draws", help="Decodings averaged per image (8 helped on digits)."),
-    rounds: int = typer.Option(1, "--rounds", help="Re-encode the filled image and fill again this many times."),
+    output: str | None = typer.Option(None, "-o", "--output", help="One image: a .png (default inpainted.png) or a folder/; several, or a folder: a folder, made if missing (default inpainted/)."),
+    method: str = typer.Option("posterior", "--method", help="posterior: the mean of decoded training members (and their mixes) weighted by how well they fit the known pixels; layers: the paper's conditioning of NSN-Gen at every layer."),
+    sample: bool = typer.Option(False, "--sample", help="posterior: one plausible fill drawn by the weights, instead of their mean (the best PSNR)."),
+    candidates: int = typer.Option(20, "--candidates", help="posterior: members (and mixes) the fill averages."),
+    pairs: int = typer.Option(10, "--pairs", help="posterior: mixes of every pair of this many nearest members join the candidates (0: none)."),
+    temperature: float = typer.Option(0.1, "--temperature", help="posterior: weights exp(-d / (2 t^2)) of the mean squared distance d on the known pixels."),
+    boundary: float = typer.Option(1.0, "--boundary", help="posterior: pixels over which the known residual fades into the hole (0: none)."),
+    draws: int = typer.Option(8, "--draws", help="layers: decodings averaged per image."),
+    rounds: int = typer.Option(1, "--rounds", help="layers: re-encode the filled image and fill again this many times."),
     delta1: float = typer.Option(100.0, "--delta1", help=_GEN_HELP["delta1"], rich_help_panel=_GEN),
     delta2: float = typer.Option(0.0, "--delta2", help=_GEN_HELP["delta2"], rich_help_panel=_GEN),
     delta3: float = typer.Option(1.0, "--delta3", help=_GEN_HELP["delta3"], rich_help_panel=_GEN),
     seed: int = typer.Option(0, "--seed", help=_GEN_HELP["seed"]),
+    no_calibrate: bool = typer.Option(False, "--no-calibrate", help=_GEN_HELP["calibrate"], rich_help_panel=_GEN),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display and no notes."),
 ) -> None:
-    """Fill the white part of a mask in each image, conditioning NSN-Gen at every layer."""
-    from nsn_cli.restore import inpaint, load_for_model, load_mask
+    """Fill the white part of a mask in each image from what the model knows about whole images
+    (see nsn_cli/inpaint.py); known pixels are kept exactly."""
+    from nsn_cli.inpaint import METHODS, InpaintOptions
 
+    if method not in METHODS:
+        raise NsnError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    options = InpaintOptions(sample=sample, seed=seed, calibrate=not no_calibrate, candidates=candidates,
+                             pairs=pairs, temperature=temperature, boundary=boundary).validate()
     params = _params(delta1, delta2, delta3, 1, "all", "rms")
     if draws < 1 or rounds < 1:
         raise NsnError(f"--draws and --rounds must be at least 1, got {draws} and {rounds}")
@@ -240,29 +253,93 @@ def inpaint_cli(
     masks = _image_paths([mask]) if mask.is_dir() else [mask] * len(paths)
     if len(masks) != len(paths):
         raise NsnError(f"{mask}: {len(masks)} masks for {len(paths)} images (give one mask, or one per image)")
-    targets = inpaint_targets(output, paths)
+    if method == "posterior" and (model.top is None or not model.complete):
+        raise NsnError(f"{model_file}: --method posterior needs a complete model with top-layer statistics; "
+                       "use --method layers")
+    targets = inpaint_targets(output, paths, from_folder=any(item.is_dir() for item in images))
     inputs = [*paths, *masks, model_file]
     for target in targets:  # every output is checked before the first image is filled
         # a folder still to make: where it will be made must be writable
         check_images_output(target if target.parent.is_dir() else f"{target.parent}/", force, inputs)
+    fill = _fill_posterior if method == "posterior" else _fill_layers
     written = 0
+
+    def write(target: Path, filled) -> None:
+        nonlocal written
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_images(filled[None], target, columns=1, force=force, inputs=inputs)
+        written += 1
+        console.print(f"wrote {target}", highlight=False)
+
     try:
         with progress_bar(quiet or len(paths) == 1) as progress:
             advance = task_advancer(progress, "inpaint")(len(paths), 1)
-            for path, mask_path, target in zip(paths, masks, targets):
-                prepared = load_for_model(path, model, len(model.layers))
-                hole, notes = load_mask(mask_path, prepared.original_shape)
-                hole = prepared.crop_like(hole)
-                for note in prepared.notes + notes:
-                    _note(note, quiet)
-                filled = inpaint(model, prepared.image, hole, draws=draws, rounds=rounds, params=params, seed=seed)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                write_images(filled[None], target, columns=1, force=force, inputs=inputs)
-                written += 1
-                advance(1)
-                console.print(f"wrote {target}", highlight=False)
+            fill(model, paths, masks, targets, write, advance, lambda text: _note(text, quiet),
+                 options=options, params=params, draws=draws, rounds=rounds)
     except KeyboardInterrupt:
         if not written:
             raise
         raise Interrupted(f"{written} of {len(paths)} images were written to {targets[0].parent}/ "
                           "(each complete); the rest were not started") from None
+
+
+def _load_pair(model, path: Path, mask_path: Path, note):
+    """An image at its own size, matched to the model's channels, in [0, 1], and its hole."""
+    from nsn_cli.prep import to_channels
+    from nsn_cli.readers import load_image
+    from nsn_cli.restore import load_mask
+
+    image = load_image(path)
+    channels = model.image_shape[2]
+    if image.shape[-1] != channels:
+        note(f"{path}: converted {'RGB to gray' if channels == 1 else 'gray to RGB'} for a "
+             f"{'gray' if channels == 1 else 'RGB'} model")
+        image = to_channels(image, channels)
+    hole, notes = load_mask(mask_path, image.shape[:2])
+    for text in notes:
+        note(text)
+    return image.astype("float32") / 255.0, hole
+
+
+def _fill_posterior(model, paths, masks, targets, write, advance, note, *, options, **_) -> None:
+    """All images brought to the model's size, filled in batches, each resized back and written."""
+    import numpy as np
+
+    from nsn_cli.inpaint import BATCH, from_model_size, inpaint_posterior, to_model_size
+
+    for a in range(0, len(paths), BATCH):
+        batch = []
+        for path, mask_path in zip(paths[a : a + BATCH], masks[a : a + BATCH]):
+            resized = to_model_size(*_load_pair(model, path, mask_path, note), model, f"{path}: ")
+            if resized.note:
+                note(resized.note)
+            batch.append(resized)
+        filled = inpaint_posterior(model, np.stack([r.image for r in batch]), np.stack([r.hole for r in batch]),
+                                   options, first=a)
+        for resized, image, target in zip(batch, filled, targets[a : a + BATCH]):
+            write(target, from_model_size(image, resized))
+            advance(1)
+
+
+def _fill_layers(model, paths, masks, targets, write, advance, note, *, params, draws, rounds, options, **_) -> None:
+    """The paper's method, image by image: any size a non-ZCA model's geometry tiles (cropped),
+    a ZCA model's size (resized there and back)."""
+    from nsn_cli.inpaint import from_model_size, to_model_size
+    from nsn_cli.restore import inpaint, load_for_model, load_mask
+
+    for path, mask_path, target in zip(paths, masks, targets):
+        if model.zca is not None:
+            resized = to_model_size(*_load_pair(model, path, mask_path, note), model, f"{path}: ")
+            if resized.note:
+                note(resized.note)
+            filled = inpaint(model, resized.image, resized.hole, draws=draws, rounds=rounds, params=params,
+                             seed=options.seed)
+            write(target, from_model_size(filled, resized))
+        else:
+            prepared = load_for_model(path, model, len(model.layers))
+            hole, notes = load_mask(mask_path, prepared.original_shape)
+            for text in prepared.notes + notes:
+                note(text)
+            write(target, inpaint(model, prepared.image, prepared.crop_like(hole), draws=draws, rounds=rounds,
+                                  params=params, seed=options.seed))
+        advance(1)

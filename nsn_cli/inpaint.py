@@ -1,0 +1,224 @@
+"""``nsn inpaint``: fill the holes of images with what the model knows about whole images.
+
+Two methods (``--method``):
+
+``posterior`` (default): the top layer of a trained NSN stores its training images' ``F[L-1]``
+maps (the members of :mod:`nsn_cli.top`); NSN-Gen decodes each member to a whole image (once per
+model, expected weights, calibrated). For an occluded image the candidates are its
+``CANDIDATES`` members nearest on the known pixels plus the decoded half-way mixes of every
+pair of its ``PAIRS`` nearest (the top density's own ``mix`` prior, aimed at this image); the
+fill is their posterior mean on the hole, with weights ``exp(-d / (2 t^2))`` of their mean
+squared distance ``d`` on the known pixels (``t = TEMPERATURE``), or with ``sample`` one
+candidate drawn by those weights (a plausible fill rather than the best in PSNR). Last, the
+residual on the known pixels is carried into the hole by biharmonic extension, faded out
+over ``BOUNDARY`` pixels from the hole's edge, so strokes and edges meet the known part.
+Held-out digits (model and exemplars on 3,500 others; hole PSNR, 300 digits): centre 10x10
+11.4 dB, four 5x5 blocks 13.9 dB, bottom half 14.0 dB, against 10.9 / 12.7 / 14.3 dB for the
+mean of the 5 training images nearest on the known pixels and 9.1 / 11.6 / 11.7 dB for the
+``layers`` method.
+
+``layers`` (the paper's section 4.3): encode the occluded image to the top, decode top-down
+and at every layer keep the encoded vectors where the hole does not reach (layer-1 positions
+at least 30% known take their masked encoding); ``draws`` decodings are averaged and
+``rounds`` re-encode the filled image and fill again (:func:`nsn_cli.restore.inpaint`).
+
+Known pixels are always kept exactly. Images of another size than the model's are brought to
+it for the ``posterior`` method (Pillow LANCZOS; a model pixel is a hole if any part of it is),
+filled, and the fill is resized back (:func:`to_model_size`, :func:`from_model_size`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from nsn_cli import interrupts
+from nsn_cli.errors import NsnError
+from nsn_cli.model import DecodeParams, NSNModel
+
+METHODS = ("posterior", "layers")
+CANDIDATES = 20
+PAIRS = 10
+TEMPERATURE = 0.1
+BOUNDARY = 1.0
+#: Images filled together: their candidate mixes are decoded in one engine call.
+BATCH = 64
+
+
+@dataclass
+class InpaintOptions:
+    """How ``posterior`` fills (see the module's docstring)."""
+
+    sample: bool = False
+    seed: int = 0
+    calibrate: bool = True
+    candidates: int = CANDIDATES
+    pairs: int = PAIRS
+    temperature: float = TEMPERATURE
+    boundary: float = BOUNDARY
+
+    def validate(self) -> InpaintOptions:
+        if self.candidates < 1:
+            raise NsnError(f"--candidates must be at least 1, got {self.candidates}")
+        if self.pairs < 0 or self.pairs == 1:
+            raise NsnError(f"--pairs must be 0 (no mixes) or at least 2, got {self.pairs}")
+        if not np.isfinite(self.temperature) or self.temperature <= 0:
+            raise NsnError(f"--temperature must be a number > 0, got {self.temperature}")
+        if not np.isfinite(self.boundary) or self.boundary < 0:
+            raise NsnError(f"--boundary must be a number >= 0, got {self.boundary}")
+        return self
+
+
+def _decode_top_maps(model: NSNModel, maps: np.ndarray, calibrate: bool) -> np.ndarray:
+    """Images (n, H, W, C) from ``F[L-1]`` maps (n, h, w, c): NSN-Gen with the expected weights
+    (deterministic) and, if asked, the model's pixel calibration."""
+    params = DecodeParams.for_sampling(draws=0)
+    return model.finish_images(model.decode(maps, len(model.layers) - 1, params, seed=0), calibrate)
+
+
+def member_images(model: NSNModel, calibrate: bool = True) -> np.ndarray:
+    """Every stored top member decoded to an image (M, H, W, C), computed once per model."""
+    cache = model.cache.setdefault("member_images", {})
+    if calibrate not in cache:
+        h, w, c = model.map_shape(len(model.layers) - 1)
+        members = model.top["members"]
+        cache[calibrate] = np.concatenate([
+            _decode_top_maps(model, members[a : a + 1024].astype(np.float32).reshape(-1, h, w, c), calibrate)
+            for a in range(0, len(members), 1024)])
+    return cache[calibrate]
+
+
+def known_distances(images: np.ndarray, known: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Mean squared distance (n, M) of each image (n, H, W, C) to each candidate (M, H, W, C)
+    over its known pixels (``known`` (n, H, W) bool), by three matrix products."""
+    n, channels = len(images), images.shape[-1]
+    k = np.repeat(known[..., None], channels, axis=-1).reshape(n, -1).astype(np.float32)
+    x = images.reshape(n, -1).astype(np.float32)
+    c = candidates.reshape(len(candidates), -1).astype(np.float32)
+    d = k @ (c * c).T - 2.0 * (k * x) @ c.T + np.sum(k * x * x, axis=1, keepdims=True)
+    return np.maximum(d, 0.0) / np.maximum(k.sum(axis=1, keepdims=True), 1.0)
+
+
+def _nearest(d: np.ndarray, count: int) -> np.ndarray:
+    """Indices (n, count) of each row's ``count`` smallest values, smallest first."""
+    count = min(count, d.shape[1])
+    part = np.argpartition(d, count - 1, axis=1)[:, :count]
+    return np.take_along_axis(part, np.argsort(np.take_along_axis(d, part, axis=1), axis=1, kind="stable"), axis=1)
+
+
+def boundary_correction(residual: np.ndarray, hole: np.ndarray, width: float) -> np.ndarray:
+    """The known-pixel ``residual`` (H, W, C) (image minus fill) carried into ``hole`` (H, W):
+    its biharmonic extension (scikit-image), faded as ``exp(-(distance - 1) / width)`` with
+    the distance in pixels from the nearest known pixel. Zero everywhere when ``width`` is 0."""
+    if width <= 0 or not hole.any() or hole.all():
+        return np.zeros_like(residual)
+    from scipy.ndimage import distance_transform_edt
+    from skimage.restoration import inpaint_biharmonic
+
+    fade = np.exp(-(distance_transform_edt(hole) - 1.0) / width)
+    extended = inpaint_biharmonic(np.where(hole[..., None], 0.0, residual), hole, channel_axis=-1)
+    return (extended * fade[..., None]).astype(np.float32)
+
+
+def _posterior_batch(model: NSNModel, images: np.ndarray, holes: np.ndarray, first: int,
+                     options: InpaintOptions) -> np.ndarray:
+    """Fills (n, H, W, C) for one batch of images; ``first`` is the index of its first image."""
+    decoded = member_images(model, options.calibrate)
+    known = ~holes
+    nearest = _nearest(known_distances(images, known, decoded), max(options.candidates, options.pairs))
+    h, w, c = model.map_shape(len(model.layers) - 1)
+    pairs = np.transpose(np.triu_indices(min(options.pairs, nearest.shape[1]), 1))
+    mixes = np.empty((len(images), len(pairs), *decoded.shape[1:]), dtype=np.float32)
+    if len(pairs):
+        members = model.top["members"]
+        a, b = nearest[:, pairs[:, 0]], nearest[:, pairs[:, 1]]
+        maps = 0.5 * (members[a.ravel()].astype(np.float32) + members[b.ravel()].astype(np.float32))
+        mixes = _decode_top_maps(model, maps.reshape(-1, h, w, c), options.calibrate).reshape(mixes.shape)
+    out = np.empty_like(images)
+    for i in range(len(images)):
+        if not known[i].any():  # nothing known: the posterior is the prior, so this is sampling
+            from nsn_cli.sample import generate
+
+            out[i] = generate(model, 1, seed=options.seed, first=first + i, calibrate=options.calibrate)[0]
+            continue
+        pool = np.concatenate([decoded[nearest[i, : options.candidates]], mixes[i]])
+        d = known_distances(images[i : i + 1], known[i : i + 1], pool)[0]
+        best = _nearest(d[None], options.candidates)[0]
+        logits = -(d[best] - d[best[0]]) / (2.0 * options.temperature**2)
+        weights = np.exp(logits) / np.exp(logits).sum()
+        if options.sample:
+            pick = np.random.default_rng([options.seed, first + i]).choice(len(best), p=weights)
+            fill = pool[best[pick]]
+        else:
+            fill = np.tensordot(weights, pool[best], axes=1).astype(np.float32)
+        fill = fill + boundary_correction(images[i] - fill, holes[i], options.boundary)
+        out[i] = np.where(holes[i][..., None], np.clip(fill, 0.0, 1.0), images[i])
+    return out
+
+
+def inpaint_posterior(
+    model: NSNModel, images: np.ndarray, holes: np.ndarray, options: InpaintOptions | None = None,
+    progress: Callable[[int], None] | None = None, first: int = 0,
+) -> np.ndarray:
+    """Fill ``holes`` (n, H, W) bool of ``images`` (n, H, W, C) in [0, 1] of the model's size
+    by the ``posterior`` method, in batches of :data:`BATCH`; known pixels are kept exactly.
+    An image with no known pixel gets a sample of the model. ``first``: the index of the first
+    image (``sample`` draws and samples are seeded by ``(seed, index)``)."""
+    options = (options or InpaintOptions()).validate()
+    if not model.complete or model.top is None:
+        raise NsnError("the posterior fill needs a complete model with top-layer statistics "
+                       "(trained by this nsn); use --method layers")
+    if images.shape[1:] != tuple(model.image_shape) or holes.shape != images.shape[:3]:
+        raise NsnError(f"images {images.shape[1:]} and holes {holes.shape[1:]} must be the model's "
+                       f"{tuple(model.image_shape)} (see to_model_size)")
+    images = np.asarray(images, dtype=np.float32)
+    out = np.empty_like(images)
+    for a in range(0, len(images), BATCH):
+        interrupts.check()
+        out[a : a + BATCH] = _posterior_batch(model, images[a : a + BATCH], holes[a : a + BATCH], first + a, options)
+        if progress is not None:
+            progress(len(out[a : a + BATCH]))
+    return out
+
+
+# --------------------------------------------------------------------------- other sizes
+
+
+@dataclass
+class Resized:
+    """An image brought to the model's size (``image``, ``hole``), and how to go back."""
+
+    image: np.ndarray
+    hole: np.ndarray
+    original: np.ndarray
+    original_hole: np.ndarray
+    note: str | None = None
+
+
+def to_model_size(image: np.ndarray, hole: np.ndarray, model: NSNModel, where: str = "") -> Resized:
+    """``image`` (H, W, C) in [0, 1] and its ``hole`` (H, W) at the model's size: resized with
+    Pillow's LANCZOS, a model pixel a hole when any part of it is (a box average above 0)."""
+    from nsn_cli.prep import resize_image
+
+    height, width = model.image_shape[:2]
+    if image.shape[:2] == (height, width):
+        return Resized(image, hole, image, hole)
+    from PIL import Image
+
+    small = resize_image(image.astype(np.float32), (height, width))
+    box = np.asarray(Image.fromarray(hole.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BOX))
+    note = (f"{where}{image.shape[0]}x{image.shape[1]} brought to the model's {height}x{width} to fill, "
+            "the fill resized back; known pixels kept exactly")
+    return Resized(small, box > 1e-6, image, hole, note)
+
+
+def from_model_size(filled: np.ndarray, resized: Resized) -> np.ndarray:
+    """The fill at the original size: resized back, pasted into the hole, known pixels exact."""
+    from nsn_cli.prep import resize_image
+
+    if filled.shape == resized.original.shape:
+        return filled
+    back = resize_image(filled.astype(np.float32), resized.original.shape[:2])
+    return np.where(resized.original_hole[..., None], back, resized.original).astype(np.float32)
