@@ -8,7 +8,7 @@ OUT    := out
 STAMP  := $(VENV)/.installed-test
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: install demo test test-fast bench bench-quality bench-scale judge lint clean mnist faces figures score
+.PHONY: install demo test test-fast bench bench-quality bench-inpaint bench-scale judge lint clean mnist faces figures score
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ judge: $(BENCH_STAMP)
 
 bench-quality: $(BENCH_STAMP)
 	$(BIN)/python bench/bench_quality.py
+
+## bench-inpaint: hole PSNR of nsn against exemplar fill, biharmonic, OpenCV and the mean image, digits and faces (bench/results/inpaint.json)
+bench-inpaint: $(BENCH_STAMP)
+	$(BIN)/python bench/bench_inpaint.py
 
 ## bench-scale: train on 1x, 4x, 16x synthetic digits under --memory, locally and on 2 Dask workers (bench/results/scale.json)
 bench-scale: $(BENCH_STAMP) $(OUT)/scale/digits-1x.h5 $(OUT)/scale/digits-4x.h5 $(OUT)/scale/digits-16x.h5

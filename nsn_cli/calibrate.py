@@ -192,18 +192,18 @@ def calibrate_model(model, data_path, *, samples: int = FIT_SAMPLES,
     sampling defaults (default prior, :meth:`~nsn_cli.model.DecodeParams.for_sampling`) and the
     calibration's own seed, raw pixels (de-whitened for ZCA models, before any clipping)."""
     from nsn_cli.model import DecodeParams
-    from nsn_cli.sample import default_prior, generate
+    from nsn_cli.sample import DENSITY_PRIORS, default_prior, generate
 
     if not model.complete:
         raise NsnError(f"calibration needs a complete model ({len(model.layers)} of {len(model.arch)} layers trained)")
     height, width, channels = model.image_shape
     prior = default_prior(model, len(model.layers))
-    params = DecodeParams.for_sampling()
+    params = DecodeParams.for_sampling().resolved(density_prior=prior in DENSITY_PRIORS)
     chunks, count = data_pixel_chunks(data_path)
 
     def generate_raw(first: int, n: int) -> np.ndarray:
         return generate(model, n, prior=prior, params=params, seed=FIT_SEED, first=first, raw=True)
 
-    sampler = {"prior": prior, **{k: getattr(params, k) for k in ("delta1", "delta2", "delta3", "draws")}}
+    sampler = {"prior": prior, **{k: getattr(params, k) for k in ("delta1", "delta2", "delta3", "draws", "pixel_draws")}}
     return fit_calibration(generate_raw, chunks, count, channels, height * width, samples=samples,
                            sampler=sampler, progress=progress)

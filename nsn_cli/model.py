@@ -70,10 +70,13 @@ class Layer:
 class DecodeParams:
     """NSN-Gen hyper-parameters (paper section 4.2; defaults from SPEC.md).
 
-    draws: the paper's multinomial draws n per position; 0 is their limit for many draws, the
-    expected weights (deterministic given the maps); None: 0 after a top-density prior (mix,
-    pca, knn: the randomness is the prior's) and 1 elsewhere (one-hot and normal top vectors,
-    style: the multinomial is then what makes samples differ), see :meth:`resolved`."""
+    draws: the paper's multinomial draws n per position in the hidden layers; 0 is their limit
+    for many draws, the expected weights (deterministic given the maps). pixel_draws: the same
+    at layer 1, the step that writes pixels (None: as ``draws``). ``draws = None``: after a
+    top-density prior (mix, pca, knn: its randomness makes samples differ) the expected
+    weights in the hidden layers and one draw at the pixels; elsewhere (one-hot and normal top
+    vectors, style) one draw everywhere, the multinomial then being what makes samples differ;
+    see :meth:`resolved` and config.SAMPLE_DRAWS."""
 
     delta1: float = 100.0
     delta2: float = 0.0
@@ -81,6 +84,7 @@ class DecodeParams:
     draws: int | None = 1
     noise_layers: str = "all"
     noise_scale: str = "rms"
+    pixel_draws: int | None = None
 
     @classmethod
     def for_sampling(cls, **overrides) -> DecodeParams:
@@ -90,13 +94,18 @@ class DecodeParams:
         return cls(**{"delta1": config.SAMPLE_DELTA1, "delta3": config.SAMPLE_DELTA3, "draws": None, **overrides})
 
     def resolved(self, density_prior: bool = False) -> DecodeParams:
-        """``draws = None`` made concrete: :data:`config.SAMPLE_DRAWS` after a top-density
-        prior, else 1."""
-        if self.draws is not None:
-            return self
+        """``draws = None`` made concrete (see the class), ``pixel_draws = None`` too."""
         from nsn_cli import config
 
-        return replace(self, draws=config.SAMPLE_DRAWS if density_prior else 1)
+        if self.draws is None:
+            hidden, pixel = config.SAMPLE_DRAWS if density_prior else (1, 1)
+            return replace(self, draws=hidden, pixel_draws=pixel if self.pixel_draws is None else self.pixel_draws)
+        return self if self.pixel_draws is not None else replace(self, pixel_draws=self.draws)
+
+    def draws_at(self, layer: int) -> int:
+        """The draws of the step that decodes layer ``layer`` (1 writes the pixels)."""
+        resolved = self.resolved()
+        return resolved.pixel_draws if layer == 1 else resolved.draws
 
     def validate(self) -> DecodeParams:
         if not np.isfinite(self.delta1) or self.delta1 < 0:
@@ -105,8 +114,10 @@ class DecodeParams:
             raise NsnError(f"--delta2 must be a finite number >= 0, got {self.delta2}")
         if not np.isfinite(self.delta3) or self.delta3 <= 0:
             raise NsnError(f"--delta3 must be a finite number > 0, got {self.delta3}")
-        if self.draws is not None and self.draws < 0:
-            raise NsnError(f"--draws must be at least 0 (0: the expected weights), got {self.draws}")
+        for name in ("draws", "pixel_draws"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise NsnError(f"--{name.replace('_', '-')} must be at least 0 (0: the expected weights), got {value}")
         if self.noise_layers not in NOISE_LAYERS:
             raise NsnError(f"--noise-layers must be one of {', '.join(NOISE_LAYERS)}, got {self.noise_layers!r}")
         if self.noise_scale not in NOISE_SCALES:
@@ -204,13 +215,12 @@ class NSNModel:
     ) -> np.ndarray:
         """One NSN-Gen step: ``F[layer-1]`` (N, H, W, C_in) from ``F[layer]`` (N, h, w, K)."""
         spec = self.layers[layer - 1]
-        params = params.resolved()
         noisy = params.noise_layers == "all" or layer == 1
         scale = 1.0 if params.noise_scale == "rms" else 1.0 / np.sqrt(spec.flat_mu.shape[1])
         return decode_maps(
             maps, spec.flat_mu, spec.sigma * scale, patch=spec.shape.patch, stride=spec.shape.stride,
             channels=spec.in_channels, delta1=params.delta1, delta2=params.delta2 if noisy else 0.0,
-            delta3=params.delta3, draws=params.draws, seed=seed, first_sample=first_sample, stream=stream,
+            delta3=params.delta3, draws=params.draws_at(layer), seed=seed, first_sample=first_sample, stream=stream,
         )
 
     def decode(

@@ -40,8 +40,8 @@ _GEN_HELP = {
 }
 
 
-def _params(delta1, delta2, delta3, draws, noise_layers, noise_scale) -> DecodeParams:
-    return DecodeParams(delta1, delta2, delta3, draws, noise_layers, noise_scale).validate()
+def _params(delta1, delta2, delta3, draws, noise_layers, noise_scale, pixel_draws=None) -> DecodeParams:
+    return DecodeParams(delta1, delta2, delta3, draws, noise_layers, noise_scale, pixel_draws).validate()
 
 
 @app.command("sample")
@@ -55,7 +55,10 @@ def sample_cli(
     delta2: float = typer.Option(0.0, "--delta2", help=_GEN_HELP["delta2"], rich_help_panel=_GEN),
     delta3: float = typer.Option(config.SAMPLE_DELTA3, "--delta3", help=_GEN_HELP["delta3"], rich_help_panel=_GEN),
     draws: int | None = typer.Option(
-        None, "--draws", help=_GEN_HELP["draws"] + " Default: 0 after the mix, pca and knn priors, else 1.",
+        None, "--draws", help=_GEN_HELP["draws"] + " Default: after the mix, pca and knn priors 0 in the hidden "
+        "layers and 1 at the pixels, else 1.", rich_help_panel=_GEN),
+    pixel_draws: int | None = typer.Option(
+        None, "--pixel-draws", help="Draws at layer 1, the step that writes pixels (default: as --draws).",
         rich_help_panel=_GEN),
     noise_layers: str = typer.Option("all", "--noise-layers", help=_GEN_HELP["noise_layers"], rich_help_panel=_GEN),
     noise_scale: str = typer.Option("rms", "--noise-scale", help=_GEN_HELP["noise_scale"], rich_help_panel=_GEN),
@@ -70,7 +73,7 @@ def sample_cli(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Generate images with NSN-Gen (from the top or any hidden layer)."""
-    params = _params(delta1, delta2, delta3, draws, noise_layers, noise_scale)
+    params = _params(delta1, delta2, delta3, draws, noise_layers, noise_scale, pixel_draws)
     if n < 1:
         raise NsnError(f"-n must be at least 1, got {n}")
     chosen = [o for o in (filter_index, interpolate_pair, arithmetic_expr) if o is not None]
