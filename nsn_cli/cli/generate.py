@@ -55,8 +55,8 @@ def sample_cli(
     delta2: float = typer.Option(0.0, "--delta2", help=_GEN_HELP["delta2"], rich_help_panel=_GEN),
     delta3: float = typer.Option(config.SAMPLE_DELTA3, "--delta3", help=_GEN_HELP["delta3"], rich_help_panel=_GEN),
     draws: int | None = typer.Option(
-        None, "--draws", help=_GEN_HELP["draws"] + " Default: after the mix, pca and knn priors 0 in the hidden "
-        "layers and 1 at the pixels, else 1.", rich_help_panel=_GEN),
+        None, "--draws", help=_GEN_HELP["draws"] + " Default: 0 after the mix, pca and knn priors, else 1.",
+        rich_help_panel=_GEN),
     pixel_draws: int | None = typer.Option(
         None, "--pixel-draws", help="Draws at layer 1, the step that writes pixels (default: as --draws).",
         rich_help_panel=_GEN),
