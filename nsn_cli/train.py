@@ -84,6 +84,9 @@ class TrainReporter(Protocol):
 
     def layer_done(self, layer: int, fitted: Layer) -> None: ...
 
+    def step(self, name: str, done: int, total: int) -> None:
+        """Progress of a step outside the layers' EM (the top-layer statistics)."""
+
 
 class _Silent:
     def layer_start(self, *args) -> None: ...
@@ -93,6 +96,8 @@ class _Silent:
     def probe(self, *args) -> None: ...
 
     def layer_done(self, *args) -> None: ...
+
+    def step(self, *args) -> None: ...
 
 
 @dataclass
@@ -283,7 +288,8 @@ def train(
                 else:
                     maps = None
         if model.top is None:
-            model.top = _top_stats(data_path, model, sizes, n, maps, memory, options.seed)
+            model.top = _top_stats(data_path, model, sizes, n, maps, memory, options.seed,
+                                   lambda done, total: reporter.step(TOP_STEP, done, total))
             model.save(output)
     finally:
         stack.close()
@@ -291,21 +297,26 @@ def train(
     return model
 
 
+#: The name :meth:`TrainReporter.step` reports the top-layer statistics under.
+TOP_STEP = "top statistics"
+
+
 def _top_stats(data_path, model: NSNModel, sizes, n: int, maps: np.ndarray | None, memory: int | None,
-               seed: int) -> dict:
+               seed: int, progress) -> dict:
     """The top density's statistics of F[L-1] of every image: from ``maps`` if they are in
-    memory, else encoded chunk by chunk from the file, with as many members as fit."""
+    memory, else encoded chunk by chunk from the file, with as many members as fit.
+    progress(done, total) as :func:`~nsn_cli.top.compute_top_stats` calls it."""
     top = model.layers[-1]
     below = len(model.layers) - 1
     if maps is not None:
-        return compute_top_stats([maps], n, top.flat_mu, top.sigma, seed)
+        return compute_top_stats([maps], n, top.flat_mu, top.sigma, seed, progress=progress)
     dims = top.flat_mu.shape[1]
     limit = MAX_MEMBERS
     while memory is not None and limit > 256 and top_stats_bytes(n, dims, limit) > memory // 2:
         limit //= 2  # only under budgets too small for the usual 4,096 members
     chunk = _image_chunk(None if memory is None else memory - top_stats_bytes(n, dims, limit), model, sizes, below)
     return compute_top_stats(_encoded_chunks(data_path, model, below, chunk), n, top.flat_mu, top.sigma, seed,
-                             max_members=limit)
+                             max_members=limit, progress=progress)
 
 
 def _layer_bytes(arch, sizes, n: int, in_channels: int, options: TrainOptions, index: int) -> int:
@@ -458,12 +469,13 @@ def _fit(index: int, options: TrainOptions, reporter: TrainReporter, *, patches:
     def on_fit(alpha: float, count: float) -> None:
         reporter.probe(index, alpha, count)
 
-    common = {"iterations": options.iterations, "seed": seed, "max_filters": options.max_filters}
+    common = {"iterations": options.iterations, "seed": seed, "max_filters": options.max_filters,
+              "on_iteration": on_iteration}
     try:
         if patches is not None and options.targets is not None:
             return fit_layer_to_count(patches, options.targets[index - 1], on_fit=on_fit, **common)
         if patches is not None:
-            return fit_layer(patches, options.alphas[index - 1], on_iteration=on_iteration, **common)
+            return fit_layer(patches, options.alphas[index - 1], **common)
         if client is not None:
             from nsn_cli.dask_backend import dask_runner
 
@@ -471,7 +483,7 @@ def _fit(index: int, options: TrainOptions, reporter: TrainReporter, *, patches:
         common["label_dir"] = label_dir
         if options.targets is not None:
             return fit_layer_stream_to_count(source, n_patches, options.targets[index - 1], on_fit=on_fit, **common)
-        return fit_layer_stream(source, n_patches, options.alphas[index - 1], on_iteration=on_iteration, **common)
+        return fit_layer_stream(source, n_patches, options.alphas[index - 1], **common)
     except FilterCapError as exc:
         raise NsnError(
             f"layer {index} grew to {exc.filters} filters, past --max-filters {exc.cap}; "

@@ -14,12 +14,16 @@ from nsn_cli.train import TrainOptions, parse_memory, train, working_memory
 
 
 class _ProgressReporter:
-    """Draws one progress bar per layer: filters, created, changed and seconds per iteration."""
+    """Draws one progress bar per layer (filters, created, changed and seconds per iteration;
+    while --filters searches alpha, the iterations of the probe under way) and one per step
+    after the layers (the top-layer statistics)."""
 
     def __init__(self, progress, quiet: bool):
         self.progress = progress
         self.quiet = quiet
         self.tasks: dict[int, int] = {}
+        self.probes: dict[int, int] = {}
+        self.steps: dict[str, int] = {}
 
     def layer_start(self, layer, layers, patches, dims, resumed):
         if self.quiet:
@@ -39,13 +43,23 @@ class _ProgressReporter:
     def iteration(self, layer, iteration, iterations, stats):
         task = self._task(layer, iterations)
         if task is not None:
-            self.progress.update(task, completed=iteration + 1, status=(
-                f"filters {stats.filters}  created {stats.created}  changed {stats.changed:,}  {stats.seconds:.2f} s/it"))
+            probe = f"alpha probe {self.probes[layer] + 1}: " if layer in self.probes else ""
+            self.progress.update(task, total=iterations, completed=iteration + 1, status=(
+                f"{probe}filters {stats.filters}  created {stats.created}  changed {stats.changed:,}  "
+                f"{stats.seconds:.2f} s/it"))
 
     def probe(self, layer, alpha, count):
+        self.probes[layer] = self.probes.get(layer, 0) + 1
         task = self._task(layer, None)
         if task is not None:
-            self.progress.update(task, status=f"alpha {alpha:.3f} -> {count} filters")
+            self.progress.update(task, status=f"alpha probe {self.probes[layer]}: alpha {alpha:.3f} -> {count} filters")
+
+    def step(self, name, done, total):
+        if self.progress is None:
+            return
+        if name not in self.steps:
+            self.steps[name] = self.progress.add_task(name, total=total)
+        self.progress.update(self.steps[name], total=total, completed=done)
 
     def layer_done(self, layer, fitted):
         task = self._task(layer, len(fitted.history))

@@ -27,6 +27,7 @@ from numba import njit, prange
 
 from nsn_cli.config import JIT, JIT_PARALLEL, SIGMA_FLOOR_DIVISOR
 from nsn_cli.engine.similarity import best_filter, row_norms
+from nsn_cli.engine.threads import single_blas
 from nsn_cli.errors import NsnError
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
@@ -207,6 +208,7 @@ class StepStats:
     seconds: float
 
 
+@single_blas  # the creation pass's products too: same bits whatever OpenBLAS's thread count
 def em_step(
     patches: np.ndarray,
     mu: np.ndarray,
@@ -357,17 +359,20 @@ def fit_layer_to_count(
     tolerance: float = 0.05,
     max_fits: int = 14,
     on_fit: Callable[[float, int], None] | None = None,
+    on_iteration: Callable[[int, StepStats], None] | None = None,
 ) -> LayerFit:
     """Find ``alpha`` whose fit has about ``target`` filters (within ``tolerance``).
 
     Searches the creation radius ``sigma_new(alpha)`` on a log scale: bisection bracketed by
     the patch spread, refined by interpolating log(count) against log(radius). Each probe is a
-    full :func:`fit_layer` with the same seed; the closest one is returned.
+    full :func:`fit_layer` with the same seed; the closest one is returned. on_fit(alpha,
+    count) follows every probe, on_iteration every EM iteration of a probe.
     """
     patches = np.ascontiguousarray(patches, dtype=np.float32)
     return search_count(
         patches[:: max(1, patches.shape[0] // COUNT_SAMPLE)], target,
-        lambda alpha: fit_layer(patches, alpha, iterations=iterations, seed=seed, max_filters=max_filters),
+        lambda alpha: fit_layer(patches, alpha, iterations=iterations, seed=seed, max_filters=max_filters,
+                                on_iteration=on_iteration),
         max_filters=max_filters, tolerance=tolerance, max_fits=max_fits, on_fit=on_fit,
     )
 

@@ -43,6 +43,7 @@ from nsn_cli.engine.em import (
     sigma_new,
 )
 from nsn_cli.engine.similarity import best_filter
+from nsn_cli.engine.threads import single_blas
 
 #: A chunk provider: each call yields the layer's patches (m, D) float32 in a fixed order.
 ChunkSource = Callable[[], Iterable[np.ndarray]]
@@ -144,6 +145,7 @@ def local_runner(chunks: ChunkSource) -> EStepRunner:
     return run
 
 
+@single_blas  # the creation pass's products too: same bits whatever OpenBLAS's thread count
 def stream_step(
     run: EStepRunner,
     n_patches: int,
@@ -274,6 +276,7 @@ def fit_layer_stream_to_count(
     seed: int,
     max_filters: int,
     on_fit: Callable[[float, int], None] | None = None,
+    on_iteration: Callable[[int, StepStats], None] | None = None,
     runner: EStepRunner | None = None,
     label_dir: str | os.PathLike | None = None,
 ) -> LayerFit:
@@ -281,6 +284,7 @@ def fit_layer_stream_to_count(
     return search_count(
         spread_sample(chunks, n_patches), target,
         lambda alpha: fit_layer_stream(chunks, n_patches, alpha, iterations=iterations, seed=seed,
-                                       max_filters=max_filters, runner=runner, label_dir=label_dir),
+                                       max_filters=max_filters, runner=runner, label_dir=label_dir,
+                                       on_iteration=on_iteration),
         max_filters=max_filters, on_fit=on_fit,
     )
