@@ -149,7 +149,7 @@ class NSNModel:
         for a in range(0, n, chunk):
             b = min(n, a + chunk)
             patches = extract_patches(maps[a:b], spec.shape.patch, spec.shape.stride)
-            out[a:b] = similarity(patches, spec.flat_mu, spec.sigma, self.activation).reshape(b - a, h, w, -1)
+            similarity(patches, spec.flat_mu, spec.sigma, self.activation, out=out[a:b].reshape(-1, spec.filters))
         return out
 
     def prepare_images(self, images: np.ndarray) -> np.ndarray:

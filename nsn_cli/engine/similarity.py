@@ -201,15 +201,21 @@ def activation_code(kind: str) -> int:
 
 
 @single_blas
-def similarity(patches: np.ndarray, mu: np.ndarray, sigma: np.ndarray, activation: str | None = None) -> np.ndarray:
+def similarity(patches: np.ndarray, mu: np.ndarray, sigma: np.ndarray, activation: str | None = None,
+               out: np.ndarray | None = None) -> np.ndarray:
     """Sim of every patch (n, D) to every filter (K, D): array (n, K) float32.
 
     With ``activation`` (``sigmoid`` or ``relative``) the layer's output instead of raw Sim.
+    out: a C-contiguous float32 (n, K) array to write into (say, a slice of a map array).
     """
     patches = np.ascontiguousarray(patches, dtype=np.float32)
     mu_t, mm, lognorm, inv = _prepared(mu, sigma)
     code = -1 if activation is None else activation_code(activation)
-    out = np.empty((patches.shape[0], mm.shape[0]), dtype=np.float32)
+    shape = (patches.shape[0], mm.shape[0])
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
     _sims_blocks(patches, mu_t, mm, lognorm, inv, code, out)
     return out
 
