@@ -273,8 +273,6 @@ class NSNModel:
             top = None
             if "top" in handle:
                 top = {k: handle["top"][k][()] for k in handle["top"]}
-                if "members" in top:  # stored as float16 (half the file), used as float32
-                    top["members_f32"] = top["members"].astype(np.float32)
             model = cls(
                 arch=arch, image_shape=image_shape, activation=activation, layers=layers,
                 zca=Zca.read(handle, where), config=config, source=str(handle.attrs.get("source", "")),

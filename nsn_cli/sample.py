@@ -27,8 +27,10 @@ from nsn_cli.model import DecodeParams, NSNModel
 PRIORS = ("normal", "counts", "mix", "pca", "knn")
 #: Random streams: separate for the prior draw and the decoding of each layer.
 PRIOR_STREAM = 1 << 20
-#: Samples decoded per batch; the same seed gives the same images whatever this is.
-BATCH = 4096
+#: Samples decoded per batch; the same seed gives the same images whatever this is. Small
+#: enough that a batch's maps stay in cache and their buffers are reused from the heap, not
+#: mapped afresh (one-thread CPU for 8,192 samples: 1.6 s at 256, 2.1 s at 4,096).
+BATCH = 256
 
 
 def _one_hot(index: np.ndarray, width: int) -> np.ndarray:
@@ -251,6 +253,30 @@ def write_images(images: np.ndarray, output: str | os.PathLike, *, columns: int 
         else:
             raise NsnError(f"{output}: unknown output kind; use .png, .npz, .npy, .h5, or a folder ending in /")
     return Written(output, kind, len(images))
+
+
+def stream_to_npy(output: str | os.PathLike, n: int, force: bool, generate_into: Callable) -> Written:
+    """Write ``n`` samples to a ``.npy`` file batch by batch (atomic): the array is never
+    held whole in memory, and each batch is written while it is still in cache.
+
+    ``generate_into(sink)`` must call ``sink(first_index, images)`` for consecutive batches."""
+    from numpy.lib.format import open_memmap
+
+    from nsn_cli.files import atomic_path, check_output_path
+
+    output = check_output_path(output, force)
+    with atomic_path(output) as temp:
+        state: dict = {}
+
+        def sink(first: int, images: np.ndarray) -> None:
+            if "data" not in state:
+                state["data"] = open_memmap(temp, mode="w+", dtype=np.float32, shape=(n,) + images.shape[1:])
+            state["data"][first : first + len(images)] = images
+
+        generate_into(sink)
+        state["data"].flush()
+        del state["data"]  # unmapped before the rename
+    return Written(output, "array (npy)", n)
 
 
 def stream_to_h5(output: str | os.PathLike, n: int, force: bool, generate_into: Callable) -> Written:

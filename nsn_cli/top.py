@@ -258,6 +258,17 @@ def _pick_filters(counts: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum(np.searchsorted(cdf / cdf[-1], u, side="right"), counts.size - 1)
 
 
+def members_f32(top: dict) -> np.ndarray:
+    """The stored float16 members as float32 (M, D), converted once and kept in ``top``
+    (under ``members_f32``, which files never store)."""
+    if "members_f32" not in top:
+        members = np.ascontiguousarray(top["members"], dtype=np.float16)
+        out = np.empty(members.shape, dtype=np.float32)
+        _half_to_float(members.view(np.uint16).reshape(members.shape[0], -1), out.reshape(members.shape[0], -1))
+        top["members_f32"] = out
+    return top["members_f32"]
+
+
 def sample_top_maps(model, prior: str, seed: int, first: int, count: int) -> np.ndarray:
     """F[L-1] maps (count, h, w, C) drawn from the stored top statistics."""
     top = model.top
@@ -288,12 +299,12 @@ def sample_top_maps(model, prior: str, seed: int, first: int, count: int) -> np.
         second_slot = (np.minimum((u[:, 1] * size).astype(np.int64), size - 1) + offset) % np.maximum(size, 1)
         second_pick = order[starts[filters] + second_slot]
         t = MIX_LOW + (1 - 2 * MIX_LOW) * u[:, 2]
-        members = top.setdefault("members_f32", top["members"].astype(np.float32))
+        members = members_f32(top)
         maps = np.empty((count, members.shape[1]), dtype=np.float32)
         _mix(members, first_pick, second_pick, t, maps)
         return maps.reshape(count, h, w, c)
     if prior == "knn":
-        members = top.setdefault("members_f32", top["members"].astype(np.float32))
+        members = members_f32(top)
         if "member_neighbours" not in top:  # files written before knn existed
             top["member_neighbours"] = nearest_members(members)
         neighbours = top["member_neighbours"]

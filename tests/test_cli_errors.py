@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 
 import numpy as np
 import pytest
@@ -122,3 +123,20 @@ def test_damaged_image_chunks_are_one_line(cli, tmp_path, mnist_small):
                  ("train", path, "-o", tmp_path / "m.h5", "--memory", "360M", "-q")):
         code, _, err = cli(*argv)
         assert code == 2 and "damaged.h5: /images cannot be read" in _one_line(err), (argv, err)
+
+
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_the_command_line_waits_passively_unless_told_otherwise(monkeypatch, capsys, preset):
+    """`nsn` sets OpenMP's waiting policy for its own process (numba's threads would spin
+    between parallel loops), keeping one the user set."""
+    from nsn_cli.cli import main
+
+    if preset is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", preset)
+    monkeypatch.setattr("sys.argv", ["nsn", "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 0 and "Normal Similarity Network" in capsys.readouterr().out
+    assert os.environ["OMP_WAIT_POLICY"] == (preset or "PASSIVE")

@@ -287,3 +287,17 @@ def test_streamed_h5_output_equals_in_memory(tmp_path, tiny_model):
     stream_to_h5(tmp_path / "big.h5", 700, False,
                  lambda sink: generate(model, 700, seed=6, batch=128, sink=sink))
     assert np.array_equal(load_images(tmp_path / "big.h5")[0], expected)
+
+
+def test_streamed_npy_output_equals_in_memory(cli, tmp_path, tiny_model):
+    """`sample -o x.npy` writes batch by batch into the file; the array is the in-memory one,
+    and a second run without --force leaves the file alone."""
+    path, model = tiny_model
+    expected = generate(model, 700, seed=6, batch=4096)
+    code, out, _ = cli("sample", "-m", path, "-n", 700, "--seed", 6, "-o", tmp_path / "big.npy", "-q")
+    assert code == 0 and "700 samples" in out
+    assert np.array_equal(np.load(tmp_path / "big.npy"), expected)
+    assert not list(tmp_path.glob(".*.tmp"))
+    code, _, err = cli("sample", "-m", path, "-n", 5, "-o", tmp_path / "big.npy", "-q")
+    assert code == 2 and "already exists" in err
+    assert np.array_equal(np.load(tmp_path / "big.npy"), expected)

@@ -11,7 +11,7 @@ from nsn_cli import config
 from nsn_cli.cli._common import app, console, console_err, default_model_path, progress_bar, task_advancer
 from nsn_cli.errors import NsnError
 from nsn_cli.model import DecodeParams, load_model
-from nsn_cli.sample import arithmetic, generate, interpolate, one_filter, stream_to_h5, write_images
+from nsn_cli.sample import arithmetic, generate, interpolate, one_filter, stream_to_h5, stream_to_npy, write_images
 
 _GEN = "NSN-Gen"
 
@@ -65,11 +65,12 @@ def sample_cli(
     elif arithmetic_expr is not None:
         images = arithmetic(model, arithmetic_expr, n, params, seed)
         columns = columns or n
-    elif output.lower().endswith((".h5", ".hdf5")):
-        # big sample sets go to HDF5 batch by batch, never held whole
+    elif output.lower().endswith((".h5", ".hdf5", ".npy")):
+        # arrays go to the file batch by batch, never held whole
+        stream = stream_to_npy if output.lower().endswith(".npy") else stream_to_h5
         with progress_bar(quiet) as progress:
             advance = task_advancer(progress, "sample")(n, 1)
-            written = stream_to_h5(output, n, force, lambda sink: generate(
+            written = stream(output, n, force, lambda sink: generate(
                 model, n, layer=layer, prior=prior, params=params, seed=seed, progress=advance, sink=sink))
         console.print(f"wrote {n} samples to {written.path} ({written.kind})", highlight=False)
         return
