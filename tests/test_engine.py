@@ -6,10 +6,11 @@ import math
 import re
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
-from nsn_cli.engine.em import creation_pass, em_step, fit_layer, m_step, sigma_new
+from nsn_cli.engine.em import creation_pass, em_step, fit_layer, m_step, moments, sigma_new
 from nsn_cli.engine.generate import decode_patches, normal_draws, uniform_draws
 from nsn_cli.engine.geometry import check_reaches_one, map_sizes, parse_arch
 from nsn_cli.engine.patches import extract_patches, stitch_patches
@@ -142,14 +143,27 @@ def test_sigma_new_is_the_alpha_radius():
     assert ref.sim(edge, mu, s) == pytest.approx(alpha)
 
 
-def test_m_step(rng):
-    x = rng.random((200, 6), dtype=np.float32)
-    labels = rng.integers(0, 5, size=200)
+@pytest.mark.parametrize("n, dims", [(200, 6), (9000, 6), (300, 70)])  # chunks of rows; filter by filter
+def test_m_step(rng, n, dims):
+    x = rng.random((n, dims), dtype=np.float32)
+    labels = rng.integers(0, 5, size=n)
     labels[labels == 3] = 4  # filter 3 left empty
     mu, rms, counts = m_step(x, labels, 5)
     ref_mu, ref_rms, ref_counts = ref.m_step(x, labels, 5)
     assert np.array_equal(counts, ref_counts)
     assert np.allclose(mu, ref_mu, atol=1e-6) and np.allclose(rms, ref_rms, atol=1e-6)
+    # rows labelled K are left out (the streamed E-step's candidates)
+    skipped = labels.copy()
+    skipped[::3] = 5
+    sums, squares, kept = moments(x, skipped, 5)
+    keep = skipped < 5
+    assert np.array_equal(kept, np.bincount(labels[keep], minlength=5))
+    assert np.allclose(sums, [x[keep & (labels == k)].sum(axis=0, dtype=np.float64) for k in range(5)])
+    numba.set_num_threads(1)
+    try:
+        assert all(np.array_equal(a, b) for a, b in zip(moments(x, skipped, 5), (sums, squares, kept)))
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
 
 
 def _total_sim(x, mu, sigma, labels):

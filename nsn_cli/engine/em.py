@@ -11,8 +11,8 @@ One iteration (:func:`em_step`):
    product, those to filters made inside the block a short sequential kernel. This gives the
    same filters and labels as the fully sequential rule.
 3. M-step, Eq. 2-3: ``mu = mean``, ``sigma = sqrt(mean ||x - mu||^2)`` floored at
-   ``sigma_floor``; empty filters are dropped. Sums run per filter over its patches in index
-   order (parallel over filters), so the bits do not depend on the thread count.
+   ``sigma_floor``; empty filters are dropped. Sums run over fixed chunks of rows merged in
+   order (:func:`moments`), so the bits do not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ def _chunk_moments(patches, labels, bounds, sums, squares, counts):
     for c in prange(bounds.shape[0] - 1):
         for i in range(bounds[c], bounds[c + 1]):
             k = labels[i]
+            if k >= counts.shape[1]:  # not counted (a candidate, summed with its new filter)
+                continue
             counts[c, k] += 1
             total = 0.0
             for d in range(dims):
@@ -157,11 +159,14 @@ def creation_pass(
 
 def moments(patches: np.ndarray, labels: np.ndarray, n_filters: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-filter sums (K, D), squared-norm sums (K,) (float64) and counts (K,) of ``patches``
-    (n, D) under hard ``labels`` (n,) in 0..n_filters-1.
+    (n, D) under hard ``labels`` (n,) in 0..n_filters-1; rows labelled n_filters are left out.
 
     Sums run in float64 over fixed chunks of rows (from n and K only), merged in chunk order.
+    (Summing filter by filter, rows in label order, needs no merge but took 1.8x the CPU time
+    on layers 2 and 3: rows read out of order.)
     """
     patches = np.ascontiguousarray(patches, dtype=np.float32)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
     n, dims = patches.shape
     per_chunk = 8 * n_filters * (dims + 2)
     chunks = int(max(1, min(64, n // 4096, _M_STEP_BUDGET // max(per_chunk, 1))))
@@ -169,7 +174,7 @@ def moments(patches: np.ndarray, labels: np.ndarray, n_filters: int) -> tuple[np
     sums = np.zeros((chunks, n_filters, dims))
     squares = np.zeros((chunks, n_filters))
     counts = np.zeros((chunks, n_filters), dtype=np.int64)
-    _chunk_moments(patches, np.ascontiguousarray(labels, dtype=np.int64), bounds, sums, squares, counts)
+    _chunk_moments(patches, labels, bounds, sums, squares, counts)
     total, sq, count = sums[0], squares[0], counts[0]
     for c in range(1, chunks):  # fixed order
         total = total + sums[c]

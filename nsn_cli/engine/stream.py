@@ -73,10 +73,9 @@ def chunk_estep(chunk: np.ndarray, mu: np.ndarray, sigma: np.ndarray, alpha: flo
         rows = rows[np.random.default_rng([seed, index]).permutation(rows.size)]
     else:
         rows = np.empty(0, dtype=np.int64)
-    labels[rows] = k  # an extra bin, dropped: candidates are summed with their new filters
-    sums, squares, counts = moments(chunk, labels, k + 1)
-    return ChunkEStep(chunk.shape[0], labels, float(np.sum(best)), sums[:k], squares[:k], counts[:k],
-                      rows, chunk[rows])
+    labels[rows] = k  # left out of the sums: candidates are summed with their new filters
+    sums, squares, counts = moments(chunk, labels, k)
+    return ChunkEStep(chunk.shape[0], labels, float(np.sum(best)), sums, squares, counts, rows, chunk[rows])
 
 
 class LabelStore:
