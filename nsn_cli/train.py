@@ -439,16 +439,21 @@ class LayerPatches:
     def read(self, dataset, a: int, b: int) -> np.ndarray:
         """The patches of images a..b-1 of the open ``dataset`` (None when ``maps`` are held)."""
         maps = self.maps[a:b] if self.maps is not None else _encode(_read_chunk(dataset, a, b), self.model, self.below)
+        return self.cut(maps, a, b)
+
+    def cut(self, maps: np.ndarray, a: int, b: int) -> np.ndarray:
+        """The patches of images a..b-1 from their maps F[below] (b - a, h, w, C)."""
         if self.image_idx is None:
             return extract_patches(maps, self.patch, self.stride)
         lo, hi = np.searchsorted(self.image_idx, [a, b])
         return extract_patches(maps, self.patch, self.stride, self.image_idx[lo:hi] - a, self.position[lo:hi])
 
-    def load(self, a: int, b: int) -> np.ndarray:
-        """:meth:`read` on the data file (what a remote worker does)."""
+    def load_maps(self, a: int, b: int) -> np.ndarray:
+        """F[below] of images a..b-1, read and encoded from the data file (what a remote
+        worker does; the same bits :meth:`read` cuts its patches from)."""
         return_freed_chunks_to_os()
         with open_dataset(self.path) as dataset:
-            return self.read(dataset, a, b)
+            return _encode(_read_chunk(dataset, a, b), self.model, self.below)
 
     def __call__(self):
         with contextlib.nullcontext() if self.maps is not None else open_dataset(self.path) as dataset:
