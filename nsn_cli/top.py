@@ -47,8 +47,8 @@ MIX_LOW = 0.2
 NEIGHBOURS = 3
 #: Rows per block of the neighbour search (each thread converts two blocks to float32).
 NEIGHBOUR_BLOCK = 128
-#: Row blocks per call of the neighbour kernel, between progress reports.
-NEIGHBOUR_BLOCKS_PER_CALL = 8
+#: Block pairs per call of the neighbour kernel, between progress reports.
+NEIGHBOUR_PAIRS_PER_CALL = 64
 PRIOR_STREAM = 1 << 21
 
 
@@ -62,10 +62,12 @@ def top_members(n: int, seed: int, limit: int = MAX_MEMBERS) -> np.ndarray:
 def top_stats_bytes(n: int, dims: int, limit: int = MAX_MEMBERS) -> int:
     """Memory :func:`compute_top_stats` needs besides one chunk of maps: the float16 members,
     the per-filter sums, and the neighbour search's float32 blocks (two per thread, for as
-    many threads as numba may start, so the figure does not depend on ``--threads``)."""
+    many threads as numba may start, so the figure does not depend on ``--threads``) and
+    candidates (k per member per block)."""
     members = min(n, limit)
     per_thread = 4 * NEIGHBOUR_BLOCK * (2 * dims + NEIGHBOUR_BLOCK)
-    return 2 * members * dims + numba.config.NUMBA_NUM_THREADS * per_thread + (8 << 20)
+    candidates = 16 * NEIGHBOURS * -(-members // NEIGHBOUR_BLOCK) ** 2 * NEIGHBOUR_BLOCK
+    return 2 * members * dims + numba.config.NUMBA_NUM_THREADS * per_thread + candidates + (8 << 20)
 
 
 @single_blas
@@ -196,30 +198,48 @@ def _insert(top_d2, top_index, d2, index):
 
 
 @njit(**JIT_PARALLEL)
-def _nearest_blocks(bits, norms, first, last, block, out):
-    """OUT out[rows of blocks first..last-1] (k): each member's k nearest other members by
-    squared distance ``||a||^2 + ||b||^2 - 2 a.b``, row blocks in parallel, each against every
-    column block in order (single-threaded BLAS products of float32 blocks)."""
+def _pair_candidates(bits, norms, block, pairs, first, last, lanes, top_d2, top_index):
+    """For block pairs pairs[first:last] (a <= c): the squared distances
+    ``||x||^2 + ||y||^2 - 2 x.y`` of rows of block a to rows of block c, from one
+    single-threaded BLAS product, give OUT top_d2, top_index[a, c] (k nearest in block c of
+    each row of block a) and, for a < c, [c, a] (the same, from the other side), in place of
+    a second product: the distance matrix is symmetric. ``lanes`` parallel lanes take every
+    lanes-th pair, each with its float32 blocks allocated once (a fresh 2 MB block per pair
+    is a fresh mapping, page faults and all, under train's malloc setting); every pair writes
+    its own slots, so the lanes do not change the result."""
     m, dims = bits.shape
-    k = out.shape[1]
-    for row_block in prange(first, last):
-        a = row_block * block
-        b = min(m, a + block)
-        rows = np.empty((b - a, dims), dtype=np.float32)
-        _half_to_float(bits[a:b], rows)
+    for lane in prange(lanes):
+        rows = np.empty((block, dims), dtype=np.float32)
         cols = np.empty((block, dims), dtype=np.float32)
-        top_d2 = np.full((b - a, k), np.inf)
-        top_index = np.zeros((b - a, k), dtype=np.int64)
-        for c in range(0, m, block):
-            e = min(m, c + block)
-            _half_to_float(bits[c:e], cols[: e - c])
-            dots = np.dot(rows, cols[: e - c].T)
-            for i in range(b - a):
-                for j in range(e - c):
-                    if c + j != a + i:
-                        d2 = norms[a + i] + norms[c + j] - 2.0 * dots[i, j]
-                        _insert(top_d2[i], top_index[i], d2, c + j)
-        out[a:b] = top_index
+        for p in range(first + lane, last, lanes):
+            a, c = pairs[p, 0], pairs[p, 1]
+            a0, a1 = a * block, min(m, (a + 1) * block)
+            c0, c1 = c * block, min(m, (c + 1) * block)
+            _half_to_float(bits[a0:a1], rows[: a1 - a0])
+            _half_to_float(bits[c0:c1], cols[: c1 - c0])
+            dots = np.dot(rows[: a1 - a0], cols[: c1 - c0].T)
+            for i in range(a1 - a0):
+                for j in range(c1 - c0):
+                    if a0 + i != c0 + j:
+                        d2 = norms[a0 + i] + norms[c0 + j] - 2.0 * dots[i, j]
+                        _insert(top_d2[a, c, i], top_index[a, c, i], d2, c0 + j)
+                        if a != c:
+                            _insert(top_d2[c, a, j], top_index[c, a, j], d2, a0 + i)
+
+
+@njit(**JIT_PARALLEL)
+def _merge_candidates(top_d2, top_index, m, block, out):
+    """OUT out (m, k): each row's k nearest, merged from its candidates block by block in
+    block order (so equal distances keep the lower index first)."""
+    blocks, k = top_d2.shape[0], out.shape[1]
+    for a in prange(blocks):
+        for i in range(min(block, m - a * block)):
+            best_d2 = np.full(k, np.inf)
+            best_index = np.zeros(k, dtype=np.int64)
+            for c in range(blocks):
+                for t in range(k):
+                    _insert(best_d2, best_index, top_d2[a, c, i, t], top_index[a, c, i, t])
+            out[a * block + i] = best_index
 
 
 @single_blas
@@ -229,8 +249,10 @@ def nearest_members(members: np.ndarray, k: int = NEIGHBOURS, block: int = NEIGH
     the lower index.
 
     members: (M, D) float16 (as stored); converted to float32 a block at a time, so they are
-    never held in float32 whole (77 MB at 4,096 members of 4,680 dims). progress: called with
-    the rows done after every group of row blocks."""
+    never held in float32 whole (77 MB at 4,096 members of 4,680 dims). Each pair of blocks
+    is multiplied once (the distances are symmetric), pairs in parallel; each row keeps its k
+    nearest per block, merged at the end. progress: called with a count of rows done (in
+    proportion to the pairs done) after every group of pairs."""
     members = np.ascontiguousarray(members, dtype=np.float16)
     m = len(members)
     k = min(k, m - 1)
@@ -243,13 +265,18 @@ def nearest_members(members: np.ndarray, k: int = NEIGHBOURS, block: int = NEIGH
         part = rows[: min(block, m - a)]
         _half_to_float(bits[a : a + block], part)
         norms[a : a + block] = np.einsum("nd,nd->n", part, part, dtype=np.float64)
-    out = np.empty((m, k), dtype=np.int64)
     blocks = -(-m // block)
-    for first in range(0, blocks, NEIGHBOUR_BLOCKS_PER_CALL):
-        last = min(blocks, first + NEIGHBOUR_BLOCKS_PER_CALL)
-        _nearest_blocks(bits, norms, first, last, block, out)
+    pairs = np.array([(a, c) for a in range(blocks) for c in range(a, blocks)], dtype=np.int64)
+    top_d2 = np.full((blocks, blocks, block, k), np.inf)
+    top_index = np.zeros((blocks, blocks, block, k), dtype=np.int64)
+    step = NEIGHBOUR_PAIRS_PER_CALL
+    for first in range(0, len(pairs), step):
+        last = min(len(pairs), first + step)
+        _pair_candidates(bits, norms, block, pairs, first, last, numba.get_num_threads(), top_d2, top_index)
         if progress is not None:
-            progress(min(m, last * block))
+            progress(m * last // len(pairs))
+    out = np.empty((m, k), dtype=np.int64)
+    _merge_candidates(top_d2, top_index, m, block, out)
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -45,27 +46,27 @@ def _sim(xx, dot, mm, lognorm, inv_two_var):
 
 #: Independent running maxima in :func:`best_of_row` (a single running max is one long
 #: dependency chain; eight let the compiler and the CPU overlap them).
-_LANES = 8
+_MAXIMA = 8
 
 
 @njit(**JIT)
-def best_of_row(xx, dots, mm, lognorm, inv_two_var, sims, lanes):
+def best_of_row(xx, dots, mm, lognorm, inv_two_var, sims, maxima):
     """(argmax_j Sim, its value) for one patch from its dots (K,); ties go to the lowest j.
-    sims (K,) and lanes (_LANES,) are scratch. The maximum is exact whatever the order it is
-    taken in, and the argmax is the first j holding it, so this equals a plain scan."""
+    sims (K,) and maxima (_MAXIMA,) are scratch. The maximum is exact whatever the order it
+    is taken in, and the argmax is the first j holding it, so this equals a plain scan."""
     k = dots.shape[0]
     for j in range(k):
         sims[j] = _sim(xx, dots[j], mm[j], lognorm[j], inv_two_var[j])
-    for lane in range(_LANES):
-        lanes[lane] = -np.inf
+    for t in range(_MAXIMA):
+        maxima[t] = -np.inf
     j = 0
-    while j + _LANES <= k:
-        for lane in range(_LANES):
-            lanes[lane] = max(lanes[lane], sims[j + lane])
-        j += _LANES
+    while j + _MAXIMA <= k:
+        for t in range(_MAXIMA):
+            maxima[t] = max(maxima[t], sims[j + t])
+        j += _MAXIMA
     top = -np.inf
-    for lane in range(_LANES):
-        top = max(top, lanes[lane])
+    for t in range(_MAXIMA):
+        top = max(top, maxima[t])
     for t in range(j, k):
         top = max(top, sims[t])
     for j in range(k):
@@ -75,44 +76,49 @@ def best_of_row(xx, dots, mm, lognorm, inv_two_var, sims, lanes):
 
 
 @njit(**JIT_PARALLEL)
-def _best_blocks(x, mu_t, norms, mm, lognorm, inv_two_var, labels, best):
+def _best_blocks(x, mu_t, norms, mm, lognorm, inv_two_var, lanes, labels, best):
     """IN mu_t (D, >= K) the K filters transposed (zero-padded); OUT labels (n), best (n):
-    argmax_j Sim and its value. One block of BLOCK_ROWS rows per thread at a time, its dots
-    one single-threaded BLAS product; blocks come from n alone, so the bits do not depend on
-    the thread count."""
+    argmax_j Sim and its value. Blocks of BLOCK_ROWS rows, each one single-threaded BLAS
+    product; ``lanes`` parallel lanes take every lanes-th block with their buffers allocated
+    once (train's malloc setting maps every buffer over 256 kB afresh). Blocks come from n
+    alone, so the bits depend on neither the lanes nor the threads."""
     n = x.shape[0]
     k = mm.shape[0]
-    for block in prange((n + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        a = block * BLOCK_ROWS
-        b = min(n, a + BLOCK_ROWS)
-        dots = np.empty((b - a, mu_t.shape[1]), dtype=np.float32)
+    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    for lane in prange(lanes):
+        dots = np.empty((BLOCK_ROWS, mu_t.shape[1]), dtype=np.float32)
         sims = np.empty(k)
-        lanes = np.empty(_LANES)
-        np.dot(x[a:b], mu_t, dots)
-        for i in range(a, b):
-            labels[i], best[i] = best_of_row(norms[i], dots[i - a, :k], mm, lognorm, inv_two_var, sims, lanes)
+        maxima = np.empty(_MAXIMA)
+        for block in range(lane, blocks, lanes):
+            a = block * BLOCK_ROWS
+            b = min(n, a + BLOCK_ROWS)
+            np.dot(x[a:b], mu_t, dots[: b - a])
+            for i in range(a, b):
+                labels[i], best[i] = best_of_row(norms[i], dots[i - a, :k], mm, lognorm, inv_two_var, sims, maxima)
 
 
 @njit(**JIT_PARALLEL)
-def _sims_blocks(x, mu_t, mm, lognorm, inv_two_var, kind, out):
+def _sims_blocks(x, mu_t, mm, lognorm, inv_two_var, kind, lanes, out):
     """OUT out (n, K) float32 = Sim of every patch to every filter, then the activation
     ``kind`` (-1: none, else as in _activate_row); blocked as _best_blocks."""
     n = x.shape[0]
     k = mm.shape[0]
-    for block in prange((n + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        a = block * BLOCK_ROWS
-        b = min(n, a + BLOCK_ROWS)
-        dots = np.empty((b - a, mu_t.shape[1]), dtype=np.float32)
-        np.dot(x[a:b], mu_t, dots)
-        for i in range(a, b):
-            xx = 0.0
-            for t in range(x.shape[1]):
-                v = np.float64(x[i, t])
-                xx += v * v
-            for j in range(k):
-                out[i, j] = _sim(xx, dots[i - a, j], mm[j], lognorm[j], inv_two_var[j])
-            if kind >= 0:
-                _activate_row(out[i], kind, out[i])
+    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    for lane in prange(lanes):
+        dots = np.empty((BLOCK_ROWS, mu_t.shape[1]), dtype=np.float32)
+        for block in range(lane, blocks, lanes):
+            a = block * BLOCK_ROWS
+            b = min(n, a + BLOCK_ROWS)
+            np.dot(x[a:b], mu_t, dots[: b - a])
+            for i in range(a, b):
+                xx = 0.0
+                for t in range(x.shape[1]):
+                    v = np.float64(x[i, t])
+                    xx += v * v
+                for j in range(k):
+                    out[i, j] = _sim(xx, dots[i - a, j], mm[j], lognorm[j], inv_two_var[j])
+                if kind >= 0:
+                    _activate_row(out[i], kind, out[i])
 
 
 @njit(**JIT)
@@ -190,7 +196,7 @@ def best_filter(
     labels = np.empty(n, dtype=np.int64)
     best = np.empty(n, dtype=np.float64)
     norms = row_norms(patches) if norms is None else norms
-    _best_blocks(patches, mu_t, norms, mm, lognorm, inv, labels, best)
+    _best_blocks(patches, mu_t, norms, mm, lognorm, inv, numba.get_num_threads(), labels, best)
     return labels, best
 
 
@@ -216,7 +222,7 @@ def similarity(patches: np.ndarray, mu: np.ndarray, sigma: np.ndarray, activatio
         out = np.empty(shape, dtype=np.float32)
     elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
-    _sims_blocks(patches, mu_t, mm, lognorm, inv, code, out)
+    _sims_blocks(patches, mu_t, mm, lognorm, inv, code, numba.get_num_threads(), out)
     return out
 
 
