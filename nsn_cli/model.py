@@ -21,6 +21,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
@@ -135,8 +136,10 @@ class NSNModel:
 
     # ------------------------------------------------------------------ up
 
-    def encode_layer(self, maps: np.ndarray, layer: int, chunk: int = 256) -> np.ndarray:
-        """``F[layer]`` from ``F[layer-1]`` (N, H, W, C_in): (N, h, w, K) float32, in chunks."""
+    def encode_layer(self, maps: np.ndarray, layer: int, chunk: int = 256,
+                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """``F[layer]`` from ``F[layer-1]`` (N, H, W, C_in): (N, h, w, K) float32, in chunks;
+        ``progress(done, N)`` after each."""
         spec = self.layers[layer - 1]
         n, height, width, channels = maps.shape
         if channels != spec.in_channels:
@@ -150,6 +153,8 @@ class NSNModel:
             b = min(n, a + chunk)
             patches = extract_patches(maps[a:b], spec.shape.patch, spec.shape.stride)
             similarity(patches, spec.flat_mu, spec.sigma, self.activation, out=out[a:b].reshape(-1, spec.filters))
+            if progress is not None:
+                progress(b, n)
         return out
 
     def prepare_images(self, images: np.ndarray) -> np.ndarray:

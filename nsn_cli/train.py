@@ -244,12 +244,12 @@ def train(
                 in_channels = channels if index == 1 else model.layers[index - 2].filters
                 dims = shape.patch * shape.patch * in_channels
                 if memory is None or _layer_bytes(arch, sizes, n, in_channels, options, index) <= memory:
+                    reporter.layer_start(index, len(arch), n_patches, dims, False)  # before the patches are cut
                     if maps is None:  # the chunks' maps share the budget with the whole F[index - 1] being filled
                         in_h, in_w = sizes[index - 1]
                         chunk = _image_chunk(memory - 4 * n * in_h * in_w * in_channels, model, sizes, index - 1)
                         maps = _encoded_maps(data_path, model, index - 1, chunk)
                     patches = extract_patches(maps, shape.patch, shape.stride, image_idx, position)
-                    reporter.layer_start(index, len(arch), patches.shape[0], patches.shape[1], False)
                     started = time.perf_counter()
                     fitted = _fit(index, options, reporter, patches=patches)
                     del patches
@@ -284,21 +284,25 @@ def train(
             if index < len(arch) and maps is not None:
                 out_bytes = 4 * n * h * w * model.layers[index - 1].filters
                 if memory is None or 2 * maps.nbytes + out_bytes <= memory:
-                    maps = model.encode_layer(maps, index)
+                    maps = model.encode_layer(maps, index, progress=functools.partial(
+                        reporter.step, f"encoding with layer {index}"))
                 else:
                     maps = None
         if model.top is None:
             model.top = _top_stats(data_path, model, sizes, n, maps, memory, options.seed,
-                                   lambda done, total: reporter.step(TOP_STEP, done, total))
+                                   functools.partial(reporter.step, TOP_STEP))
+            reporter.step(SAVE_STEP, 0, 1)  # a second or two of compression
             model.save(output)
+            reporter.step(SAVE_STEP, 1, 1)
     finally:
         stack.close()
         numba.set_num_threads(previous_threads)
     return model
 
 
-#: The name :meth:`TrainReporter.step` reports the top-layer statistics under.
+#: The names :meth:`TrainReporter.step` reports the top-layer statistics and the final save under.
 TOP_STEP = "top statistics"
+SAVE_STEP = "saving the model"
 
 
 def _top_stats(data_path, model: NSNModel, sizes, n: int, maps: np.ndarray | None, memory: int | None,

@@ -148,3 +148,39 @@ def test_thread_count_does_not_change_the_bits(tmp_path, mnist_small):
     one = train(mnist_small, tmp_path / "t1.h5", TrainOptions(iterations=3, seed=2), threads=1)
     two = train(mnist_small, tmp_path / "t2.h5", TrainOptions(iterations=3, seed=2), threads=2)
     assert _same_model(one, two)
+
+
+def test_every_long_step_reports_progress(tmp_path, mnist_small):
+    """The alpha search reports every EM iteration of every probe; encoding between layers,
+    the top statistics and the final save report as steps, each ending complete."""
+    from nsn_cli.train import SAVE_STEP, TOP_STEP
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def __getattr__(self, name):
+            return lambda *args: self.calls.append((name, *args))
+
+    recorder = Recorder()
+    train(mnist_small, tmp_path / "m.h5", TrainOptions(targets=[20, 8, 4], iterations=2, seed=1), reporter=recorder)
+    names = [call[0] for call in recorder.calls if call[0] in ("iteration", "probe") and call[1] == 1]
+    assert names.count("probe") >= 2
+    probes = "".join("p" if name == "probe" else "i" for name in names)
+    assert "ip" in probes  # a probe's iterations show before the probe ends
+    steps = {}
+    for call in recorder.calls:
+        if call[0] == "step":
+            steps.setdefault(call[1], []).append(call[2:])
+    assert set(steps) == {"encoding with layer 1", "encoding with layer 2", TOP_STEP, SAVE_STEP}
+    for name, reports in steps.items():
+        done, total = reports[-1]
+        assert done == total and len(reports) >= 2, name
+    assert steps[TOP_STEP][-1] == (1200, 1200)  # 600 images, then 600 members searched
+
+
+def test_train_command_shows_its_steps(cli, tmp_path, mnist_small):
+    code, _, err = cli("train", mnist_small, "-o", tmp_path / "m.h5", "--iterations", "2")
+    assert code == 0
+    for name in ("layer 1", "encoding with layer 1", "top statistics", "saving the model"):
+        assert name in err, name

@@ -18,9 +18,10 @@ class _ProgressReporter:
     while --filters searches alpha, the iterations of the probe under way) and one per step
     after the layers (the top-layer statistics)."""
 
-    def __init__(self, progress, quiet: bool):
+    def __init__(self, progress, quiet: bool, iterations: int):
         self.progress = progress
         self.quiet = quiet
+        self.iterations = iterations
         self.tasks: dict[int, int] = {}
         self.probes: dict[int, int] = {}
         self.steps: dict[str, int] = {}
@@ -32,6 +33,7 @@ class _ProgressReporter:
             console_err.print(f"layer {layer}/{layers}: kept from the checkpoint (--resume)")
             return
         console_err.print(f"layer {layer}/{layers}: {patches:,} patches of {dims} dims")
+        self._task(layer, self.iterations)  # on screen, its clock running, before the first iteration ends
 
     def _task(self, layer, total):
         if self.progress is None:
@@ -97,7 +99,7 @@ def train_cli(
     )
     with progress_bar(quiet or as_json) as progress:
         model = train(data, output, options, resume=resume, force=force, threads=threads,
-                      reporter=_ProgressReporter(progress, quiet or as_json), memory=budget,
+                      reporter=_ProgressReporter(progress, quiet or as_json, iterations), memory=budget,
                       workers=workers, dask_address=dask)
     rows = [
         {"layer": i, "patch": str(layer.shape), "filters": layer.filters,
