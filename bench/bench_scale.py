@@ -37,10 +37,11 @@ DATA = ROOT / "out" / "scale"
 SCALES = (1, 4, 16)
 POLL_SECONDS = 0.2
 MB = 1 << 20
-# The child runs the CLI in-process, then prints its own peak RSS: VmHWM is exact (a poller
-# can miss a short peak) and covers the train process alone, not the Dask processes it starts.
+# The child runs the CLI in-process as the nsn command does (configure_process, run), then
+# prints its own peak RSS: VmHWM is exact (a poller can miss a short peak) and covers the
+# train process alone, not the Dask processes it starts.
 CHILD = (
-    "import sys; from nsn_cli.cli import run; code = run(sys.argv[1:]); "
+    "import sys; from nsn_cli.cli import configure_process, run; configure_process(); code = run(sys.argv[1:]); "
     "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))); sys.exit(code)"
 )
 

@@ -27,6 +27,7 @@ import contextlib
 import uuid
 from typing import Iterator
 
+import numba
 import numpy as np
 
 from nsn_cli.engine.stream import ChunkEStep, EStepRunner, chunk_estep
@@ -64,8 +65,12 @@ def dask_client(workers: int | None = None, address: str | None = None) -> Itera
                 with contextlib.suppress(Exception):
                     client.run(_forget_maps)
         return
-    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    # numba would start a thread per core in every worker (Dask limits OpenMP and BLAS, not
+    # numba): the workers share the cores instead
+    threads = str(max(1, numba.config.NUMBA_NUM_THREADS // workers))
+    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  env={"NUMBA_NUM_THREADS": threads}) as cluster, \
+            distributed.Client(cluster) as client:
         yield client
 
 

@@ -291,7 +291,7 @@ def train(
         if model.top is None:
             model.top = _top_stats(data_path, model, sizes, n, maps, memory, options.seed,
                                    functools.partial(reporter.step, TOP_STEP))
-            reporter.step(SAVE_STEP, 0, 1)  # a second or two of compression
+            reporter.step(SAVE_STEP, 0, 1)  # tens of MB of top statistics
             model.save(output)
             reporter.step(SAVE_STEP, 1, 1)
     finally:

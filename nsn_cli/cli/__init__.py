@@ -71,8 +71,14 @@ def run(argv: Sequence[str] | None = None) -> int:
 OMP_WAIT_POLICY = "PASSIVE"
 
 
+def configure_process() -> None:
+    """Settings of an ``nsn`` process (not of a library user's): OpenMP's waiting policy,
+    read when numba first starts its threads, later in this process, and inherited by the
+    Dask workers ``--workers`` starts."""
+    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+
+
 def main() -> None:
     """Console-script entry point."""
-    # read by OpenMP when numba first starts its threads, later in this process
-    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+    configure_process()
     sys.exit(run())
