@@ -174,6 +174,7 @@ def measure(scale: int, budget: str, iterations: int, workers: int, folder: Path
         row["dask_over_local"] = dask.seconds / local.seconds
         # Dask promises the local streamed run's model bits; other filter counts would say it broke that
         row["dask_filters"] = [layer["filters"] for layer in dask_layers]
+        row["dask_layer_seconds"] = [layer["seconds"] for layer in dask_layers]
     return row
 
 

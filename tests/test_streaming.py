@@ -212,13 +212,14 @@ def test_peak_memory_of_a_streamed_train(tmp_path, mnist_4k):
     assert model.layers[1].chunk > 0 and model.complete and model.top is not None  # layer 2 was streamed
 
 
-def test_dask_local_cluster_gives_the_local_streamed_model(tmp_path, mnist_small):
+@pytest.mark.parametrize("memory_mb", [4, 16])  # 16M: layer 1's images are held, and that layer streamed here
+def test_dask_local_cluster_gives_the_local_streamed_model(tmp_path, mnist_small, memory_mb):
     pytest.importorskip("distributed")
     from nsn_cli.train import TrainOptions, train
 
     options = {"iterations": 3, "seed": 4}
-    local = train(mnist_small, tmp_path / "l.h5", TrainOptions(**options), memory=4 << 20)
-    remote = train(mnist_small, tmp_path / "d.h5", TrainOptions(**options), memory=4 << 20, workers=2)
+    local = train(mnist_small, tmp_path / "l.h5", TrainOptions(**options), memory=memory_mb << 20)
+    remote = train(mnist_small, tmp_path / "d.h5", TrainOptions(**options), memory=memory_mb << 20, workers=2)
     assert [a.filters for a in local.layers] == [b.filters for b in remote.layers]
     for a, b in zip(local.layers, remote.layers):
         assert np.array_equal(a.mu, b.mu) and np.array_equal(a.sigma, b.sigma) and np.array_equal(a.counts, b.counts)
@@ -332,12 +333,12 @@ def test_holding_the_input_maps_does_not_change_the_model(tmp_path, mnist_small,
     original = train_module._held_maps
     held = []
 
-    def spy(data_path, model, sizes, below, n, maps, chunk, room, patch_values, client, force=None):
+    def spy(data_path, model, sizes, below, n, maps, chunk, room, patch_values, force=None):
         if force is False:
             result = None
         else:
             result = original(data_path, model, sizes, below, n, maps, chunk, 1 << 40 if force else room,
-                              patch_values, client)
+                              patch_values)
         held.append((below + 1, chunk, result is not None))
         return result
 

@@ -44,13 +44,13 @@ def _sim(xx, dot, mm, lognorm, inv_two_var):
     return lognorm - d2 * inv_two_var
 
 
-#: Independent running maxima in :func:`best_of_row` (a single running max is one long
+#: Independent running maxima in :func:`_best_of_row` (a single running max is one long
 #: dependency chain; eight let the compiler and the CPU overlap them).
 _MAXIMA = 8
 
 
 @njit(**JIT)
-def best_of_row(xx, dots, mm, lognorm, inv_two_var, sims, maxima):
+def _best_of_row(xx, dots, mm, lognorm, inv_two_var, sims, maxima):
     """(argmax_j Sim, its value) for one patch from its dots (K,); ties go to the lowest j.
     sims (K,) and maxima (_MAXIMA,) are scratch. The maximum is exact whatever the order it
     is taken in, and the argmax is the first j holding it, so this equals a plain scan."""
@@ -94,7 +94,7 @@ def _best_blocks(x, mu_t, norms, mm, lognorm, inv_two_var, lanes, labels, best):
             b = min(n, a + BLOCK_ROWS)
             np.dot(x[a:b], mu_t, dots[: b - a])
             for i in range(a, b):
-                labels[i], best[i] = best_of_row(norms[i], dots[i - a, :k], mm, lognorm, inv_two_var, sims, maxima)
+                labels[i], best[i] = _best_of_row(norms[i], dots[i - a, :k], mm, lognorm, inv_two_var, sims, maxima)
 
 
 @njit(**JIT_PARALLEL)

@@ -54,7 +54,7 @@ class ChunkEStep:
     """What :func:`chunk_estep` returns for one chunk of ``size`` patches."""
 
     size: int
-    labels: np.ndarray  # (size,) int64: best old filter; K (the old count) for candidates
+    labels: np.ndarray  # (size,) int32 (half the bytes to send): best old filter; K (the old count) for candidates
     best_sum: float  # sum of the best Sim (float64)
     sums: np.ndarray  # (K, D) float64 over the non-candidates
     squares: np.ndarray  # (K,)
@@ -75,7 +75,8 @@ def chunk_estep(chunk: np.ndarray, mu: np.ndarray, sigma: np.ndarray, alpha: flo
         rows = np.empty(0, dtype=np.int64)
     labels[rows] = k  # left out of the sums: candidates are summed with their new filters
     sums, squares, counts = moments(chunk, labels, k)
-    return ChunkEStep(chunk.shape[0], labels, float(np.sum(best)), sums, squares, counts, rows, chunk[rows])
+    return ChunkEStep(chunk.shape[0], labels.astype(np.int32), float(np.sum(best)), sums, squares, counts, rows,
+                      chunk[rows])
 
 
 class LabelStore:
