@@ -37,10 +37,11 @@ DATA = ROOT / "out" / "scale"
 SCALES = (1, 4, 16)
 POLL_SECONDS = 0.2
 MB = 1 << 20
-# The child runs the CLI in-process, then prints its own peak RSS: VmHWM is exact (a poller
-# can miss a short peak) and covers the train process alone, not the Dask processes it starts.
+# The child runs the CLI in-process as the nsn command does (configure_process, run), then
+# prints its own peak RSS: VmHWM is exact (a poller can miss a short peak) and covers the
+# train process alone, not the Dask processes it starts.
 CHILD = (
-    "import sys; from nsn_cli.cli import run; code = run(sys.argv[1:]); "
+    "import sys; from nsn_cli.cli import configure_process, run; configure_process(); code = run(sys.argv[1:]); "
     "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))); sys.exit(code)"
 )
 
@@ -173,6 +174,7 @@ def measure(scale: int, budget: str, iterations: int, workers: int, folder: Path
         row["dask_over_local"] = dask.seconds / local.seconds
         # Dask promises the local streamed run's model bits; other filter counts would say it broke that
         row["dask_filters"] = [layer["filters"] for layer in dask_layers]
+        row["dask_layer_seconds"] = [layer["seconds"] for layer in dask_layers]
     return row
 
 

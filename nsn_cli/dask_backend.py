@@ -5,6 +5,13 @@ their chunks from the data file themselves; the caller merges the results in chu
 runs the creation pass, so the model is the same bits as the local streamed path. Dask is an
 optional extra (``pip install 'nsn[dask]'``), imported only when asked for.
 
+Every chunk goes to the same worker on every pass (round robin over the workers, a loose
+restriction), and a worker keeps the encoded maps F[below] of its chunks while they fit in
+:data:`CACHE_SHARE` of its memory limit: later passes cut their patches from memory instead
+of reading and encoding the images through the layers below again. The maps are the ones the
+worker encoded from the file, so the bits are the same either way; a chunk that lands on
+another worker (its own died, say) is simply encoded there.
+
 A worker lost mid-run (killed, out of memory) costs nothing: the scheduler reruns its chunks
 elsewhere (chunk E-steps are pure) and the model is unchanged. When a chunk has killed more
 workers than ``distributed.scheduler.allowed-failures`` allows, or the scheduler goes away,
@@ -17,7 +24,11 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import uuid
 from typing import Iterator
+
+import numba
+import numpy as np
 
 from nsn_cli.engine.stream import ChunkEStep, EStepRunner, chunk_estep
 from nsn_cli.errors import NsnError
@@ -48,11 +59,19 @@ def dask_client(workers: int | None = None, address: str | None = None) -> Itera
         except (OSError, TimeoutError, ValueError) as exc:
             raise NsnError(f"--dask {address}: cannot reach the scheduler ({exc})") from None
         with client:
-            yield client
+            try:
+                yield client
+            finally:  # a cluster that outlives this run keeps no maps of it
+                with contextlib.suppress(Exception):
+                    client.run(_forget_maps)
         return
-    # dashboard on a free port: None still took 8787, and warned when another cluster had it
+    # dashboard on a free port: None still took 8787, and warned when another cluster had it;
+    # numba would start a thread per core in every worker (Dask limits OpenMP and BLAS, not
+    # numba): the workers share the cores instead
+    threads = str(max(1, numba.config.NUMBA_NUM_THREADS // workers))
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  preload=[__name__]) as cluster, distributed.Client(cluster) as client:
+                                  preload=[__name__], env={"NUMBA_NUM_THREADS": threads}) as cluster, \
+            distributed.Client(cluster) as client:
         yield client
 
 
@@ -70,23 +89,68 @@ def dask_setup(worker) -> None:
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
-def _estep_task(source, a: int, b: int, mu, sigma, alpha: float, seed: int, index: int) -> ChunkEStep:
-    """On a worker: read chunk ``index`` (images a..b-1) from the data file, run its E-step."""
-    return chunk_estep(source.load(a, b), mu, sigma, alpha, seed, index)
+#: Share of a worker's memory limit (or, without one, of the memory available when it
+#: starts caching) that its cache of encoded chunk maps may fill: below Dask's own 60%
+#: spilling threshold, with room for the task at work.
+CACHE_SHARE = 0.4
+
+#: This worker process's encoded chunk maps: those of one layer (``token``) at a time.
+_cache: dict = {"token": None, "maps": {}, "bytes": 0, "room": 0}
+
+
+def _cache_room() -> int:
+    """Bytes this worker's cache may hold."""
+    import psutil
+
+    try:
+        limit = _import_distributed().get_worker().memory_manager.memory_limit
+    except ValueError:  # not on a worker (tests call the task directly)
+        limit = None
+    return int(CACHE_SHARE * (limit or psutil.virtual_memory().available))
+
+
+def _chunk_maps(source, token: str, a: int, b: int) -> np.ndarray:
+    """On a worker: F[below] of images a..b-1, from this worker's cache, else encoded from
+    the data file and kept while the cache has room. A new layer (``token``) empties it."""
+    if _cache["token"] != token:
+        _cache.update(token=token, maps={}, bytes=0, room=_cache_room())
+    maps = _cache["maps"].get((a, b))
+    if maps is None:
+        maps = source.load_maps(a, b)
+        if _cache["bytes"] + maps.nbytes <= _cache["room"]:
+            _cache["maps"][(a, b)] = maps
+            _cache["bytes"] += maps.nbytes
+    return maps
+
+
+def _forget_maps() -> None:
+    """On a worker: drop the cached maps (the run is over)."""
+    _cache.update(token=None, maps={}, bytes=0)
+
+
+def _estep_task(source, token: str, a: int, b: int, mu, sigma, alpha: float, seed: int, index: int) -> ChunkEStep:
+    """On a worker: chunk ``index`` (images a..b-1), its maps cached or read and encoded from
+    the data file, cut into patches; its E-step."""
+    return chunk_estep(source.cut(_chunk_maps(source, token, a, b), a, b), mu, sigma, alpha, seed, index)
 
 
 def dask_runner(client, source, window: int | None = None) -> EStepRunner:
     """Run the chunk E-steps of ``source`` (a :class:`~nsn_cli.train.LayerPatches`) on the
-    cluster, at most ``window`` in flight, yielding the results in chunk order."""
+    cluster, at most ``window`` in flight, yielding the results in chunk order. Chunk i goes
+    to the same worker on every pass (round robin), where its maps stay cached."""
     ranges = source.ranges()
     remote_source = _scatter(client, source)
-    window = window or 2 * max(1, len(client.scheduler_info().get("workers", {})))
+    workers = sorted(client.scheduler_info().get("workers", {}))
+    window = window or 2 * max(1, len(workers))
+    token = uuid.uuid4().hex
 
     def run(mu, sigma, alpha, seed):
         mu_f, sigma_f = _scatter(client, [mu, sigma])
         pending: collections.deque = collections.deque()
         for index, (a, b) in enumerate(ranges):
-            future = client.submit(_estep_task, remote_source, a, b, mu_f, sigma_f, alpha, seed, index, pure=False)
+            home = [workers[index % len(workers)]] if workers else None
+            future = client.submit(_estep_task, remote_source, token, a, b, mu_f, sigma_f, alpha, seed, index,
+                                   pure=False, workers=home, allow_other_workers=True)
             pending.append((future, a, b))
             if len(pending) >= window:
                 yield _result(*pending.popleft())

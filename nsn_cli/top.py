@@ -27,15 +27,17 @@ Priors (``nsn sample --prior``):
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-from nsn_cli.config import JIT_PARALLEL
+from nsn_cli.config import JIT, JIT_PARALLEL
 from nsn_cli.engine.em import moments
 from nsn_cli.engine.generate import normal_draws, uniform_draws
 from nsn_cli.engine.similarity import best_filter
+from nsn_cli.engine.threads import single_blas
 from nsn_cli.errors import NsnError
 
 COMPONENTS = 10
@@ -43,8 +45,10 @@ MAX_MEMBERS = 4096
 MIX_LOW = 0.2
 #: ``knn`` mixes a member with one of its NEIGHBOURS nearest members (any top filter).
 NEIGHBOURS = 3
-#: Rows per block of the neighbour search.
-NEIGHBOUR_BLOCK = 512
+#: Rows per block of the neighbour search (each thread converts two blocks to float32).
+NEIGHBOUR_BLOCK = 128
+#: Block pairs per call of the neighbour kernel, between progress reports.
+NEIGHBOUR_PAIRS_PER_CALL = 64
 PRIOR_STREAM = 1 << 21
 
 
@@ -57,14 +61,19 @@ def top_members(n: int, seed: int, limit: int = MAX_MEMBERS) -> np.ndarray:
 
 def top_stats_bytes(n: int, dims: int, limit: int = MAX_MEMBERS) -> int:
     """Memory :func:`compute_top_stats` needs besides one chunk of maps: the float16 members,
-    the per-filter sums, and the neighbour search's blocks."""
+    the per-filter sums, and the neighbour search's float32 blocks (two per thread, for as
+    many threads as numba may start, so the figure does not depend on ``--threads``) and
+    candidates (k per member per block)."""
     members = min(n, limit)
-    return 2 * members * dims + 4 * NEIGHBOUR_BLOCK * (2 * dims + 2 * members) + (8 << 20)
+    per_thread = 4 * NEIGHBOUR_BLOCK * (2 * dims + NEIGHBOUR_BLOCK)
+    candidates = 16 * NEIGHBOURS * -(-members // NEIGHBOUR_BLOCK) ** 2 * NEIGHBOUR_BLOCK
+    return 2 * members * dims + numba.config.NUMBA_NUM_THREADS * per_thread + candidates + (8 << 20)
 
 
+@single_blas
 def compute_top_stats(
     chunks: Iterable[np.ndarray], n: int, mu: np.ndarray, sigma: np.ndarray, seed: int,
-    max_members: int = MAX_MEMBERS,
+    max_members: int = MAX_MEMBERS, progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Statistics of the training maps F[L-1] (N, h, w, C) per top filter, from ``chunks`` of
     them in image order (one pass, so they can be encoded chunk by chunk from the data file).
@@ -72,9 +81,12 @@ def compute_top_stats(
     mu, sigma: the top layer's filters, flat (K, D) and (K,). Means and image counts use
     every image; the members are :func:`top_members`, and each filter's principal directions
     come from its members, centred on its exact mean (all images while N <= max_members).
+    progress: called as ``progress(done, total)`` after every chunk of maps and every group
+    of members searched for neighbours (``total`` = N + members).
     """
     k, d = mu.shape
     keep = top_members(n, seed, max_members)
+    total = n + keep.size
     members = np.empty((keep.size, d), dtype=np.float16)  # as stored: half the memory
     member_filter = np.empty(keep.size, dtype=np.int64)
     sums, counts = np.zeros((k, d)), np.zeros(k, dtype=np.int64)
@@ -89,19 +101,24 @@ def compute_top_stats(
         members[lo:hi] = flat[keep[lo:hi] - offset]
         member_filter[lo:hi] = labels[keep[lo:hi] - offset]
         offset += flat.shape[0]
+        if progress is not None:
+            progress(min(offset, n), total)
     if offset != n:
         raise ValueError(f"the chunks held {offset} maps, expected {n}")
     mean = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], mu).astype(np.float32)
     components = np.zeros((k, COMPONENTS, d), dtype=np.float32)
     variances = np.zeros((k, COMPONENTS), dtype=np.float32)
     for j in np.flatnonzero(np.bincount(member_filter, minlength=k) > 1):
-        centred = members[member_filter == j].astype(np.float64) - mean[j]
-        _, s, vt = np.linalg.svd(centred, full_matrices=False)
-        p = min(COMPONENTS, vt.shape[0])
-        components[j, :p] = vt[:p]
-        variances[j, :p] = s[:p] ** 2 / centred.shape[0]
+        directions, spread = principal_components(members[member_filter == j].astype(np.float64) - mean[j], COMPONENTS)
+        components[j, : len(spread)] = directions
+        variances[j, : len(spread)] = spread
+
+    def searched(rows: int) -> None:
+        if progress is not None:
+            progress(n + rows, total)
+
     return {
-        "member_neighbours": nearest_members(members),
+        "member_neighbours": nearest_members(members, progress=searched),
         "mean": mean,
         "components": components,
         "variances": variances,
@@ -109,6 +126,32 @@ def compute_top_stats(
         "members": members,
         "member_filter": member_filter,
     }
+
+
+def principal_components(centred: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The leading ``count`` principal directions (p, D) and variances (p,) of centred rows
+    (m, D), p = min(count, m, D): what an SVD of ``centred`` gives (directions up to sign),
+    from an eigen-decomposition of the smaller of its Gram matrix (m, m) and its scatter
+    matrix (D, D); for a top filter's 40 members of 3,996 dims a 40 x 40 problem in place of
+    a 40 x 3996 SVD. Each direction's sign is fixed (its largest entry positive), and
+    directions without spread (variance below 1e-12 of the largest) are left zero."""
+    m, dims = centred.shape
+    p = min(count, m, dims)
+    if m <= dims:
+        eigenvalues, vectors = np.linalg.eigh(centred @ centred.T)
+        eigenvalues, vectors = eigenvalues[::-1][:p], vectors[:, ::-1][:, :p]
+        spread = eigenvalues > max(eigenvalues[0], 0.0) * 1e-12
+        directions = np.zeros((p, dims))
+        directions[spread] = (vectors[:, spread].T @ centred) / np.sqrt(eigenvalues[spread])[:, None]
+    else:
+        eigenvalues, vectors = np.linalg.eigh(centred.T @ centred)
+        eigenvalues, directions = eigenvalues[::-1][:p], vectors[:, ::-1][:, :p].T.copy()
+        spread = eigenvalues > max(eigenvalues[0], 0.0) * 1e-12
+        directions[~spread] = 0.0
+    variances = np.where(spread, eigenvalues, 0.0) / m
+    largest = directions[np.arange(p), np.abs(directions).argmax(axis=1)]
+    directions *= np.where(largest < 0, -1.0, 1.0)[:, None]
+    return directions, variances
 
 
 @njit(**JIT_PARALLEL)
@@ -120,40 +163,137 @@ def _mix(members, first, second, t, out):
             out[i, d] = ti * a[d] + (1.0 - ti) * b[d]
 
 
-def nearest_members(members: np.ndarray, k: int = NEIGHBOURS, block: int = NEIGHBOUR_BLOCK) -> np.ndarray:
-    """Indices (M, k) of each member's k nearest other members (squared Euclidean).
+@njit(**JIT)
+def _half_to_float(bits, out):
+    """OUT out (r, D) float32 = the float16 numbers whose bit patterns are ``bits`` (r, D)
+    uint16, exactly (numba has no float16; numpy's cast ran at 9 ns a number here)."""
+    raw = out.view(np.uint32)
+    for i in range(bits.shape[0]):
+        for j in range(bits.shape[1]):
+            h = np.uint32(bits[i, j])
+            sign = (h & 0x8000) << 16
+            body = h & 0x7FFF
+            if body >= 0x7C00:  # infinity, NaN
+                raw[i, j] = sign | 0x7F800000 | ((body & 0x3FF) << 13)
+            elif body >= 0x400:  # normal: rebias the exponent by 127 - 15
+                raw[i, j] = sign | ((body + 0x1C000) << 13)
+            else:  # zero or subnormal: body * 2**-24, exact in float32
+                value = np.float32(body) * np.float32(5.9604644775390625e-08)
+                out[i, j] = -value if sign else value
 
-    Blocks on both sides, converted to float32 a block at a time, so float16 members are
-    never held in float32 whole (77 MB at 4,096 members of 4,680 dims)."""
+
+@njit(**JIT)
+def _insert(top_d2, top_index, d2, index):
+    """INOUT top_d2, top_index (k,): the k smallest (d2, index) so far, ascending; an equal
+    d2 goes after those already there (lower indices, as a stable sort puts them)."""
+    t = top_d2.shape[0] - 1
+    if not d2 < top_d2[t]:
+        return
+    while t > 0 and top_d2[t - 1] > d2:
+        top_d2[t] = top_d2[t - 1]
+        top_index[t] = top_index[t - 1]
+        t -= 1
+    top_d2[t] = d2
+    top_index[t] = index
+
+
+@njit(**JIT_PARALLEL)
+def _pair_candidates(bits, norms, block, pairs, first, last, lanes, top_d2, top_index):
+    """For block pairs pairs[first:last] (a <= c): the squared distances
+    ``||x||^2 + ||y||^2 - 2 x.y`` of rows of block a to rows of block c, from one
+    single-threaded BLAS product, give OUT top_d2, top_index[a, c] (k nearest in block c of
+    each row of block a) and, for a < c, [c, a] (the same, from the other side), in place of
+    a second product: the distance matrix is symmetric. ``lanes`` parallel lanes take every
+    lanes-th pair, each with its float32 blocks allocated once (a fresh 2 MB block per pair
+    is a fresh mapping, page faults and all, under train's malloc setting); every pair writes
+    its own slots, so the lanes do not change the result."""
+    m, dims = bits.shape
+    for lane in prange(lanes):
+        rows = np.empty((block, dims), dtype=np.float32)
+        cols = np.empty((block, dims), dtype=np.float32)
+        for p in range(first + lane, last, lanes):
+            a, c = pairs[p, 0], pairs[p, 1]
+            a0, a1 = a * block, min(m, (a + 1) * block)
+            c0, c1 = c * block, min(m, (c + 1) * block)
+            _half_to_float(bits[a0:a1], rows[: a1 - a0])
+            _half_to_float(bits[c0:c1], cols[: c1 - c0])
+            dots = np.dot(rows[: a1 - a0], cols[: c1 - c0].T)
+            for i in range(a1 - a0):
+                for j in range(c1 - c0):
+                    if a0 + i != c0 + j:
+                        d2 = norms[a0 + i] + norms[c0 + j] - 2.0 * dots[i, j]
+                        _insert(top_d2[a, c, i], top_index[a, c, i], d2, c0 + j)
+                        if a != c:
+                            _insert(top_d2[c, a, j], top_index[c, a, j], d2, a0 + i)
+
+
+@njit(**JIT_PARALLEL)
+def _merge_candidates(top_d2, top_index, m, block, out):
+    """OUT out (m, k): each row's k nearest, merged from its candidates block by block in
+    block order (so equal distances keep the lower index first)."""
+    blocks, k = top_d2.shape[0], out.shape[1]
+    for a in prange(blocks):
+        for i in range(min(block, m - a * block)):
+            best_d2 = np.full(k, np.inf)
+            best_index = np.zeros(k, dtype=np.int64)
+            for c in range(blocks):
+                for t in range(k):
+                    _insert(best_d2, best_index, top_d2[a, c, i, t], top_index[a, c, i, t])
+            out[a * block + i] = best_index
+
+
+@single_blas
+def nearest_members(members: np.ndarray, k: int = NEIGHBOURS, block: int = NEIGHBOUR_BLOCK,
+                    progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Indices (M, k) of each member's k nearest other members (squared Euclidean), ties to
+    the lower index.
+
+    members: (M, D) float16 (as stored); converted to float32 a block at a time, so they are
+    never held in float32 whole (77 MB at 4,096 members of 4,680 dims). Each pair of blocks
+    is multiplied once (the distances are symmetric), pairs in parallel; each row keeps its k
+    nearest per block, merged at the end. progress: called with a count of rows done (in
+    proportion to the pairs done) after every group of pairs."""
+    members = np.ascontiguousarray(members, dtype=np.float16)
     m = len(members)
     k = min(k, m - 1)
     if k < 1:
         return np.zeros((m, 1), dtype=np.int64)
-    starts = range(0, m, block)
+    bits = members.view(np.uint16)
     norms = np.empty(m)
-    for a in starts:
-        rows = members[a : a + block].astype(np.float32)
-        norms[a : a + block] = np.einsum("nd,nd->n", rows, rows, dtype=np.float64)
+    rows = np.empty((min(block, m), members.shape[1]), dtype=np.float32)
+    for a in range(0, m, block):
+        part = rows[: min(block, m - a)]
+        _half_to_float(bits[a : a + block], part)
+        norms[a : a + block] = np.einsum("nd,nd->n", part, part, dtype=np.float64)
+    blocks = -(-m // block)
+    pairs = np.array([(a, c) for a in range(blocks) for c in range(a, blocks)], dtype=np.int64)
+    top_d2 = np.full((blocks, blocks, block, k), np.inf)
+    top_index = np.zeros((blocks, blocks, block, k), dtype=np.int64)
+    step = NEIGHBOUR_PAIRS_PER_CALL
+    for first in range(0, len(pairs), step):
+        last = min(len(pairs), first + step)
+        _pair_candidates(bits, norms, block, pairs, first, last, numba.get_num_threads(), top_d2, top_index)
+        if progress is not None:
+            progress(m * last // len(pairs))
     out = np.empty((m, k), dtype=np.int64)
-    d2 = np.empty((min(block, m), m))
-    for a in starts:
-        rows = members[a : a + block].astype(np.float32)
-        part_d2 = d2[: rows.shape[0]]
-        for b in starts:
-            part_d2[:, b : b + block] = rows @ members[b : b + block].astype(np.float32).T
-        part_d2 *= -2.0
-        part_d2 += norms[a : a + block, None]
-        part_d2 += norms[None, :]
-        part_d2[np.arange(rows.shape[0]), np.arange(a, a + rows.shape[0])] = np.inf  # not itself
-        part = np.argpartition(part_d2, k, axis=1)[:, :k]
-        order = np.take_along_axis(part_d2, part, axis=1).argsort(axis=1, kind="stable")
-        out[a : a + block] = np.take_along_axis(part, order, axis=1)
+    _merge_candidates(top_d2, top_index, m, block, out)
     return out
 
 
 def _pick_filters(counts: np.ndarray, u: np.ndarray) -> np.ndarray:
     cdf = np.cumsum(counts, dtype=np.float64)
     return np.minimum(np.searchsorted(cdf / cdf[-1], u, side="right"), counts.size - 1)
+
+
+def members_f32(top: dict) -> np.ndarray:
+    """The stored float16 members as float32 (M, D), converted once and kept in ``top``
+    (under ``members_f32``, which files never store)."""
+    if "members_f32" not in top:
+        members = np.ascontiguousarray(top["members"], dtype=np.float16)
+        out = np.empty(members.shape, dtype=np.float32)
+        _half_to_float(members.view(np.uint16).reshape(members.shape[0], -1), out.reshape(members.shape[0], -1))
+        top["members_f32"] = out
+    return top["members_f32"]
 
 
 def sample_top_maps(model, prior: str, seed: int, first: int, count: int) -> np.ndarray:
@@ -186,12 +326,12 @@ def sample_top_maps(model, prior: str, seed: int, first: int, count: int) -> np.
         second_slot = (np.minimum((u[:, 1] * size).astype(np.int64), size - 1) + offset) % np.maximum(size, 1)
         second_pick = order[starts[filters] + second_slot]
         t = MIX_LOW + (1 - 2 * MIX_LOW) * u[:, 2]
-        members = top.setdefault("members_f32", top["members"].astype(np.float32))
+        members = members_f32(top)
         maps = np.empty((count, members.shape[1]), dtype=np.float32)
         _mix(members, first_pick, second_pick, t, maps)
         return maps.reshape(count, h, w, c)
     if prior == "knn":
-        members = top.setdefault("members_f32", top["members"].astype(np.float32))
+        members = members_f32(top)
         if "member_neighbours" not in top:  # files written before knn existed
             top["member_neighbours"] = nearest_members(members)
         neighbours = top["member_neighbours"]

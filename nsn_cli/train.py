@@ -290,12 +290,12 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
                 in_channels = channels if index == 1 else model.layers[index - 2].filters
                 dims = shape.patch * shape.patch * in_channels
                 if memory is None or _layer_bytes(arch, sizes, n, in_channels, options, index) <= memory:
+                    reporter.layer_start(index, len(arch), n_patches, dims, False)  # before the patches are cut
                     if maps is None:  # the chunks' maps share the budget with the whole F[index - 1] being filled
                         in_h, in_w = sizes[index - 1]
                         chunk = _image_chunk(memory - 4 * n * in_h * in_w * in_channels, model, sizes, index - 1)
                         maps = _encoded_maps(data_path, model, index - 1, chunk)
                     patches = extract_patches(maps, shape.patch, shape.stride, image_idx, position)
-                    reporter.layer_start(index, len(arch), patches.shape[0], patches.shape[1], False)
                     started = time.perf_counter()
                     fitted = _fit(index, options, reporter, patches=patches)
                     cap = filter_cap(index == len(arch), n, patches.shape[0])
@@ -314,14 +314,14 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
                     room = memory - (0 if label_dir else labels_bytes)
                     patch_values = (n_patches // n + 1) * dims
                     chunk = _image_chunk(room, model, sizes, index - 1, patch_values)
-                    maps = _held_maps(data_path, model, sizes, index - 1, n, maps, chunk, room, patch_values, client)
+                    maps = _held_maps(data_path, model, sizes, index - 1, n, maps, chunk, room, patch_values)
                     source = LayerPatches(str(Path(data_path).resolve()),  # a Dask worker has its own cwd
                                           model, index - 1, shape.patch, shape.stride, n, chunk, image_idx, position,
                                           maps=maps)
                     reporter.layer_start(index, len(arch), n_patches, dims, False)
                     started = time.perf_counter()
-                    fitted = _fit(index, options, reporter, source=source, n_patches=n_patches, client=client,
-                                  label_dir=label_dir)
+                    fitted = _fit(index, options, reporter, source=source, n_patches=n_patches,
+                                  client=client if maps is None else None, label_dir=label_dir)
                 layer = Layer(
                     shape=shape,
                     mu=fitted.mu.reshape(-1, shape.patch, shape.patch, in_channels),
@@ -338,13 +338,17 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
             if index < len(arch) and maps is not None:
                 out_bytes = 4 * n * h * w * model.layers[index - 1].filters
                 if memory is None or 2 * maps.nbytes + out_bytes <= memory:
-                    maps = model.encode_layer(maps, index)
+                    maps = model.encode_layer(maps, index, progress=functools.partial(
+                        reporter.step, f"encoding with layer {index}"))
                 else:
                     maps = None
         if model.top is None:
             reporter.top_start(n)
-            model.top = _top_stats(data_path, model, sizes, n, maps, memory, options.seed)
+            model.top = _top_stats(data_path, model, sizes, n, maps, memory, options.seed,
+                                   functools.partial(reporter.step, TOP_STEP))
+            reporter.step(SAVE_STEP, 0, 1)  # tens of MB of top statistics
             _checkpoint(model, output, saved)
+            reporter.step(SAVE_STEP, 1, 1)
         if model.calibration is None:
             del maps  # the calibration samples in batches; F[L-1] is no longer needed
             done = [0]
@@ -368,7 +372,10 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
     return model
 
 
-#: The name :meth:`TrainReporter.step` reports the pixel calibration under.
+#: The names :meth:`TrainReporter.step` reports the top-layer statistics, the save after them
+#: and the pixel calibration under.
+TOP_STEP = "top statistics"
+SAVE_STEP = "saving the model"
 CALIBRATION_STEP = "pixel calibration"
 
 
@@ -398,20 +405,21 @@ def _checkpoint(model: NSNModel, output: Path, saved: int) -> int:
 
 
 def _top_stats(data_path, model: NSNModel, sizes, n: int, maps: np.ndarray | None, memory: int | None,
-               seed: int) -> dict:
+               seed: int, progress) -> dict:
     """The top density's statistics of F[L-1] of every image: from ``maps`` if they are in
-    memory, else encoded chunk by chunk from the file, with as many members as fit."""
+    memory, else encoded chunk by chunk from the file, with as many members as fit.
+    progress(done, total) as :func:`~nsn_cli.top.compute_top_stats` calls it."""
     top = model.layers[-1]
     below = len(model.layers) - 1
     if maps is not None:
-        return compute_top_stats([maps], n, top.flat_mu, top.sigma, seed)
+        return compute_top_stats([maps], n, top.flat_mu, top.sigma, seed, progress=progress)
     dims = top.flat_mu.shape[1]
     limit = MAX_MEMBERS
     while memory is not None and limit > 256 and top_stats_bytes(n, dims, limit) > memory // 2:
         limit //= 2  # only under budgets too small for the usual 4,096 members
     chunk = _image_chunk(None if memory is None else memory - top_stats_bytes(n, dims, limit), model, sizes, below)
     return compute_top_stats(_encoded_chunks(data_path, model, below, chunk), n, top.flat_mu, top.sigma, seed,
-                             max_members=limit)
+                             max_members=limit, progress=progress)
 
 
 def _layer_bytes(arch, sizes, n: int, in_channels: int, options: TrainOptions, index: int) -> int:
@@ -451,14 +459,17 @@ def _map_bytes(model: NSNModel, sizes, first: int, last: int) -> int:
 
 
 def _held_maps(data_path, model: NSNModel, sizes, below: int, n: int, maps: np.ndarray | None, chunk: int,
-               room: int, patch_values: int, client) -> np.ndarray | None:
+               room: int, patch_values: int) -> np.ndarray | None:
     """F[below] of every image for a streamed layer to cut its patches from, when it fits in
     ``room`` beside one chunk's patches (encoded here, in chunks that fit beside it, if not
     already in memory); else None and every pass re-encodes its chunks from the file. Held only
-    for the local backend (Dask workers read the file) and for chunks that are multiples of
-    256: encode_layer works in 256-image blocks, so then the held maps are the bits a chunk
-    encoded from the file gets and the model does not depend on whether they were held (tested)."""
-    if client is not None or chunk % 256:
+    for chunks that are multiples of 256: encode_layer works in 256-image blocks, so then the
+    held maps are the bits a chunk encoded from the file gets and the model does not depend on
+    whether they were held (tested). With Dask, a layer whose maps are held here is streamed
+    here from them (the same bits as the workers give): at 16x the digits, workers reading and
+    encoding layer 3's input in a first pass took 50 s, the whole layer here 0.5 s after one
+    encoding of the maps."""
+    if chunk % 256:
         return None
     held = n * _map_bytes(model, sizes, below, below)
     overhead = min(CHUNK_OVERHEAD, room // 4)
@@ -534,16 +545,21 @@ class LayerPatches:
     def read(self, dataset, a: int, b: int) -> np.ndarray:
         """The patches of images a..b-1 of the open ``dataset`` (None when ``maps`` are held)."""
         maps = self.maps[a:b] if self.maps is not None else _encode(_read_chunk(dataset, a, b), self.model, self.below)
+        return self.cut(maps, a, b)
+
+    def cut(self, maps: np.ndarray, a: int, b: int) -> np.ndarray:
+        """The patches of images a..b-1 from their maps F[below] (b - a, h, w, C)."""
         if self.image_idx is None:
             return extract_patches(maps, self.patch, self.stride)
         lo, hi = np.searchsorted(self.image_idx, [a, b])
         return extract_patches(maps, self.patch, self.stride, self.image_idx[lo:hi] - a, self.position[lo:hi])
 
-    def load(self, a: int, b: int) -> np.ndarray:
-        """:meth:`read` on the data file (what a remote worker does)."""
+    def load_maps(self, a: int, b: int) -> np.ndarray:
+        """F[below] of images a..b-1, read and encoded from the data file (what a remote
+        worker does; the same bits :meth:`read` cuts its patches from)."""
         return_freed_chunks_to_os()
         with open_dataset(self.path) as dataset:
-            return self.read(dataset, a, b)
+            return _encode(_read_chunk(dataset, a, b), self.model, self.below)
 
     def __call__(self):
         with contextlib.nullcontext() if self.maps is not None else open_dataset(self.path) as dataset:
@@ -566,12 +582,13 @@ def _fit(index: int, options: TrainOptions, reporter: TrainReporter, *, patches:
         interrupts.check()
         reporter.probe(index, alpha, count)
 
-    common = {"iterations": options.iterations, "seed": seed, "max_filters": options.max_filters}
+    common = {"iterations": options.iterations, "seed": seed, "max_filters": options.max_filters,
+              "on_iteration": on_iteration}
     try:
         if patches is not None and options.targets is not None:
             return fit_layer_to_count(patches, options.targets[index - 1], on_fit=on_fit, **common)
         if patches is not None:
-            return fit_layer(patches, options.alphas[index - 1], on_iteration=on_iteration, **common)
+            return fit_layer(patches, options.alphas[index - 1], **common)
         if client is not None:
             from nsn_cli.dask_backend import dask_runner
 
@@ -579,7 +596,7 @@ def _fit(index: int, options: TrainOptions, reporter: TrainReporter, *, patches:
         common["label_dir"] = label_dir
         if options.targets is not None:
             return fit_layer_stream_to_count(source, n_patches, options.targets[index - 1], on_fit=on_fit, **common)
-        return fit_layer_stream(source, n_patches, options.alphas[index - 1], on_iteration=on_iteration, **common)
+        return fit_layer_stream(source, n_patches, options.alphas[index - 1], **common)
     except FilterCapError as exc:
         raise NsnError(
             f"layer {index} grew to {exc.filters} filters, past --max-filters {exc.cap}; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 
 import numpy as np
 import pytest
@@ -162,13 +163,15 @@ def test_an_output_is_never_an_input(cli, tmp_path, mnist_small, tiny_model):
 
 def test_huge_n_is_refused_before_any_work(cli, tmp_path, tiny_model, mnist_small):
     model, _ = tiny_model
-    for output in ("s.png", "s.npz", "s.npy", "pngs/"):
+    for output in ("s.png", "s.npz", "pngs/"):
         code, _, err = cli("sample", "-m", model, "-n", "1000000000000", "-o", f"{tmp_path}/{output}")
         line = _one_line(err)
         assert code == 2 and line.startswith("error: 1,000,000,000,000 samples of 28x28x1 need "), err
-        assert " PB of memory, " in line and line.endswith("write them to a .h5 file (written batch by batch), or lower -n")
+        assert " PB of memory, " in line and line.endswith("write them to a .h5 or .npy file (written batch by batch), or lower -n")
     code, _, err = cli("sample", "-m", model, "-n", "1000000000000", "-o", tmp_path / "s.h5")
     assert code == 2 and "(3.14 PB as float32) need at least 196 TB, the disk has" in _one_line(err)
+    code, _, err = cli("sample", "-m", model, "-n", "1000000000000", "-o", tmp_path / "s.npy")  # streamed too
+    assert code == 2 and "(3.14 PB as float32) need at least 3.14 PB, the disk has" in _one_line(err)
     code, _, err = cli("sample", "-m", model, "-n", "1000000000000", "--filter", "1", "-o", tmp_path / "s.h5")
     assert code == 2 and _one_line(err).endswith("; lower -n")
     code, _, err = cli("score", model, "--ref", mnist_small, "-n", "1000000000000")
@@ -227,3 +230,20 @@ def test_help_and_version(cli):
 def test_memory_below_the_minimum_names_the_minimum(cli, tmp_path, mnist_small):
     code, _, err = cli("train", mnist_small, "-o", tmp_path / "m.h5", "--memory", "1K")
     assert code == 2 and "--memory 1K is below the minimum of 352M" in _one_line(err)
+
+
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_the_command_line_waits_passively_unless_told_otherwise(monkeypatch, capsys, preset):
+    """`nsn` sets OpenMP's waiting policy for its own process (numba's threads would spin
+    between parallel loops), keeping one the user set."""
+    from nsn_cli.cli import main
+
+    if preset is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", preset)
+    monkeypatch.setattr("sys.argv", ["nsn", "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 0 and "Normal Similarity Network" in capsys.readouterr().out
+    assert os.environ["OMP_WAIT_POLICY"] == (preset or "PASSIVE")

@@ -6,10 +6,11 @@ import math
 import re
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
-from nsn_cli.engine.em import creation_pass, em_step, fit_layer, m_step, sigma_new
+from nsn_cli.engine.em import creation_pass, em_step, fit_layer, m_step, moments, sigma_new
 from nsn_cli.engine.generate import decode_patches, normal_draws, uniform_draws
 from nsn_cli.engine.geometry import check_reaches_one, map_sizes, parse_arch
 from nsn_cli.engine.patches import extract_patches, stitch_patches
@@ -53,6 +54,45 @@ def test_similarity_and_best_filter(rng):
     labels, best = best_filter(x, mu, sigma)
     assert np.array_equal(labels, expected.argmax(axis=1))
     assert np.allclose(best, expected.max(axis=1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n, dims, k", [(257, 40, 17), (600, 5, 33), (1, 64, 1)])
+def test_blocked_e_step_matches_reference(rng, n, dims, k):
+    """Several blocks of BLOCK_ROWS rows (the last one short), filters padded to a multiple
+    of PAD_FILTERS: the same argmax, Sim and activations as the float64 reference."""
+    x = rng.random((n, dims), dtype=np.float32)
+    mu = rng.random((k, dims), dtype=np.float32)
+    mu[-1] = mu[0]  # a tie: the lower index wins
+    sigma = rng.uniform(0.5, 2.0, size=k)
+    sigma[-1] = sigma[0]
+    expected = ref.sim_matrix(x, mu, sigma)
+    labels, best = best_filter(x, mu, sigma)
+    assert np.array_equal(labels, expected.argmax(axis=1))
+    assert np.allclose(best, expected.max(axis=1), rtol=1e-5, atol=1e-5)
+    assert np.allclose(similarity(x, mu, sigma), expected, rtol=1e-4, atol=1e-4)
+    assert np.allclose(similarity(x, mu, sigma, "sigmoid"), 1 / (1 + np.exp(-expected)), atol=1e-5)
+
+
+def test_engine_calls_leave_the_blas_thread_limits_as_they_were(rng):
+    """BLAS runs on one thread inside the engine and the caller's limits come back after."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from nsn_cli.engine.threads import one_blas_thread
+    from nsn_cli.top import compute_top_stats
+
+    def blas_threads():
+        return sorted((i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas")
+
+    x = rng.random((300, 40), dtype=np.float32)
+    with one_blas_thread():
+        assert {threads for _, threads in blas_threads()} == {1}
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        best_filter(x, x[:5], np.ones(5))
+        similarity(x, x[:5], np.ones(5), "sigmoid")
+        em_step(x, x[:5], np.ones(5), alpha=-3.0, sigma_floor=0.01, rng=np.random.default_rng(0))
+        compute_top_stats([x.reshape(300, 2, 2, 10)], 300, x[:5], np.ones(5), seed=0)
+        assert blas_threads() == before
 
 
 def test_similarity_edge_cases():
@@ -103,14 +143,27 @@ def test_sigma_new_is_the_alpha_radius():
     assert ref.sim(edge, mu, s) == pytest.approx(alpha)
 
 
-def test_m_step(rng):
-    x = rng.random((200, 6), dtype=np.float32)
-    labels = rng.integers(0, 5, size=200)
+@pytest.mark.parametrize("n, dims", [(200, 6), (9000, 6), (300, 70)])  # chunks of rows; filter by filter
+def test_m_step(rng, n, dims):
+    x = rng.random((n, dims), dtype=np.float32)
+    labels = rng.integers(0, 5, size=n)
     labels[labels == 3] = 4  # filter 3 left empty
     mu, rms, counts = m_step(x, labels, 5)
     ref_mu, ref_rms, ref_counts = ref.m_step(x, labels, 5)
     assert np.array_equal(counts, ref_counts)
     assert np.allclose(mu, ref_mu, atol=1e-6) and np.allclose(rms, ref_rms, atol=1e-6)
+    # rows labelled K are left out (the streamed E-step's candidates)
+    skipped = labels.copy()
+    skipped[::3] = 5
+    sums, squares, kept = moments(x, skipped, 5)
+    keep = skipped < 5
+    assert np.array_equal(kept, np.bincount(labels[keep], minlength=5))
+    assert np.allclose(sums, [x[keep & (labels == k)].sum(axis=0, dtype=np.float64) for k in range(5)])
+    numba.set_num_threads(1)
+    try:
+        assert all(np.array_equal(a, b) for a, b in zip(moments(x, skipped, 5), (sums, squares, kept)))
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
 
 
 def _total_sim(x, mu, sigma, labels):

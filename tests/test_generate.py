@@ -80,6 +80,40 @@ def test_top_stats_match_numpy(rng):
         assert np.allclose(stats["variances"][j][: len(eig)], eig[: stats["variances"].shape[1]], atol=1e-5)
 
 
+@pytest.mark.parametrize("m, d", [(40, 300), (300, 12), (5, 5)])
+def test_principal_components_match_numpy_svd(rng, m, d):
+    """The Gram (m <= D) or scatter (m > D) eigen-decomposition gives the SVD's leading
+    directions (up to sign; here the largest entry is positive) and variances s^2 / m."""
+    from nsn_cli.top import principal_components
+
+    centred = rng.normal(size=(m, d)) * np.linspace(3.0, 0.1, d)  # distinct spreads
+    centred -= centred.mean(axis=0)
+    directions, variances = principal_components(centred, 10)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    p = min(10, m, d)
+    spread = s[:p] ** 2 / m
+    assert directions.shape == (p, d) and variances.shape == (p,)
+    assert np.allclose(variances, np.where(spread > spread[0] * 1e-12, spread, 0.0), rtol=1e-9, atol=1e-12)
+    for got, want, var in zip(directions, vt[:p], variances):
+        if var == 0:  # no spread along it (the centred rows have rank m - 1): left zero
+            assert not got.any()
+            continue
+        assert np.allclose(got, want * np.sign(want[np.abs(want).argmax()]), atol=1e-8)
+        assert got[np.abs(got).argmax()] > 0
+
+
+def test_half_to_float_is_exact_for_every_float16():
+    from nsn_cli.top import _half_to_float
+
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).reshape(256, 256)
+    out = np.empty(bits.shape, dtype=np.float32)
+    _half_to_float(bits, out)
+    expected = bits.view(np.float16).astype(np.float32)
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(out), nan)
+    assert np.array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))  # -0.0 and subnormals too
+
+
 def test_top_stats_from_chunks_and_a_member_subsample(rng):
     """Chunks give the statistics of the whole; past the member limit, means and counts still
     cover every image while members are a seeded subset."""
@@ -220,6 +254,7 @@ def test_nearest_members_match_brute_force(rng):
     from nsn_cli.top import nearest_members
 
     x = rng.random((50, 7)).astype(np.float16)  # as members are stored
+    x[7] = x[3]  # a tie: the lower index first
     got = nearest_members(x, k=3, block=16)
     d = ((x[:, None, :].astype(np.float64) - x[None]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)
@@ -252,3 +287,17 @@ def test_streamed_h5_output_equals_in_memory(tmp_path, tiny_model):
     stream_to_h5(tmp_path / "big.h5", 700, False,
                  lambda sink: generate(model, 700, seed=6, batch=128, sink=sink))
     assert np.array_equal(load_images(tmp_path / "big.h5")[0], expected)
+
+
+def test_streamed_npy_output_equals_in_memory(cli, tmp_path, tiny_model):
+    """`sample -o x.npy` writes batch by batch into the file; the array is the in-memory one,
+    and a second run without --force leaves the file alone."""
+    path, model = tiny_model
+    expected = generate(model, 700, seed=6, batch=4096)
+    code, out, _ = cli("sample", "-m", path, "-n", 700, "--seed", 6, "-o", tmp_path / "big.npy", "-q")
+    assert code == 0 and "700 samples" in out
+    assert np.array_equal(np.load(tmp_path / "big.npy"), expected)
+    assert not list(tmp_path.glob(".*.tmp"))
+    code, _, err = cli("sample", "-m", path, "-n", 5, "-o", tmp_path / "big.npy", "-q")
+    assert code == 2 and "already exists" in err
+    assert np.array_equal(np.load(tmp_path / "big.npy"), expected)

@@ -215,13 +215,14 @@ def test_peak_memory_of_a_streamed_train(tmp_path, mnist_4k):
     assert model.layers[1].chunk > 0 and model.complete and model.top is not None  # layer 2 was streamed
 
 
-def test_dask_local_cluster_gives_the_local_streamed_model(tmp_path, mnist_small):
+@pytest.mark.parametrize("memory_mb", [4, 16])  # 16M: layer 1's images are held, and that layer streamed here
+def test_dask_local_cluster_gives_the_local_streamed_model(tmp_path, mnist_small, memory_mb):
     pytest.importorskip("distributed")
     from nsn_cli.train import TrainOptions, train
 
     options = {"iterations": 3, "seed": 4}
-    local = train(mnist_small, tmp_path / "l.h5", TrainOptions(**options), memory=4 << 20)
-    remote = train(mnist_small, tmp_path / "d.h5", TrainOptions(**options), memory=4 << 20, workers=2)
+    local = train(mnist_small, tmp_path / "l.h5", TrainOptions(**options), memory=memory_mb << 20)
+    remote = train(mnist_small, tmp_path / "d.h5", TrainOptions(**options), memory=memory_mb << 20, workers=2)
     assert [a.filters for a in local.layers] == [b.filters for b in remote.layers]
     for a, b in zip(local.layers, remote.layers):
         assert np.array_equal(a.mu, b.mu) and np.array_equal(a.sigma, b.sigma) and np.array_equal(a.counts, b.counts)
@@ -335,12 +336,12 @@ def test_holding_the_input_maps_does_not_change_the_model(tmp_path, mnist_small,
     original = train_module._held_maps
     held = []
 
-    def spy(data_path, model, sizes, below, n, maps, chunk, room, patch_values, client, force=None):
+    def spy(data_path, model, sizes, below, n, maps, chunk, room, patch_values, force=None):
         if force is False:
             result = None
         else:
             result = original(data_path, model, sizes, below, n, maps, chunk, 1 << 40 if force else room,
-                              patch_values, client)
+                              patch_values)
         held.append((below + 1, chunk, result is not None))
         return result
 
@@ -355,3 +356,38 @@ def test_holding_the_input_maps_does_not_change_the_model(tmp_path, mnist_small,
     for a, b in zip(natural.layers, other.layers, strict=True):
         assert np.array_equal(a.mu, b.mu) and np.array_equal(a.sigma, b.sigma) and np.array_equal(a.counts, b.counts)
     assert np.array_equal(natural.top["mean"], other.top["mean"])
+
+
+def test_a_dask_worker_encodes_each_chunk_once_per_layer(rng, monkeypatch):
+    """The worker-side cache: a chunk's maps are read and encoded on its first pass only, the
+    E-step is the one on freshly encoded maps, and a new layer (token) starts afresh; past
+    the cache's room chunks are encoded on every pass."""
+    pytest.importorskip("distributed")
+    from nsn_cli import dask_backend
+    from nsn_cli.engine.stream import chunk_estep
+
+    class Source:
+        loads = 0
+
+        def load_maps(self, a, b):
+            Source.loads += 1
+            return np.random.default_rng(a).random((b - a, 5, 5, 2), dtype=np.float32)
+
+        def cut(self, maps, a, b):
+            return maps.reshape(b - a, -1)
+
+    source, mu, sigma = Source(), rng.random((3, 50), dtype=np.float32), np.ones(3)
+    expected = chunk_estep(source.cut(source.load_maps(0, 40), 0, 40), mu, sigma, -2.0, 7, 0)
+    Source.loads = 0
+    monkeypatch.setattr(dask_backend, "_cache_room", lambda: 1 << 20)
+    for _ in range(3):
+        got = dask_backend._estep_task(source, "layer-1", 0, 40, mu, sigma, -2.0, 7, 0)
+        assert np.array_equal(got.labels, expected.labels) and np.array_equal(got.sums, expected.sums)
+    assert Source.loads == 1
+    dask_backend._estep_task(source, "layer-2", 0, 40, mu, sigma, -2.0, 7, 0)
+    assert Source.loads == 2
+    monkeypatch.setattr(dask_backend, "_cache_room", lambda: 100)  # a chunk's maps do not fit
+    for _ in range(2):
+        dask_backend._estep_task(source, "layer-3", 0, 40, mu, sigma, -2.0, 7, 0)
+    assert Source.loads == 4
+    dask_backend._forget_maps()

@@ -111,7 +111,76 @@ def test_filter_targets_on_bundled_digits(tmp_path):
         assert abs(layer.filters - target) <= 0.1 * target
 
 
+def _datasets(path) -> dict:
+    """Every array of a model file except the timings: the layers' filters and the top statistics."""
+    out = {}
+
+    def keep(name, item):
+        if isinstance(item, h5py.Dataset) and not name.endswith("history/seconds"):
+            out[name] = item[()]
+
+    with h5py.File(path) as handle:
+        handle.visititems(keep)
+    return out
+
+
+def test_blas_thread_count_does_not_change_the_bits(tmp_path, mnist_small):
+    """OPENBLAS_NUM_THREADS as a user sets it (a fresh process each): the same model bits,
+    filters and top statistics alike. Layer 2's patches here are longer than OpenBLAS's
+    blocking of the inner dimension (5x5 x 43 filters), where its float32 products change
+    with its thread count (layer 3's means and the top components did, before BLAS was
+    pinned to one thread inside the engine)."""
+    models = []
+    for threads in ("1", "2"):
+        out = tmp_path / f"blas{threads}.h5"
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads}
+        done = subprocess.run([sys.executable, "-m", "nsn_cli", "train", str(mnist_small), "-o", str(out),
+                               "--arch", "4x4/2,5x5/1,9x9/1", "--alpha", "-2.0,-2.6,-3", "--iterations", "2",
+                               "--seed", "2", "-q"], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        models.append(_datasets(out))
+    assert models[0].keys() == models[1].keys() and "top/components" in models[0]
+    for name, value in models[0].items():
+        assert np.array_equal(value, models[1][name]), name
+
+
 def test_thread_count_does_not_change_the_bits(tmp_path, mnist_small):
     one = train(mnist_small, tmp_path / "t1.h5", TrainOptions(iterations=3, seed=2), threads=1)
     two = train(mnist_small, tmp_path / "t2.h5", TrainOptions(iterations=3, seed=2), threads=2)
     assert _same_model(one, two)
+
+
+def test_every_long_step_reports_progress(tmp_path, mnist_small):
+    """The alpha search reports every EM iteration of every probe; encoding between layers,
+    the top statistics and the final save report as steps, each ending complete."""
+    from nsn_cli.train import CALIBRATION_STEP, SAVE_STEP, TOP_STEP
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def __getattr__(self, name):
+            return lambda *args: self.calls.append((name, *args))
+
+    recorder = Recorder()
+    train(mnist_small, tmp_path / "m.h5", TrainOptions(targets=[20, 8, 4], iterations=2, seed=1), reporter=recorder)
+    names = [call[0] for call in recorder.calls if call[0] in ("iteration", "probe") and call[1] == 1]
+    assert names.count("probe") >= 2
+    probes = "".join("p" if name == "probe" else "i" for name in names)
+    assert "ip" in probes  # a probe's iterations show before the probe ends
+    steps = {}
+    for call in recorder.calls:
+        if call[0] == "step":
+            steps.setdefault(call[1], []).append(call[2:])
+    assert set(steps) == {"encoding with layer 1", "encoding with layer 2", TOP_STEP, CALIBRATION_STEP, SAVE_STEP}
+    for name, reports in steps.items():
+        done, total = reports[-1]
+        assert done == total and len(reports) >= 2, name
+    assert steps[TOP_STEP][-1] == (1200, 1200)  # 600 images, then 600 members searched
+
+
+def test_train_command_shows_its_steps(cli, tmp_path, mnist_small):
+    code, _, err = cli("train", mnist_small, "-o", tmp_path / "m.h5", "--iterations", "2")
+    assert code == 0
+    for name in ("layer 1", "encoding with layer 1", "top statistics", "saving the model"):
+        assert name in err, name

@@ -23,6 +23,7 @@ from nsn_cli.sample import (
     parse_arithmetic,
     sample_shape,
     stream_to_h5,
+    stream_to_npy,
     write_images,
 )
 
@@ -97,7 +98,7 @@ def sample_cli(
         count = (len(parse_arithmetic(arithmetic_expr)) + 1) * n
     elif filter_index is None:
         shape, held = sample_shape(model, top if layer is None else layer), 0  # generated batch by batch
-    streamed = not chosen and output.lower().endswith(H5_SUFFIXES)
+    streamed = not chosen and output.lower().endswith((*H5_SUFFIXES, ".npy"))
     check_images_output(output, force, [model_file], count)
     check_room(output, count, shape, held, streamable=not chosen)
     columns = grid
@@ -111,10 +112,11 @@ def sample_cli(
         images = arithmetic(model, arithmetic_expr, n, params, seed, calibrate)
         columns = columns or n
     elif streamed:
-        # big sample sets go to HDF5 batch by batch, never held whole
+        # arrays go to the file batch by batch, never held whole
+        stream = stream_to_npy if output.lower().endswith(".npy") else stream_to_h5
         with progress_bar(quiet) as progress:
             advance = task_advancer(progress, "sample")(n, 1)
-            written = stream_to_h5(output, n, force, lambda sink: generate(
+            written = stream(output, n, force, lambda sink: generate(
                 model, n, layer=layer, prior=prior, params=params, seed=seed, progress=advance, sink=sink,
                 calibrate=calibrate), inputs=[model_file])
         console.print(f"wrote {n} samples to {written.path} ({written.kind})", highlight=False)

@@ -14,12 +14,17 @@ from nsn_cli.train import TrainOptions, parse_memory, train, working_memory
 
 
 class _ProgressReporter:
-    """Draws one progress bar per layer: filters, created, changed and seconds per iteration."""
+    """Draws one progress bar per layer (filters, created, changed and seconds per iteration;
+    while --filters searches alpha, the iterations of the probe under way) and one per step
+    after the layers (the top-layer statistics, the save, the pixel calibration); notes always
+    print, even with -q."""
 
-    def __init__(self, progress, quiet: bool):
+    def __init__(self, progress, quiet: bool, iterations: int):
         self.progress = progress
         self.quiet = quiet
+        self.iterations = iterations
         self.tasks: dict[int, int] = {}
+        self.probes: dict[int, int] = {}
         self.steps: dict[str, int] = {}
 
     def layer_start(self, layer, layers, patches, dims, resumed):
@@ -29,6 +34,7 @@ class _ProgressReporter:
             console_err.print(f"layer {layer}/{layers}: kept from the checkpoint (--resume)")
             return
         console_err.print(f"layer {layer}/{layers}: {patches:,} patches of {dims} dims")
+        self._task(layer, self.iterations)  # on screen, its clock running, before the first iteration ends
 
     def _task(self, layer, total):
         if self.progress is None:
@@ -40,13 +46,16 @@ class _ProgressReporter:
     def iteration(self, layer, iteration, iterations, stats):
         task = self._task(layer, iterations)
         if task is not None:
-            self.progress.update(task, completed=iteration + 1, status=(
-                f"filters {stats.filters}  created {stats.created}  changed {stats.changed:,}  {stats.seconds:.2f} s/it"))
+            probe = f"alpha probe {self.probes[layer] + 1}: " if layer in self.probes else ""
+            self.progress.update(task, total=iterations, completed=iteration + 1, status=(
+                f"{probe}filters {stats.filters}  created {stats.created}  changed {stats.changed:,}  "
+                f"{stats.seconds:.2f} s/it"))
 
     def probe(self, layer, alpha, count):
+        self.probes[layer] = self.probes.get(layer, 0) + 1
         task = self._task(layer, None)
         if task is not None:
-            self.progress.update(task, status=f"alpha {alpha:.3f} -> {count} filters")
+            self.progress.update(task, status=f"alpha probe {self.probes[layer]}: alpha {alpha:.3f} -> {count} filters")
 
     def step(self, name, done, total):
         if self.progress is None:
@@ -98,7 +107,7 @@ def train_cli(
     )
     with progress_bar(quiet or as_json) as progress:
         model = train(data, output, options, resume=resume, force=force, threads=threads,
-                      reporter=_ProgressReporter(progress, quiet or as_json), memory=budget,
+                      reporter=_ProgressReporter(progress, quiet or as_json, iterations), memory=budget,
                       workers=workers, dask_address=dask)
     rows = [
         {"layer": i, "patch": str(layer.shape), "filters": layer.filters,

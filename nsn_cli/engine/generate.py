@@ -77,6 +77,19 @@ EXPECTED_CUTOFF = 16.0
 
 
 @njit(**JIT)
+def _draw(state, prob, total):
+    """One inverse-CDF draw of the multinomial ``prob / total``: (new state, filter index)."""
+    state, u = _uniform(state)
+    u *= total
+    acc = 0.0
+    for j in range(prob.shape[0]):
+        acc += prob[j]
+        if u < acc:
+            return state, j
+    return state, prob.shape[0] - 1
+
+
+@njit(**JIT)
 def _decode_position(v, mu, var, delta1, delta2, delta3, draws, state, prob, weight, out):
     """One position: OUT out (D,) = the generated patch; returns the generator state.
 
@@ -93,31 +106,29 @@ def _decode_position(v, mu, var, delta1, delta2, delta3, draws, state, prob, wei
         x = delta1 * v[j] - top
         prob[j] = math.exp(x) if x > cutoff else 0.0
         total += prob[j]
-    if draws == 0:
-        for j in range(k):
-            weight[j] = prob[j] / total
+    if draws == 1:  # one filter's mean, weight 1 (the same numbers as below, without the weights)
+        state, pick = _draw(state, prob, total)
+        noise_var = var[pick]
+        for d in range(out.shape[0]):
+            out[d] = mu[pick, d]
     else:
-        for j in range(k):
-            weight[j] = 0.0
-        for _ in range(draws):  # inverse-CDF draws of the multinomial
-            state, u = _uniform(state)
-            u *= total
-            acc = 0.0
-            pick = k - 1
+        if draws == 0:  # the expected weights
             for j in range(k):
-                acc += prob[j]
-                if u < acc:
-                    pick = j
-                    break
-            weight[pick] += 1.0 / draws
-    noise_var = 0.0
-    for d in range(out.shape[0]):
-        out[d] = 0.0
-    for j in range(k):
-        if weight[j] > 0.0:
-            noise_var += weight[j] * weight[j] * var[j]
-            for d in range(out.shape[0]):
-                out[d] += weight[j] * mu[j, d]
+                weight[j] = prob[j] / total
+        else:
+            for j in range(k):
+                weight[j] = 0.0
+            for _ in range(draws):
+                state, pick = _draw(state, prob, total)
+                weight[pick] += 1.0 / draws
+        noise_var = 0.0
+        for d in range(out.shape[0]):
+            out[d] = 0.0
+        for j in range(k):
+            if weight[j] > 0.0:
+                noise_var += weight[j] * weight[j] * var[j]
+                for d in range(out.shape[0]):
+                    out[d] += weight[j] * mu[j, d]
     scale = delta2 * math.sqrt(noise_var)
     for d in range(out.shape[0]):
         noise = 0.0

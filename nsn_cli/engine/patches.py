@@ -14,16 +14,19 @@ from nsn_cli.config import JIT, JIT_PARALLEL
 
 @njit(**JIT_PARALLEL)
 def _gather(maps, patch, stride, image, row, col, out):
-    """OUT out[t] = maps[image[t], row[t]*s : +p, col[t]*s : +p, :] flattened."""
-    channels = maps.shape[3]
+    """OUT out[t] = maps[image[t], row[t]*s : +p, col[t]*s : +p, :] flattened.
+
+    maps is (N, H, W * C): a patch row, ``patch`` pixels of C channels, is one contiguous run,
+    copied as such."""
+    run = out.shape[1] // patch
+    channels = run // patch
     for t in prange(image.shape[0]):
-        n, r0, c0 = image[t], row[t] * stride, col[t] * stride
-        k = 0
+        n, r0, start = image[t], row[t] * stride, col[t] * stride * channels
         for dy in range(patch):
-            for dx in range(patch):
-                for c in range(channels):
-                    out[t, k] = maps[n, r0 + dy, c0 + dx, c]
-                    k += 1
+            source = maps[n, r0 + dy, start : start + run]
+            target = out[t, dy * run : (dy + 1) * run]
+            for e in range(run):
+                target[e] = source[e]
 
 
 @njit(**JIT)
@@ -87,7 +90,7 @@ def extract_patches(
     image = np.asarray(image, dtype=np.int64)
     position = np.asarray(position, dtype=np.int64)
     out = np.empty((image.shape[0], patch * patch * channels), dtype=np.float32)
-    _gather(maps, patch, stride, image, position // w, position % w, out)
+    _gather(maps.reshape(n, height, width * channels), patch, stride, image, position // w, position % w, out)
     return out
 
 

@@ -1,26 +1,33 @@
 """Eq. 1 similarity, the two layer activations, and best-filter search.
 
 ``Sim(x, j) = -log(sqrt(2 pi) sigma_j) - ||x - mu_j||^2 / (2 sigma_j^2)``, with
-``||x - mu||^2 = ||x||^2 - 2 x.mu + ||mu||^2``: the cross term is one float32 matrix product
-per chunk of patches (BLAS, all cores), the rest a fused numba kernel.
+``||x - mu||^2 = ||x||^2 - 2 x.mu + ||mu||^2``. Patches go in blocks of ``BLOCK_ROWS`` rows,
+one block per thread: the cross term is one single-threaded float32 BLAS product per block
+(:mod:`.threads`), and the rest of Eq. 1, the argmax or the activation read its result while
+it is still in cache. Blocks depend on the number of patches only, so no result depends on
+numba's or OpenBLAS's thread count.
 """
 
 from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from nsn_cli.config import JIT, JIT_PARALLEL
+from nsn_cli.engine.threads import single_blas
 
 ACTIVATIONS = ("sigmoid", "relative")
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
-#: Patches this short use the fused kernel, longer ones a BLAS product (bench/bench_train.py:
-#: 16 dims fused 0.08 s vs product 0.15 s per E-step on 676k patches).
-FUSED_MAX_DIMS = 32
-#: Rows of patches per matrix product: keeps the (rows, K) block near 16 MB.
-_BLOCK_ELEMENTS = 1 << 22
+#: Rows per block: one BLAS product (rows, D) x (D, K) whose (rows, K) result the argmax
+#: reads back from cache (bench/bench_train.py; 128 to 1024 rows measured within 10%).
+BLOCK_ROWS = 256
+#: Filters are padded with zero columns to a multiple of this for the product: OpenBLAS's
+#: float32 kernels work in strips of 16 (layer 2's 111 filters ran at 77% of the one-thread
+#: matmul peak, padded to 112 at 84%).
+PAD_FILTERS = 16
 
 
 def log_norm(sigma: np.ndarray) -> np.ndarray:
@@ -37,76 +44,107 @@ def _sim(xx, dot, mm, lognorm, inv_two_var):
     return lognorm - d2 * inv_two_var
 
 
+#: Independent running maxima in :func:`_best_of_row` (a single running max is one long
+#: dependency chain; eight let the compiler and the CPU overlap them).
+_MAXIMA = 8
+
+
 @njit(**JIT)
-def _best_of_row(xx, dots, mm, lognorm, inv_two_var):
-    """(argmax_j Sim, its value) for one patch from its dots (K,); ties go to the lowest j."""
+def _best_of_row(xx, dots, mm, lognorm, inv_two_var, sims, maxima):
+    """(argmax_j Sim, its value) for one patch from its dots (K,); ties go to the lowest j.
+    sims (K,) and maxima (_MAXIMA,) are scratch. The maximum is exact whatever the order it
+    is taken in, and the argmax is the first j holding it, so this equals a plain scan."""
+    k = dots.shape[0]
+    for j in range(k):
+        sims[j] = _sim(xx, dots[j], mm[j], lognorm[j], inv_two_var[j])
+    for t in range(_MAXIMA):
+        maxima[t] = -np.inf
+    j = 0
+    while j + _MAXIMA <= k:
+        for t in range(_MAXIMA):
+            maxima[t] = max(maxima[t], sims[j + t])
+        j += _MAXIMA
     top = -np.inf
-    arg = 0
-    for j in range(dots.shape[0]):
-        s = _sim(xx, dots[j], mm[j], lognorm[j], inv_two_var[j])
-        if s > top:
-            top = s
-            arg = j
-    return arg, top
+    for t in range(_MAXIMA):
+        top = max(top, maxima[t])
+    for t in range(j, k):
+        top = max(top, sims[t])
+    for j in range(k):
+        if sims[j] == top:
+            return j, top
+    return 0, top  # K == 0, or every Sim NaN
 
 
 @njit(**JIT_PARALLEL)
-def _best_from_dots(dots, xx, mm, lognorm, inv_two_var, labels, best):
-    """IN dots (n, K) = X mu^T; OUT labels (n), best (n): argmax_j Sim and its value."""
-    for i in prange(dots.shape[0]):
-        labels[i], best[i] = _best_of_row(xx[i], dots[i], mm, lognorm, inv_two_var)
+def _best_blocks(x, mu_t, norms, mm, lognorm, inv_two_var, lanes, labels, best):
+    """IN mu_t (D, >= K) the K filters transposed (zero-padded); OUT labels (n), best (n):
+    argmax_j Sim and its value. Blocks of BLOCK_ROWS rows, each one single-threaded BLAS
+    product; ``lanes`` parallel lanes take every lanes-th block with their buffers allocated
+    once (train's malloc setting maps every buffer over 256 kB afresh). Blocks come from n
+    alone, so the bits depend on neither the lanes nor the threads."""
+    n = x.shape[0]
+    k = mm.shape[0]
+    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    for lane in prange(lanes):
+        dots = np.empty((BLOCK_ROWS, mu_t.shape[1]), dtype=np.float32)
+        sims = np.empty(k)
+        maxima = np.empty(_MAXIMA)
+        for block in range(lane, blocks, lanes):
+            a = block * BLOCK_ROWS
+            b = min(n, a + BLOCK_ROWS)
+            np.dot(x[a:b], mu_t, dots[: b - a])
+            for i in range(a, b):
+                labels[i], best[i] = _best_of_row(norms[i], dots[i - a, :k], mm, lognorm, inv_two_var, sims, maxima)
 
 
 @njit(**JIT_PARALLEL)
-def _best_direct(x, mu_t, norms, mm, lognorm, inv_two_var, labels, best):
-    """Fused E-step for short patches: IN mu_t (D, K) = mu transposed; OUT labels (n), best (n).
-    For small D the (n, K) product is memory-bound: dots in a per-row buffer, looping over
-    filters innermost (contiguous, vectorised), are faster."""
-    k = mu_t.shape[1]
-    for i in prange(x.shape[0]):
-        dots = np.zeros(k, dtype=np.float32)
-        for t in range(x.shape[1]):
-            xv = x[i, t]
-            for j in range(k):
-                dots[j] += xv * mu_t[t, j]
-        # the argmax written out, not _best_of_row: the call cost ~10% on 16-dim patches
+def _sims_blocks(x, mu_t, mm, lognorm, inv_two_var, kind, lanes, out):
+    """OUT out (n, K) float32 = Sim of every patch to every filter, then the activation
+    ``kind`` (-1: none, else as in _activate_row); blocked as _best_blocks."""
+    n = x.shape[0]
+    k = mm.shape[0]
+    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    for lane in prange(lanes):
+        dots = np.empty((BLOCK_ROWS, mu_t.shape[1]), dtype=np.float32)
+        for block in range(lane, blocks, lanes):
+            a = block * BLOCK_ROWS
+            b = min(n, a + BLOCK_ROWS)
+            np.dot(x[a:b], mu_t, dots[: b - a])
+            for i in range(a, b):
+                xx = 0.0
+                for t in range(x.shape[1]):
+                    v = np.float64(x[i, t])
+                    xx += v * v
+                for j in range(k):
+                    out[i, j] = _sim(xx, dots[i - a, j], mm[j], lognorm[j], inv_two_var[j])
+                if kind >= 0:
+                    _activate_row(out[i], kind, out[i])
+
+
+@njit(**JIT)
+def _activate_row(sims, kind, out):
+    """OUT out (K) = sigmoid(sims) (kind 0) or exp(sims - max_j sims) (kind 1); may alias."""
+    if kind == 0:
+        for j in range(sims.shape[0]):
+            s = sims[j]
+            if s >= 0:
+                out[j] = 1.0 / (1.0 + math.exp(-s))
+            else:
+                e = math.exp(s)
+                out[j] = e / (1.0 + e)
+    else:
         top = -np.inf
-        arg = 0
-        for j in range(k):
-            s = _sim(norms[i], dots[j], mm[j], lognorm[j], inv_two_var[j])
-            if s > top:
-                top = s
-                arg = j
-        labels[i] = arg
-        best[i] = top
-
-
-@njit(**JIT_PARALLEL)
-def _sims_from_dots(dots, xx, mm, lognorm, inv_two_var, out):
-    """IN dots (n, K); OUT out (n, K) float32 = Sim of every patch to every filter."""
-    for i in prange(dots.shape[0]):
-        for j in range(dots.shape[1]):
-            out[i, j] = _sim(xx[i], dots[i, j], mm[j], lognorm[j], inv_two_var[j])
+        for j in range(sims.shape[0]):
+            top = max(top, sims[j])
+        for j in range(sims.shape[0]):
+            out[j] = math.exp(sims[j] - top)
 
 
 @njit(**JIT_PARALLEL)
 def _activate(sims, kind, out):
-    """OUT out = sigmoid(sims) (kind 0) or exp(sims - max_j sims) per row (kind 1)."""
+    """OUT out (n, K) = the activation ``kind`` of every row of sims."""
     for i in prange(sims.shape[0]):
-        if kind == 0:
-            for j in range(sims.shape[1]):
-                s = sims[i, j]
-                if s >= 0:
-                    out[i, j] = 1.0 / (1.0 + math.exp(-s))
-                else:
-                    e = math.exp(s)
-                    out[i, j] = e / (1.0 + e)
-        else:
-            top = -np.inf
-            for j in range(sims.shape[1]):
-                top = max(top, sims[i, j])
-            for j in range(sims.shape[1]):
-                out[i, j] = math.exp(sims[i, j] - top)
+        _activate_row(sims[i], kind, out[i])
 
 
 @njit(**JIT_PARALLEL)
@@ -129,20 +167,20 @@ def row_norms(patches: np.ndarray) -> np.ndarray:
 
 
 def _prepared(mu: np.ndarray, sigma: np.ndarray):
+    """``mu_t`` (D, K rounded up to PAD_FILTERS) float32, zero-padded, and per filter
+    ``||mu||^2``, ``log_norm`` and ``1 / (2 sigma^2)`` (float64)."""
     mu = np.ascontiguousarray(mu, dtype=np.float32)
     sigma = np.asarray(sigma, dtype=np.float64)
     if mu.ndim != 2 or sigma.shape != (mu.shape[0],):
         raise ValueError(f"mu must be (K, D) and sigma (K,), got {mu.shape} and {sigma.shape}")
+    k, dims = mu.shape
+    mu_t = np.zeros((dims, -(-k // PAD_FILTERS) * PAD_FILTERS), dtype=np.float32)
+    mu_t[:, :k] = mu.T
     mm = np.einsum("kd,kd->k", mu, mu, dtype=np.float64)
-    return mu, mm, log_norm(sigma), 0.5 / sigma**2
+    return mu_t, mm, log_norm(sigma), 0.5 / sigma**2
 
 
-def _blocks(n: int, k: int):
-    rows = max(256, _BLOCK_ELEMENTS // max(k, 1))
-    for start in range(0, n, rows):
-        yield start, min(n, start + rows)
-
-
+@single_blas
 def best_filter(
     patches: np.ndarray, mu: np.ndarray, sigma: np.ndarray, norms: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -153,16 +191,12 @@ def best_filter(
     Returns labels (n,) int64 and best Sim (n,) float64.
     """
     patches = np.ascontiguousarray(patches, dtype=np.float32)
-    mu, mm, lognorm, inv = _prepared(mu, sigma)
+    mu_t, mm, lognorm, inv = _prepared(mu, sigma)
     n = patches.shape[0]
     labels = np.empty(n, dtype=np.int64)
     best = np.empty(n, dtype=np.float64)
     norms = row_norms(patches) if norms is None else norms
-    if patches.shape[1] <= FUSED_MAX_DIMS:
-        _best_direct(patches, np.ascontiguousarray(mu.T), norms, mm, lognorm, inv, labels, best)
-        return labels, best
-    for a, b in _blocks(n, mu.shape[0]):
-        _best_from_dots(patches[a:b] @ mu.T, norms[a:b], mm, lognorm, inv, labels[a:b], best[a:b])
+    _best_blocks(patches, mu_t, norms, mm, lognorm, inv, numba.get_num_threads(), labels, best)
     return labels, best
 
 
@@ -172,20 +206,23 @@ def activation_code(kind: str) -> int:
     return ACTIVATIONS.index(kind)
 
 
-def similarity(patches: np.ndarray, mu: np.ndarray, sigma: np.ndarray, activation: str | None = None) -> np.ndarray:
+@single_blas
+def similarity(patches: np.ndarray, mu: np.ndarray, sigma: np.ndarray, activation: str | None = None,
+               out: np.ndarray | None = None) -> np.ndarray:
     """Sim of every patch (n, D) to every filter (K, D): array (n, K) float32.
 
     With ``activation`` (``sigmoid`` or ``relative``) the layer's output instead of raw Sim.
+    out: a C-contiguous float32 (n, K) array to write into (say, a slice of a map array).
     """
     patches = np.ascontiguousarray(patches, dtype=np.float32)
-    mu, mm, lognorm, inv = _prepared(mu, sigma)
+    mu_t, mm, lognorm, inv = _prepared(mu, sigma)
     code = -1 if activation is None else activation_code(activation)
-    out = np.empty((patches.shape[0], mu.shape[0]), dtype=np.float32)
-    for a, b in _blocks(patches.shape[0], mu.shape[0]):
-        x = patches[a:b]
-        _sims_from_dots(x @ mu.T, row_norms(x), mm, lognorm, inv, out[a:b])
-        if code >= 0:
-            _activate(out[a:b], code, out[a:b])
+    shape = (patches.shape[0], mm.shape[0])
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
+    _sims_blocks(patches, mu_t, mm, lognorm, inv, code, numba.get_num_threads(), out)
     return out
 
 
@@ -197,6 +234,7 @@ def activate(sims: np.ndarray, kind: str) -> np.ndarray:
     return out
 
 
+@single_blas
 def masked_similarity(patches: np.ndarray, known: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
                       activation: str | None = None) -> np.ndarray:
     """Sim of partly known patches: the squared distance over the known elements only, scaled

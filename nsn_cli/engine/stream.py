@@ -43,6 +43,7 @@ from nsn_cli.engine.em import (
     sigma_new,
 )
 from nsn_cli.engine.similarity import best_filter
+from nsn_cli.engine.threads import single_blas
 from nsn_cli.errors import NsnError, write_reason
 
 #: A chunk provider: each call yields the layer's patches (m, D) float32 in a fixed order.
@@ -54,7 +55,7 @@ class ChunkEStep:
     """What :func:`chunk_estep` returns for one chunk of ``size`` patches."""
 
     size: int
-    labels: np.ndarray  # (size,) int64: best old filter; K (the old count) for candidates
+    labels: np.ndarray  # (size,) int32 (half the bytes to send): best old filter; K (the old count) for candidates
     best_sum: float  # sum of the best Sim (float64)
     sums: np.ndarray  # (K, D) float64 over the non-candidates
     squares: np.ndarray  # (K,)
@@ -73,10 +74,10 @@ def chunk_estep(chunk: np.ndarray, mu: np.ndarray, sigma: np.ndarray, alpha: flo
         rows = rows[np.random.default_rng([seed, index]).permutation(rows.size)]
     else:
         rows = np.empty(0, dtype=np.int64)
-    labels[rows] = k  # an extra bin, dropped: candidates are summed with their new filters
-    sums, squares, counts = moments(chunk, labels, k + 1)
-    return ChunkEStep(chunk.shape[0], labels, float(np.sum(best)), sums[:k], squares[:k], counts[:k],
-                      rows, chunk[rows])
+    labels[rows] = k  # left out of the sums: candidates are summed with their new filters
+    sums, squares, counts = moments(chunk, labels, k)
+    return ChunkEStep(chunk.shape[0], labels.astype(np.int32), float(np.sum(best)), sums, squares, counts, rows,
+                      chunk[rows])
 
 
 class LabelStore:
@@ -156,6 +157,7 @@ def local_runner(chunks: ChunkSource) -> EStepRunner:
     return run
 
 
+@single_blas  # the creation pass's products too: same bits whatever OpenBLAS's thread count
 def stream_step(
     run: EStepRunner,
     n_patches: int,
@@ -286,6 +288,7 @@ def fit_layer_stream_to_count(
     seed: int,
     max_filters: int,
     on_fit: Callable[[float, int], None] | None = None,
+    on_iteration: Callable[[int, StepStats], None] | None = None,
     runner: EStepRunner | None = None,
     label_dir: str | os.PathLike | None = None,
 ) -> LayerFit:
@@ -293,6 +296,7 @@ def fit_layer_stream_to_count(
     return search_count(
         spread_sample(chunks, n_patches), target,
         lambda alpha: fit_layer_stream(chunks, n_patches, alpha, iterations=iterations, seed=seed,
-                                       max_filters=max_filters, runner=runner, label_dir=label_dir),
+                                       max_filters=max_filters, runner=runner, label_dir=label_dir,
+                                       on_iteration=on_iteration),
         max_filters=max_filters, on_fit=on_fit,
     )
