@@ -16,6 +16,11 @@ ZCA_EPS = 1e-2
 PREP_CHUNK = 2048
 #: Default cap on the number of filters of one layer.
 MAX_FILTERS = 2000
+#: Default ``--reference-images``: EM on more images runs as on this many (a patch below alpha
+#: may start a filter with chance REFERENCE_IMAGES / images; filters under one reference
+#: patch's share are merged), so filter counts follow the data's distribution, not its size.
+#: The default alphas were fitted on 4,000 digits (SPEC.md, "Changes made in nsn").
+REFERENCE_IMAGES = 4000
 #: Default number of EM iterations per layer.
 ITERATIONS = 10
 #: The sigma floor is ``sigma_new / SIGMA_FLOOR_DIVISOR`` (SPEC.md).

@@ -55,9 +55,9 @@ def dask_client(workers: int | None = None, address: str | None = None) -> Itera
         yield client
 
 
-def _estep_task(source, a: int, b: int, mu, sigma, alpha: float, seed: int, index: int) -> ChunkEStep:
+def _estep_task(source, a: int, b: int, mu, sigma, alpha: float, seed: int, index: int, share: float) -> ChunkEStep:
     """On a worker: read chunk ``index`` (images a..b-1) from the data file, run its E-step."""
-    return chunk_estep(source.load(a, b), mu, sigma, alpha, seed, index)
+    return chunk_estep(source.load(a, b), mu, sigma, alpha, seed, index, share)
 
 
 def dask_runner(client, source, window: int | None = None) -> EStepRunner:
@@ -67,11 +67,11 @@ def dask_runner(client, source, window: int | None = None) -> EStepRunner:
     remote_source = _scatter(client, source)
     window = window or 2 * max(1, len(client.scheduler_info().get("workers", {})))
 
-    def run(mu, sigma, alpha, seed):
+    def run(mu, sigma, alpha, seed, share=1.0):
         mu_f, sigma_f = _scatter(client, [mu, sigma])
         pending: collections.deque = collections.deque()
         for index, (a, b) in enumerate(ranges):
-            future = client.submit(_estep_task, remote_source, a, b, mu_f, sigma_f, alpha, seed, index, pure=False)
+            future = client.submit(_estep_task, remote_source, a, b, mu_f, sigma_f, alpha, seed, index, share, pure=False)
             pending.append((future, a, b))
             if len(pending) >= window:
                 yield _result(*pending.popleft())

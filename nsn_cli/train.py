@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 from nsn_cli import config as defaults
-from nsn_cli.engine.em import FilterCapError, LayerFit, StepStats, fit_layer, fit_layer_to_count
+from nsn_cli.engine.em import FilterCapError, LayerFit, StepStats, fit_layer, fit_layer_to_count, reference_scale
 from nsn_cli.engine.geometry import arch_string, check_reaches_one, default_arch, map_sizes, parse_arch, preset_name
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import ACTIVATIONS
@@ -105,6 +105,7 @@ class TrainOptions:
     max_filters: int = defaults.MAX_FILTERS
     activation: str = "sigmoid"
     seed: int = 0
+    reference_images: int = defaults.REFERENCE_IMAGES
 
     def as_config(self) -> dict:
         """The options that define the model (a resumed run must match them)."""
@@ -112,6 +113,7 @@ class TrainOptions:
             "arch": self.arch, "alphas": self.alphas, "targets": self.targets,
             "iterations": self.iterations, "max_patches": self.max_patches,
             "max_filters": self.max_filters, "activation": self.activation, "seed": self.seed,
+            "reference_images": self.reference_images,
         }
 
 
@@ -122,6 +124,8 @@ def _validate(options: TrainOptions, layers: int) -> None:
         raise NsnError(f"--max-filters must be at least 1, got {options.max_filters}")
     if options.max_patches is not None and options.max_patches < 1:
         raise NsnError(f"--max-patches must be at least 1, got {options.max_patches}")
+    if options.reference_images < 0:
+        raise NsnError(f"--reference-images must be at least 0 (0: the paper's EM), got {options.reference_images}")
     if options.activation not in ACTIVATIONS:
         raise NsnError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {options.activation!r}")
     if options.alphas is not None and options.targets is not None:
@@ -246,7 +250,7 @@ def train(
                     patches = extract_patches(maps, shape.patch, shape.stride, image_idx, position)
                     reporter.layer_start(index, len(arch), patches.shape[0], patches.shape[1], False)
                     started = time.perf_counter()
-                    fitted = _fit(index, options, reporter, patches=patches)
+                    fitted = _fit(index, options, reporter, h * w, patches=patches)
                     del patches
                     chunk = 0
                 else:
@@ -261,7 +265,7 @@ def train(
                                           maps=maps)
                     reporter.layer_start(index, len(arch), n_patches, dims, False)
                     started = time.perf_counter()
-                    fitted = _fit(index, options, reporter, source=source, n_patches=n_patches, client=client,
+                    fitted = _fit(index, options, reporter, h * w, source=source, n_patches=n_patches, client=client,
                                   label_dir=label_dir)
                 layer = Layer(
                     shape=shape,
@@ -445,8 +449,9 @@ class LayerPatches:
                 yield self.read(dataset, a, b)
 
 
-def _fit(index: int, options: TrainOptions, reporter: TrainReporter, *, patches: np.ndarray | None = None,
-         source: LayerPatches | None = None, n_patches: int = 0, client=None, label_dir=None) -> LayerFit:
+def _fit(index: int, options: TrainOptions, reporter: TrainReporter, positions: int, *,
+         patches: np.ndarray | None = None, source: LayerPatches | None = None, n_patches: int = 0, client=None,
+         label_dir=None) -> LayerFit:
     """Fit layer ``index`` on ``patches`` in memory, or streamed from ``source`` (its chunk
     E-steps on the Dask ``client`` if given, its labels in a temporary file in ``label_dir``
     if given)."""
@@ -458,7 +463,9 @@ def _fit(index: int, options: TrainOptions, reporter: TrainReporter, *, patches:
     def on_fit(alpha: float, count: float) -> None:
         reporter.probe(index, alpha, count)
 
-    common = {"iterations": options.iterations, "seed": seed, "max_filters": options.max_filters}
+    n_patches = n_patches if patches is None else patches.shape[0]
+    common = {"iterations": options.iterations, "seed": seed, "max_filters": options.max_filters,
+              "share": reference_scale(options.reference_images, n_patches, positions)}
     try:
         if patches is not None and options.targets is not None:
             return fit_layer_to_count(patches, options.targets[index - 1], on_fit=on_fit, **common)

@@ -87,6 +87,43 @@ def test_stream_step_one_chunk_matches_em_step_statistics(rng):
     assert a[4].filters == b[4].filters and a[4].mean_sim == pytest.approx(b[4].mean_sim, rel=1e-12)
 
 
+def test_small_filters_merge_alike_in_memory_and_streamed(rng):
+    """share 0.01 (a floor of 100 patches), no creation, a previous step's labels: the three
+    tiny filters are merged, each into the big one under which its members' summed Sim is
+    highest, and the streamed step (many chunks) agrees with the in-memory one on labels,
+    counts, 'changed' (moves made by the merges included) and 'merged'."""
+    from nsn_cli.engine.em import em_step
+
+    centres = rng.normal(0, 3, size=(8, 6))
+    sizes = [1000, 1200, 900, 1100, 1000, 3, 4, 2]
+    x = np.concatenate([rng.normal(c, 0.3, size=(n, 6)) for c, n in zip(centres, sizes)]).astype(np.float32)
+    truth = np.repeat(np.arange(8), sizes)
+    order = rng.permutation(x.shape[0])
+    x, truth = x[order], truth[order]
+    mu = centres.astype(np.float32)
+    sigma = np.full(8, 0.3 * np.sqrt(6))
+    previous = np.where(rng.random(x.shape[0]) < 0.05, rng.integers(0, 8, x.shape[0]), truth)
+    kwargs = {"alpha": -np.inf, "sigma_floor": 1e-3, "share": 0.01}
+    a = em_step(x, mu, sigma, rng=np.random.default_rng(0), previous_labels=previous, **kwargs)
+    store = LabelStore(x.shape[0])
+    store.write(0, previous)
+    b = stream_step(local_runner(_memory_chunks(x, 700)), x.shape[0], mu, sigma, seed=0, labels=store, first=False,
+                    **kwargs)
+    assert a[4].merged == b[4].merged == 3 and a[4].filters == b[4].filters == 5 and a[4].dropped == 0
+    assert np.array_equal(a[2], b[2]) and a[2].sum() == x.shape[0]
+    assert np.array_equal(a[3], b[3].read(0, x.shape[0]))
+    assert a[4].changed == b[4].changed >= 9  # every member of a merged filter moved
+    assert np.allclose(a[0], b[0], atol=1e-5)
+    # by hand: the E-step labels, then each tiny group to its best big filter on the big ones' moments
+    labels = np.argmax(-np.log(sigma) - ((x[:, None, :] - mu[None]) ** 2).sum(2) / (2 * sigma**2), axis=1)
+    big_mu = np.array([x[labels == j].astype(np.float64).mean(0) for j in range(5)])
+    big_s = np.array([np.sqrt(((x[labels == j] - big_mu[j]) ** 2).sum(1).mean()) for j in range(5)])
+    for p in range(5, 8):
+        members = x[labels == p].astype(np.float64)
+        score = [np.sum(-np.log(big_s[j]) - ((members - big_mu[j]) ** 2).sum(1) / (2 * big_s[j] ** 2)) for j in range(5)]
+        assert set(a[3][labels == p]) == {int(np.argmax(score))}
+
+
 def test_streamed_count_search(rng):
     centres = rng.normal(0, 4, size=(12, 5))
     x = np.concatenate([rng.normal(c, 0.2, size=(400, 5)) for c in centres]).astype(np.float32)

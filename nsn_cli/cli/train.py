@@ -64,6 +64,10 @@ def train_cli(
     iterations: int = typer.Option(config.ITERATIONS, "--iterations", help="EM iterations per layer (stops early when stable)."),
     max_patches: int | None = typer.Option(None, "--max-patches", help="EM on a seeded random subsample of this many patches per layer."),
     max_filters: int = typer.Option(config.MAX_FILTERS, "--max-filters", help="Stop with an error when a layer grows past this."),
+    reference_images: int = typer.Option(
+        config.REFERENCE_IMAGES, "--reference-images",
+        help="EM on more images than this runs as on this many (filters are started and kept at that scale), "
+             "so filter counts do not grow with the data; 0: the paper's EM at any size."),
     activation: str = typer.Option("sigmoid", "--activation", help="Layer output: sigmoid (paper) or relative."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same model bits."),
     threads: int | None = typer.Option(None, "--threads", help="Numba threads (default: all cores)."),
@@ -80,6 +84,7 @@ def train_cli(
     options = TrainOptions(
         arch=arch, alphas=parse_float_list(alpha, "--alpha"), targets=parse_int_list(filters, "--filters"),
         iterations=iterations, max_patches=max_patches, max_filters=max_filters, activation=activation, seed=seed,
+        reference_images=reference_images,
     )
     with progress_bar(quiet or as_json) as progress:
         model = train(data, output, options, resume=resume, force=force, threads=threads,
