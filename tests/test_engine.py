@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from nsn_cli.engine.em import (
+    FilterCapError,
     creation_pass,
     draw_candidates,
     em_step,
@@ -98,16 +99,56 @@ def _creation_case(rng, m, dims, duplicates, thinned, existing):
     return x, may_start, old
 
 
-def test_creation_pass_with_may_start_and_earlier_filters(rng):
-    x = rng.random((700, 6), dtype=np.float32)
-    x = x[rng.integers(0, 200, size=700)]  # exact repeats
-    may_start = rng.random(700) < 0.3
-    old = rng.random((7, 6), dtype=np.float32)
-    for block in (1, 64, 2048):
-        labels, seeds = creation_pass(x, 0.35, block=block, may_start=may_start, existing=old)
-        ref_labels, ref_seeds = ref.sequential_creation(x, 0.35, may_start, old)
-        assert np.array_equal(seeds, ref_seeds) and np.array_equal(labels, ref_labels)
-        assert seeds.size > 3 and (labels == -1).any()
+def _creation_case(rng, m, dims, duplicates, thinned, existing):
+    x = rng.random((m, dims), dtype=np.float32)
+    if duplicates:  # exact repeats: distance 0, ties between seeds
+        x = x[rng.integers(0, max(1, m // 4), size=m)]
+    may_start = rng.random(m) < 0.3 if thinned else None
+    old = rng.random((7, dims), dtype=np.float32) if existing else None
+    return x, may_start, old
+
+
+@pytest.mark.parametrize("block", [1, 5, 64, 2048])
+@pytest.mark.parametrize("duplicates, thinned, existing", [(False, False, False), (True, False, False),
+                                                          (False, True, False), (True, True, True),
+                                                          (False, False, True)])
+def test_parallel_creation_pass_is_the_serial_pass(rng, block, duplicates, thinned, existing):
+    """The OCC pass (serial validation of the uncovered rows, parallel labelling) gives the
+    serial kernel's bits, and both the fully sequential rule's filters and labels."""
+    x, may_start, old = _creation_case(rng, 700, 6, duplicates, thinned, existing)
+    radius = 0.35
+    serial = creation_pass(x, radius, block=block, may_start=may_start, existing=old, parallel=False)
+    parallel = creation_pass(x, radius, block=block, may_start=may_start, existing=old, parallel=True)
+    assert np.array_equal(serial[0], parallel[0]) and np.array_equal(serial[1], parallel[1])
+    ref_labels, ref_seeds = ref.sequential_creation(x, radius, may_start, old)
+    assert np.array_equal(parallel[1], ref_seeds)
+    assert np.array_equal(parallel[0], ref_labels)
+    assert parallel[1].size > 3 and (not thinned or (parallel[0] == -1).any())  # the cases do what they say
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_creation_pass_edge_cases(rng, parallel):
+    empty_labels, empty_seeds = creation_pass(np.empty((0, 4), np.float32), 0.5, parallel=parallel)
+    assert empty_labels.size == 0 and empty_seeds.size == 0
+    x = np.repeat(rng.random((5, 3), dtype=np.float32), 4, axis=0)  # 5 points, each 4 times in a row
+    labels, seeds = creation_pass(x, 0.0, parallel=parallel)  # radius 0: exact copies join
+    assert seeds.tolist() == [0, 4, 8, 12, 16] and labels.tolist() == [k for k in range(5) for _ in range(4)]
+    labels, seeds = creation_pass(x, 0.0, may_start=np.zeros(20, bool), parallel=parallel)
+    assert seeds.size == 0 and (labels == -1).all()  # nothing may start: everything stays
+    # an earlier filter (distances by the matrix product, exact to ~1e-7) still takes its copies
+    labels, seeds = creation_pass(x, 1e-3, may_start=np.zeros(20, bool), existing=x[:1], parallel=parallel)
+    assert labels.tolist() == [0] * 4 + [-1] * 16
+    labels, seeds = creation_pass(x[:1], 1.0, parallel=parallel)
+    assert labels.tolist() == [0] and seeds.tolist() == [0]
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("block", [3, 2048])
+def test_creation_pass_cap_stops_at_the_same_count(rng, parallel, block):
+    x = rng.random((500, 8), dtype=np.float32)  # radius 0.01: every row starts a filter
+    with pytest.raises(FilterCapError) as caught:
+        creation_pass(x, 0.01, block=block, max_new=40, parallel=parallel)
+    assert caught.value.filters == 41 and caught.value.cap == 40
 
 
 def test_thinned_starts_are_dp_means_of_the_drawn_rows(rng):

@@ -48,6 +48,17 @@ def alpha_for_radius(radius: float) -> float:
 
 
 @njit(**JIT)
+def _sq_dist(x, t, r):
+    """||x[t] - x[r]||^2 in float64: the one distance both creation kernels use, so the
+    serial and the parallel pass compare the same bits."""
+    d2 = 0.0
+    for d in range(x.shape[1]):
+        diff = np.float64(x[t, d]) - np.float64(x[r, d])
+        d2 += diff * diff
+    return d2
+
+
+@njit(**JIT)
 def _creation_block(x, old_d2, old_label, radius2, first_new, budget, may_start, seed_rows, labels):
     """Sequential DP-means over one block of candidates ``x`` (b, D), in order.
 
@@ -59,16 +70,11 @@ def _creation_block(x, old_d2, old_label, radius2, first_new, budget, may_start,
         ``budget + 1`` as soon as more than ``budget`` would be started (the pass is void).
     """
     started = 0
-    dims = x.shape[1]
     for t in range(x.shape[0]):
         best_d2 = old_d2[t]
         best = old_label[t]
         for k in range(started):
-            r = seed_rows[k]
-            d2 = 0.0
-            for d in range(dims):
-                diff = np.float64(x[t, d]) - np.float64(x[r, d])
-                d2 += diff * diff
+            d2 = _sq_dist(x, t, seed_rows[k])
             if d2 < best_d2:
                 best_d2 = d2
                 best = first_new + k
@@ -83,6 +89,57 @@ def _creation_block(x, old_d2, old_label, radius2, first_new, budget, may_start,
             labels[t] = first_new + started
             started += 1
     return started
+
+
+@njit(**JIT)
+def _validate_block(x, proposers, radius2, budget, seed_rows):
+    """The serial half of the parallel pass (optimistic concurrency control, Pan et al.
+    2013): ``proposers`` (rows of x, in order) could each start a filter, having no earlier
+    filter within the radius; in order, each starts one unless a filter started by an earlier
+    proposer lies within the radius. Those are exactly the rows the sequential rule starts
+    filters at. OUT seed_rows. Returns the number started, or ``budget + 1`` (as
+    :func:`_creation_block`)."""
+    started = 0
+    for i in range(proposers.shape[0]):
+        t = proposers[i]
+        near = False
+        for k in range(started):
+            if _sq_dist(x, t, seed_rows[k]) <= radius2:
+                near = True
+                break
+        if not near:
+            if started == budget:
+                return budget + 1
+            seed_rows[started] = t
+            started += 1
+    return started
+
+
+@njit(**JIT_PARALLEL)
+def _label_block(x, old_d2, old_label, radius2, first_new, seed_rows, started, labels):
+    """The parallel half: every row's label as :func:`_creation_block` gives it, from the
+    filters started in the block (``seed_rows[:started]``, increasing): the nearest of the
+    filter from before the block and those started at earlier rows, first on ties."""
+    for t in prange(x.shape[0]):
+        best_d2 = old_d2[t]
+        best = old_label[t]
+        own = -1
+        for k in range(started):
+            r = seed_rows[k]
+            if r >= t:
+                if r == t:
+                    own = k
+                break
+            d2 = _sq_dist(x, t, r)
+            if d2 < best_d2:
+                best_d2 = d2
+                best = first_new + k
+        if own >= 0:
+            labels[t] = first_new + own
+        elif best >= 0 and best_d2 <= radius2:
+            labels[t] = best
+        else:
+            labels[t] = -1
 
 
 @njit(**JIT_PARALLEL)
@@ -117,6 +174,7 @@ def creation_pass(
     max_new: int | None = None,
     existing: np.ndarray | None = None,
     may_start: np.ndarray | None = None,
+    parallel: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """DP-means over ``candidates`` (m, D), visited in row order.
 
@@ -130,6 +188,12 @@ def creation_pass(
     existing: seeds (E, D) of filters created earlier in the same pass (a streamed pass goes
     chunk by chunk); they are numbered 0..E-1, new filters from E, and count towards
     ``max_new``. ``seeds`` lists the new filters only.
+
+    Each block of candidates is compared with the filters started in earlier blocks by one
+    matrix product, then with those started in the block: ``parallel`` splits this into a
+    serial validation of only the rows no earlier filter covers and a parallel labelling
+    (:func:`_validate_block`, :func:`_label_block`); the serial kernel visits every row in
+    turn. Both give the same bits.
     """
     candidates = np.ascontiguousarray(candidates, dtype=np.float32)
     m, dims = candidates.shape
@@ -152,8 +216,14 @@ def creation_pass(
             old_d2 = np.full(b - a, np.inf)
         rows = np.empty(b - a, dtype=np.int64)
         budget = b - a if max_new is None else min(b - a, max_new - seed_mu.shape[0])
-        started = _creation_block(x, old_d2, old_label, radius2, seed_mu.shape[0], budget, may_start[a:b], rows,
-                                  labels[a:b])
+        if parallel:
+            proposers = np.flatnonzero(may_start[a:b] & ~((old_label >= 0) & (old_d2 <= radius2)))
+            started = _validate_block(x, proposers, radius2, budget, rows)
+            if started <= budget:
+                _label_block(x, old_d2, old_label, radius2, seed_mu.shape[0], rows, started, labels[a:b])
+        else:
+            started = _creation_block(x, old_d2, old_label, radius2, seed_mu.shape[0], budget, may_start[a:b],
+                                      rows, labels[a:b])
         if max_new is not None and started > budget and seed_mu.shape[0] + started > max_new:
             raise FilterCapError(seed_mu.shape[0] + started, max_new)
         if started:
