@@ -80,6 +80,9 @@ class TrainReporter(Protocol):
 
     def iteration(self, layer: int, iteration: int, iterations: int, stats: StepStats) -> None: ...
 
+    def pass_progress(self, layer: int, iteration: int, iterations: int, done: int, total: int,
+                      filters: int) -> None: ...
+
     def probe(self, layer: int, alpha: float, count: float) -> None: ...
 
     def layer_done(self, layer: int, fitted: Layer) -> None: ...
@@ -89,6 +92,8 @@ class _Silent:
     def layer_start(self, *args) -> None: ...
 
     def iteration(self, *args) -> None: ...
+
+    def pass_progress(self, *args) -> None: ...
 
     def probe(self, *args) -> None: ...
 
@@ -463,6 +468,9 @@ def _fit(index: int, options: TrainOptions, reporter: TrainReporter, positions: 
     def on_fit(alpha: float, count: float) -> None:
         reporter.probe(index, alpha, count)
 
+    def on_progress(iteration: int, done: int, filters: int) -> None:
+        reporter.pass_progress(index, iteration, options.iterations, done, n_patches, filters)
+
     n_patches = n_patches if patches is None else patches.shape[0]
     common = {"iterations": options.iterations, "seed": seed, "max_filters": options.max_filters,
               "share": reference_scale(options.reference_images, n_patches, positions)}
@@ -478,10 +486,11 @@ def _fit(index: int, options: TrainOptions, reporter: TrainReporter, positions: 
         common["label_dir"] = label_dir
         if options.targets is not None:
             return fit_layer_stream_to_count(source, n_patches, options.targets[index - 1], on_fit=on_fit, **common)
-        return fit_layer_stream(source, n_patches, options.alphas[index - 1], on_iteration=on_iteration, **common)
+        return fit_layer_stream(source, n_patches, options.alphas[index - 1], on_iteration=on_iteration,
+                                on_progress=on_progress, **common)
     except FilterCapError as exc:
         raise NsnError(
-            f"layer {index} grew to {exc.filters} filters, past --max-filters {exc.cap}; "
+            f"layer {index} grew to {exc.filters} filters{exc.when()}, past --max-filters {exc.cap}; "
             f"use a lower alpha for layer {index} (it was {options.alphas[index - 1] if options.alphas else 'searched'}) "
             "or raise --max-filters"
         ) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -247,6 +248,53 @@ def test_peak_memory_of_a_streamed_train(tmp_path, mnist_4k):
     assert peak_mb < 352, peak_mb
     model = NSNModel.load(out)
     assert model.layers[1].chunk > 0 and model.complete and model.top is not None  # layer 2 was streamed
+
+
+def test_a_runaway_layer_stops_in_its_first_pass_with_one_line(tmp_path, mnist_4k):
+    """alpha 0 at layer 1 (a tiny radius: nearly every patch starts a filter), streamed under
+    --memory 352M: the run stops in EM iteration 1, in the first chunk of its 676,000 patches
+    (the message counts the patches read so far), with one line and exit 2; no model is written."""
+    out = tmp_path / "m.h5"
+    proc = subprocess.run([sys.executable, "-m", "nsn_cli", "train", str(mnist_4k), "-o", str(out), "-q",
+                           "--memory", "352M", "--alpha", "0,-2,-2", "--max-filters", "50"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    match = re.search(r"layer 1 grew to 51 filters in EM iteration 1 \(after ([\d,]+) of 676,000 patches\), "
+                      r"past --max-filters 50", lines[0])
+    assert match, lines[0]
+    assert int(match.group(1).replace(",", "")) < 676_000  # within the first pass, not after it
+    assert not out.exists()
+
+
+def test_streamed_passes_report_their_progress_and_filters_so_far(tmp_path, mnist_small):
+    from nsn_cli.train import TrainOptions, train
+
+    calls: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+    stats: dict[tuple[int, int], object] = {}
+
+    class Recorder:
+        def layer_start(self, *args): ...
+        def probe(self, *args): ...
+        def layer_done(self, *args): ...
+
+        def iteration(self, layer, iteration, iterations, step):
+            stats[layer, iteration] = step
+
+        def pass_progress(self, layer, iteration, iterations, done, total, filters):
+            calls.setdefault((layer, iteration), []).append((done, total, filters))
+
+    model = train(mnist_small, tmp_path / "m.h5", TrainOptions(iterations=3, seed=1), memory=2 << 20,
+                  reporter=Recorder())
+    assert set(calls) == set(stats) and {layer for layer, _ in calls} == {1, 2, 3}
+    for (layer, iteration), rows in calls.items():
+        done = [r[0] for r in rows]
+        assert len(rows) > 1 and done == sorted(done) and done[-1] == rows[0][1] == model.layers[layer - 1].patches
+        filters = [r[2] for r in rows]
+        assert filters == sorted(filters)  # filters so far only grow within a pass
+        step = stats[layer, iteration]  # the pass's last count is the step's before dropping and merging
+        assert filters[-1] == step.filters + step.dropped + step.merged
 
 
 def test_dask_local_cluster_gives_the_local_streamed_model(tmp_path, mnist_small):

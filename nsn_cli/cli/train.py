@@ -42,6 +42,12 @@ class _ProgressReporter:
             self.progress.update(task, completed=iteration + 1, status=(
                 f"filters {stats.filters}  created {stats.created}  changed {stats.changed:,}  {stats.seconds:.2f} s/it"))
 
+    def pass_progress(self, layer, iteration, iterations, done, total, filters):
+        task = self._task(layer, iterations)
+        if task is not None:
+            self.progress.update(task, completed=iteration + done / max(total, 1),
+                                 status=f"pass {iteration + 1}: {done / max(total, 1):.0%}, filters {filters} so far")
+
     def probe(self, layer, alpha, count):
         task = self._task(layer, None)
         if task is not None:

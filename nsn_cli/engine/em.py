@@ -438,12 +438,24 @@ def finish_step(mu, rms, counts, *, sigma_floor, created, changed, mean_sim, sta
 
 
 class FilterCapError(NsnError):
-    """A layer grew past ``--max-filters``."""
+    """A layer grew past ``--max-filters``: raised inside the creation pass the moment it does
+    (so a runaway layer stops in its first pass). ``iteration`` (1-based, set by
+    :func:`iterate_em`) and ``seen`` (patches of the pass visited, where known) say when."""
 
-    def __init__(self, filters: int, cap: int):
+    def __init__(self, filters: int, cap: int, seen: int | None = None, total: int | None = None):
         super().__init__(f"{filters} filters exceed --max-filters {cap}")
         self.filters = filters
         self.cap = cap
+        self.seen = seen
+        self.total = total
+        self.iteration: int | None = None
+
+    def when(self) -> str:
+        """' in EM iteration 1 (after 12,288 of 64,000 patches)', as far as known."""
+        text = "" if self.iteration is None else f" in EM iteration {self.iteration}"
+        if self.seen is not None and self.total:
+            text += f" (after {self.seen:,} of {self.total:,} patches)"
+        return text
 
 
 @dataclass
@@ -531,7 +543,11 @@ def iterate_em(
     counts = np.zeros(1, dtype=np.int64)
     history: list[StepStats] = []
     for iteration in range(iterations):
-        mu, sigma, counts, labels, stats = step(mu, sigma, labels, iteration == iterations - 1)
+        try:
+            mu, sigma, counts, labels, stats = step(mu, sigma, labels, iteration == iterations - 1)
+        except FilterCapError as exc:
+            exc.iteration = iteration + 1
+            raise
         history.append(stats)
         if on_iteration is not None:
             on_iteration(iteration, stats)

@@ -165,9 +165,12 @@ def stream_step(
     max_filters: int | None = None,
     share: float = 1.0,
     last: bool = True,
+    on_chunk: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, LabelStore, StepStats]:
     """One streamed EM step over ``n_patches`` patches; returns what :func:`~.em.em_step`
-    does, the labels in ``labels`` (which holds the previous step's unless ``first``)."""
+    does, the labels in ``labels`` (which holds the previous step's unless ``first``).
+    on_chunk(patches done, filters so far): called after every chunk, so a long pass shows
+    its progress and the layer's growth as it goes."""
     started = time.perf_counter()
     k, dims = mu.shape
     radius = sigma_new(alpha) if np.isfinite(alpha) else 0.0
@@ -192,7 +195,7 @@ def stream_step(
                 new_labels, seeds = creation_pass(part.candidates, radius, max_new=room, existing=seed_mu,
                                                   may_start=part.may_start)
             except FilterCapError as exc:
-                raise FilterCapError(k + exc.filters, max_filters) from None
+                raise FilterCapError(k + exc.filters, max_filters, offset + part.size, n_patches) from None
             if seeds.size:
                 seed_mu = np.concatenate([seed_mu, part.candidates[seeds]])
             made = seed_mu.shape[0]
@@ -211,6 +214,8 @@ def stream_step(
             moves.add(labels.read(offset, part.size), chunk_labels)
         labels.write(offset, chunk_labels)
         offset += part.size
+        if on_chunk is not None:
+            on_chunk(offset, k + seed_mu.shape[0])
     if offset != n_patches:
         raise ValueError(f"the chunks held {offset} patches, expected {n_patches}")
     created = seed_mu.shape[0]
@@ -289,11 +294,13 @@ def fit_layer_stream(
     runner: EStepRunner | None = None,
     label_dir: str | os.PathLike | None = None,
     share: float = 1.0,
+    on_progress: Callable[[int, int, int], None] | None = None,
 ) -> LayerFit:
     """:func:`~.em.fit_layer` on a chunk source: same start, steps and stopping rule.
 
     label_dir: keep the patches' labels in a temporary file there instead of in memory; the
-    fit's ``labels`` are then None (they are not needed after training)."""
+    fit's ``labels`` are then None (they are not needed after training).
+    on_progress(iteration, patches done, filters so far): after every chunk of every pass."""
     run = runner or local_runner(chunks)
     rng = np.random.default_rng(seed)
     width = sigma_new(alpha)
@@ -301,11 +308,15 @@ def fit_layer_stream(
     mu = patch_at(chunks, int(rng.integers(n_patches)))[None, :]
     sigma = np.array([width])
     store = LabelStore(n_patches, label_dir)
+    passes = 0
 
     def step(mu, sigma, previous, last):
+        nonlocal passes
+        iteration, passes = passes, passes + 1
+        on_chunk = None if on_progress is None else lambda done, filters: on_progress(iteration, done, filters)
         return stream_step(run, n_patches, mu, sigma, alpha=alpha, sigma_floor=floor,
                            seed=int(rng.integers(1 << 62)), labels=store, first=previous is None,
-                           max_filters=max_filters, share=share, last=last)
+                           max_filters=max_filters, share=share, last=last, on_chunk=on_chunk)
 
     try:
         fit = iterate_em(step, mu, sigma, alpha, iterations, on_iteration)
