@@ -38,7 +38,7 @@ def test_same_seed_same_bits_and_checkpoint_contents(tmp_path, mnist_small, tiny
         (4, 4, 1), (3, 3, loaded.layers[0].filters), (6, 6, loaded.layers[1].filters)]
     for layer in loaded.layers:
         assert layer.counts.sum() > 0 and np.all(layer.sigma > 0)
-        assert len(layer.history) >= 1 and set(layer.history[0]) >= {"filters", "created", "changed", "mean_sim"}
+        assert len(layer.history) >= 1 and set(layer.history[0]) >= {"filters", "created", "merged", "changed", "mean_sim"}
     with h5py.File(path) as handle:
         assert handle.attrs["encoding-type"] == "nsn-model"
         assert handle.attrs["layers-complete"] == 3
