@@ -270,8 +270,9 @@ def finish_moments(total: np.ndarray, sq: np.ndarray, count: np.ndarray) -> tupl
     return mean.astype(np.float32), np.sqrt(np.where(count > 0, mean_sq, 0.0)), count
 
 
-#: Elements of the (pruned x kept x D) difference block :func:`merge_small` holds at once.
-_MERGE_BLOCK = 1 << 22
+#: Elements of the (pruned x kept x D) float64 difference block :func:`merge_small` holds at
+#: once (4 MB: it runs inside a streamed layer's memory budget).
+_MERGE_BLOCK = 1 << 19
 
 
 def merge_small(
@@ -309,7 +310,8 @@ def merge_small(
     block = max(1, _MERGE_BLOCK // max(1, kept.size * total.shape[1]))
     for a in range(0, small.size, block):
         b = min(small.size, a + block)
-        d2 = ((m_small[a:b, None, :] - mu[None, :, :]) ** 2).sum(axis=2)  # no BLAS: thread-count free bits
+        diff = m_small[a:b, None, :] - mu[None, :, :]
+        d2 = np.einsum("pkd,pkd->pk", diff, diff)  # no BLAS: thread-count free bits; no squared copy
         score = -np.log(sigma)[None, :] - (d2 + r2_small[a:b, None]) / (2.0 * sigma[None, :] ** 2)
         into[small[a:b]] = kept[np.argmax(score, axis=1)]
     total, sq, count = total.copy(), sq.copy(), count.copy()
