@@ -218,8 +218,11 @@ def train(
         model = NSNModel.load(output)
         if model.fingerprint != print_fp:
             raise NsnError(f"--resume: {output} was trained on other data (fingerprint {model.fingerprint}, this data set {print_fp})")
-        if model.config != config:
-            changed = sorted(k for k in config if model.config.get(k) != config[k])
+        stored = dict(model.config)
+        if "reference_images" not in stored:  # written before the option: the paper's EM, the same at <= reference
+            stored["reference_images"] = config["reference_images"] if n <= options.reference_images else 0
+        if stored != config:
+            changed = sorted(k for k in config if stored.get(k) != config[k])
             raise NsnError(f"--resume: {output} was trained with other options ({', '.join(changed)}); use --force to start over")
     else:
         check_output_path(output, force)

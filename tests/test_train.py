@@ -80,6 +80,22 @@ def test_resume_refuses_other_data_or_options(cli, tmp_path, mnist_small, tiny_m
     assert code == 2 and "trained on other data" in err
 
 
+def test_resume_of_a_checkpoint_from_before_the_reference_scale(cli, tmp_path, mnist_small, tiny_model):
+    """A model file written before --reference-images existed was trained with the paper's EM:
+    resumable by default on at most 4,000 images (where the default is the paper's EM), and
+    with --reference-images 0 at any size; not with a reference smaller than the data."""
+    path, _ = tiny_model
+    old = tmp_path / "old.h5"
+    model = NSNModel.load(path)  # a copy: the fixture's model is shared
+    model.config = {k: v for k, v in model.config.items() if k != "reference_images"}
+    model.save(old)
+    for extra, code_expected in (([], 0), (["--reference-images", "0"], 0), (["--reference-images", "100"], 2)):
+        code, _, err = cli("train", mnist_small, "-o", old, "--resume", "--iterations", "4", "--seed", "3", "-q",
+                           *extra)
+        assert code == code_expected, (extra, err)
+    assert "other options (reference_images)" in err
+
+
 @pytest.mark.slow
 def test_kill_after_first_layer_then_resume_equals_uninterrupted(tmp_path, mnist_small):
     out = tmp_path / "killed.h5"
