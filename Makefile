@@ -38,6 +38,7 @@ test-fast: $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_generate.py
+	$(BIN)/python bench/bench_creation.py
 
 bench-quality: $(BENCH_STAMP)
 	$(BIN)/python bench/bench_quality.py

@@ -58,6 +58,7 @@ def test_bad_train_inputs(cli, tmp_path, mnist_small):
         (["--arch", "4x4/2,3x3/2"], "reaches 1x1 from sizes"),
         (["--alpha", "0,-2,-2", "--max-filters", "20"], "layer 1 grew to"),
         (["--iterations", "0"], "--iterations must be at least 1"),
+        (["--reference-images", "-1"], "--reference-images must be at least 0"),
         (["--activation", "tanh"], "--activation must be one of"),
     ]
     for extra, message in cases:
