@@ -1,11 +1,12 @@
 """A synthetic digits data set K times the bundled size, for the scaling benchmark.
 
-``python bench/make_synthetic.py --scale K OUT.h5`` writes ``K * 4000`` images: copy 0 is the
-4,000 bundled digits as they are; copy ``k >= 1`` is every digit moved by a random integer
-shift in [-2, 2] px and a small elastic deformation (Simard et al. 2003: a uniform random
-displacement field smoothed by a Gaussian of ``sigma`` px and scaled by ``alpha`` px), drawn
-from a generator seeded with ``k``, bilinear (order 1), clipped to [0, 1]. Labels are the
-bundled labels repeated.
+``python bench/make_synthetic.py --scale K OUT.h5`` writes ``K * 4000`` images: copy ``k`` (1..K)
+is every bundled digit moved by a random integer shift in [-2, 2] px and a small elastic
+deformation (Simard et al. 2003: a uniform random displacement field smoothed by a Gaussian of
+``sigma`` px and scaled by ``alpha`` px), drawn from a generator seeded with ``k``, bilinear
+(order 1), clipped to [0, 1]. Labels are the bundled labels repeated. Every copy is drawn the
+same way, so the data sets of every scale are samples of one distribution (the K-times set
+holds the smaller ones as its first copies): filter counts can be compared across scales.
 
 The file is written chunk by chunk straight into the layout ``nsn prep`` writes (root stamp,
 ``/images`` float32 chunked gzip-4 with shuffle, ``/labels`` int64), because ``nsn prep``
@@ -64,9 +65,8 @@ def make(scale: int, output: Path, sigma: float = 4.0, alpha: float = ALPHA, shi
     n, h, w, c = images.shape
     count = scale * n
     output.parent.mkdir(parents=True, exist_ok=True)
-    source = f"bench/make_synthetic.py: {n} bundled digits x{scale}"
-    if scale > 1:
-        source += f" (copies 1..{scale - 1}: shift +-{shift} px, elastic sigma {sigma:g} alpha {alpha:g}, seed = copy index)"
+    source = (f"bench/make_synthetic.py: {n} bundled digits x{scale} (every copy: shift +-{shift} px, "
+              f"elastic sigma {sigma:g} alpha {alpha:g}, seed = copy index 1..{scale})")
     with atomic_path(output) as temp, h5py.File(temp, "w") as handle:
         stamp(handle, DATASET_TYPE, source)
         # the chunking and compression nsn prep uses (nsn_cli/prep.py), so reads cost the same
@@ -75,9 +75,8 @@ def make(scale: int, output: Path, sigma: float = 4.0, alpha: float = ALPHA, shi
             chunks=(min(count, max(1, 65536 // (h * w * c))), h, w, c),
             compression="gzip", compression_opts=4, shuffle=True,
         )
-        data[:n] = images
-        for copy in range(1, scale):
-            rng = np.random.default_rng(copy)
+        for copy in range(scale):
+            rng = np.random.default_rng(copy + 1)
             for start in range(0, n, CHUNK):
                 stop = min(n, start + CHUNK)
                 data[copy * n + start : copy * n + stop] = deform(base[start:stop], rng, shift, sigma, alpha)[..., None]

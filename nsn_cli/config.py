@@ -24,6 +24,11 @@ MAX_FILTERS = 2000
 #: 2% near-copies. Neither cap touches the digits (4,000 images: at most 500 and 2,250).
 TOP_MIN_IMAGES = 8
 MIN_FILTER_PATCHES = 64
+#: Default ``--reference-images``: EM on more images runs as on this many (a patch below alpha
+#: may start a filter with chance REFERENCE_IMAGES / images; filters under one reference
+#: patch's share are merged), so filter counts follow the data's distribution, not its size.
+#: The default alphas were fitted on 4,000 digits (SPEC.md, "Changes made in nsn").
+REFERENCE_IMAGES = 4000
 #: Default number of EM iterations per layer.
 ITERATIONS = 10
 #: The sigma floor is ``sigma_new / SIGMA_FLOOR_DIVISOR`` (SPEC.md).

@@ -128,10 +128,11 @@ def _forget_maps() -> None:
     _cache.update(token=None, maps={}, bytes=0)
 
 
-def _estep_task(source, token: str, a: int, b: int, mu, sigma, alpha: float, seed: int, index: int) -> ChunkEStep:
+def _estep_task(source, token: str, a: int, b: int, mu, sigma, alpha: float, seed: int, index: int,
+                share: float = 1.0) -> ChunkEStep:
     """On a worker: chunk ``index`` (images a..b-1), its maps cached or read and encoded from
     the data file, cut into patches; its E-step."""
-    return chunk_estep(source.cut(_chunk_maps(source, token, a, b), a, b), mu, sigma, alpha, seed, index)
+    return chunk_estep(source.cut(_chunk_maps(source, token, a, b), a, b), mu, sigma, alpha, seed, index, share)
 
 
 def dask_runner(client, source, window: int | None = None) -> EStepRunner:
@@ -144,12 +145,12 @@ def dask_runner(client, source, window: int | None = None) -> EStepRunner:
     window = window or 2 * max(1, len(workers))
     token = uuid.uuid4().hex
 
-    def run(mu, sigma, alpha, seed):
+    def run(mu, sigma, alpha, seed, share=1.0):
         mu_f, sigma_f = _scatter(client, [mu, sigma])
         pending: collections.deque = collections.deque()
         for index, (a, b) in enumerate(ranges):
             home = [workers[index % len(workers)]] if workers else None
-            future = client.submit(_estep_task, remote_source, token, a, b, mu_f, sigma_f, alpha, seed, index,
+            future = client.submit(_estep_task, remote_source, token, a, b, mu_f, sigma_f, alpha, seed, index, share,
                                    pure=False, workers=home, allow_other_workers=True)
             pending.append((future, a, b))
             if len(pending) >= window:

@@ -10,7 +10,7 @@ Model file layout (``encoding-type = "nsn-model"``, version 1)::
     /layers/<l>/counts     (K,) int64                  patches per filter after the last M-step
     /layers/<l>            attrs: alpha, patch, stride, seconds, patches, chunk (images per
                            chunk if trained streamed under --memory, 0 if in memory)
-    /layers/<l>/history/*  per EM iteration: filters, created, dropped, changed, mean_sim, seconds
+    /layers/<l>/history/*  per EM iteration: filters, created, dropped, merged, changed, mean_sim, seconds
     /zca/{mean,whiten,unwhiten}   the data set's preprocessing, so outputs are de-whitened
     /top/...               optional top-layer statistics for the diverse priors (see top.py),
                            uncompressed (see NSNModel.save)
@@ -36,7 +36,7 @@ from nsn_cli.engine.similarity import similarity
 from nsn_cli.errors import NsnError
 from nsn_cli.files import MODEL_TYPE, Zca, atomic_h5, open_nsn_file, stamp
 
-HISTORY_KEYS = ("filters", "created", "dropped", "changed", "mean_sim", "seconds")
+HISTORY_KEYS = ("filters", "created", "dropped", "merged", "changed", "mean_sim", "seconds")
 NOISE_LAYERS = ("all", "pixel")
 NOISE_SCALES = ("rms", "dim")
 
@@ -269,7 +269,7 @@ class NSNModel:
                                seconds=layer.seconds, patches=layer.patches, chunk=layer.chunk)
                 hist = g.create_group("history")
                 for key in HISTORY_KEYS:
-                    hist.create_dataset(key, data=np.asarray([row[key] for row in layer.history]))
+                    hist.create_dataset(key, data=np.asarray([row.get(key, 0) for row in layer.history]))  # merged: 0 before it was kept
             if self.zca is not None:
                 self.zca.write(handle)
             if self.calibration is not None:

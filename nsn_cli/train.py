@@ -20,7 +20,7 @@ import numpy as np
 from nsn_cli import config as defaults
 from nsn_cli import interrupts
 from nsn_cli.calibrate import FIT_SAMPLES, calibrate_model
-from nsn_cli.engine.em import FilterCapError, LayerFit, StepStats, fit_layer, fit_layer_to_count
+from nsn_cli.engine.em import FilterCapError, LayerFit, StepStats, fit_layer, fit_layer_to_count, reference_scale
 from nsn_cli.engine.geometry import arch_string, check_reaches_one, default_arch, map_sizes, parse_arch, preset_name
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import ACTIVATIONS
@@ -85,6 +85,9 @@ class TrainReporter(Protocol):
 
     def iteration(self, layer: int, iteration: int, iterations: int, stats: StepStats) -> None: ...
 
+    def pass_progress(self, layer: int, iteration: int, iterations: int, done: int, total: int,
+                      filters: int) -> None: ...
+
     def probe(self, layer: int, alpha: float, count: float) -> None: ...
 
     def layer_done(self, layer: int, fitted: Layer) -> None: ...
@@ -102,6 +105,8 @@ class _Silent:
     def layer_start(self, *args) -> None: ...
 
     def iteration(self, *args) -> None: ...
+
+    def pass_progress(self, *args) -> None: ...
 
     def probe(self, *args) -> None: ...
 
@@ -124,6 +129,7 @@ class TrainOptions:
     max_filters: int = defaults.MAX_FILTERS
     activation: str = "sigmoid"
     seed: int = 0
+    reference_images: int = defaults.REFERENCE_IMAGES
 
     def as_config(self) -> dict:
         """The options that define the model (a resumed run must match them)."""
@@ -131,6 +137,7 @@ class TrainOptions:
             "arch": self.arch, "alphas": self.alphas, "targets": self.targets,
             "iterations": self.iterations, "max_patches": self.max_patches,
             "max_filters": self.max_filters, "activation": self.activation, "seed": self.seed,
+            "reference_images": self.reference_images,
         }
 
 
@@ -141,6 +148,8 @@ def _validate(options: TrainOptions, layers: int) -> None:
         raise NsnError(f"--max-filters must be at least 1, got {options.max_filters}")
     if options.max_patches is not None and options.max_patches < 1:
         raise NsnError(f"--max-patches must be at least 1, got {options.max_patches}")
+    if options.reference_images < 0:
+        raise NsnError(f"--reference-images must be at least 0 (0: the paper's EM), got {options.reference_images}")
     if options.activation not in ACTIVATIONS:
         raise NsnError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {options.activation!r}")
     if options.alphas is not None and options.targets is not None:
@@ -258,8 +267,11 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
         model = NSNModel.load(output)
         if model.fingerprint != print_fp:
             raise NsnError(f"--resume: {output} was trained on other data (fingerprint {model.fingerprint}, this data set {print_fp})")
-        if model.config != config:
-            changed = sorted(k for k in config if model.config.get(k) != config[k])
+        stored = dict(model.config)
+        if "reference_images" not in stored:  # written before the option: the paper's EM, the same at <= reference
+            stored["reference_images"] = config["reference_images"] if n <= options.reference_images else 0
+        if stored != config:
+            changed = sorted(k for k in config if stored.get(k) != config[k])
             raise NsnError(f"--resume: {output} was trained with other options ({', '.join(changed)}); use --force to start over")
     else:
         check_output_path(output, force)
@@ -297,7 +309,7 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
                         maps = _encoded_maps(data_path, model, index - 1, chunk)
                     patches = extract_patches(maps, shape.patch, shape.stride, image_idx, position)
                     started = time.perf_counter()
-                    fitted = _fit(index, options, reporter, patches=patches)
+                    fitted = _fit(index, options, reporter, h * w, patches=patches)
                     cap = filter_cap(index == len(arch), n, patches.shape[0])
                     if defaulted and fitted.mu.shape[0] > cap:
                         reporter.note(
@@ -305,7 +317,7 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
                             f"training images; refitted to {cap}, at least {_cap_unit(index == len(arch))} each "
                             "(--alpha or --filters choose for you)")
                         fitted = _fit(index, replace(options, alphas=None, targets=[cap] * len(arch)), reporter,
-                                      patches=patches)
+                                      h * w, patches=patches)
                     del patches
                     chunk = 0
                 else:
@@ -320,7 +332,7 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
                                           maps=maps)
                     reporter.layer_start(index, len(arch), n_patches, dims, False)
                     started = time.perf_counter()
-                    fitted = _fit(index, options, reporter, source=source, n_patches=n_patches,
+                    fitted = _fit(index, options, reporter, h * w, source=source, n_patches=n_patches,
                                   client=client if maps is None else None, label_dir=label_dir)
                 layer = Layer(
                     shape=shape,
@@ -567,8 +579,9 @@ class LayerPatches:
                 yield self.read(dataset, a, b)
 
 
-def _fit(index: int, options: TrainOptions, reporter: TrainReporter, *, patches: np.ndarray | None = None,
-         source: LayerPatches | None = None, n_patches: int = 0, client=None, label_dir=None) -> LayerFit:
+def _fit(index: int, options: TrainOptions, reporter: TrainReporter, positions: int, *,
+         patches: np.ndarray | None = None, source: LayerPatches | None = None, n_patches: int = 0, client=None,
+         label_dir=None) -> LayerFit:
     """Fit layer ``index`` on ``patches`` in memory, or streamed from ``source`` (its chunk
     E-steps on the Dask ``client`` if given, its labels in a temporary file in ``label_dir``
     if given)."""
@@ -582,7 +595,12 @@ def _fit(index: int, options: TrainOptions, reporter: TrainReporter, *, patches:
         interrupts.check()
         reporter.probe(index, alpha, count)
 
+    def on_progress(iteration: int, done: int, filters: int) -> None:
+        reporter.pass_progress(index, iteration, options.iterations, done, n_patches, filters)
+
+    n_patches = n_patches if patches is None else patches.shape[0]
     common = {"iterations": options.iterations, "seed": seed, "max_filters": options.max_filters,
+              "share": reference_scale(options.reference_images, n_patches, positions),
               "on_iteration": on_iteration}
     try:
         if patches is not None and options.targets is not None:
@@ -596,10 +614,10 @@ def _fit(index: int, options: TrainOptions, reporter: TrainReporter, *, patches:
         common["label_dir"] = label_dir
         if options.targets is not None:
             return fit_layer_stream_to_count(source, n_patches, options.targets[index - 1], on_fit=on_fit, **common)
-        return fit_layer_stream(source, n_patches, options.alphas[index - 1], **common)
+        return fit_layer_stream(source, n_patches, options.alphas[index - 1], on_progress=on_progress, **common)
     except FilterCapError as exc:
         raise NsnError(
-            f"layer {index} grew to {exc.filters} filters, past --max-filters {exc.cap}; "
+            f"layer {index} grew to {exc.filters} filters{exc.when()}, past --max-filters {exc.cap}; "
             f"use a lower alpha for layer {index} (it was {options.alphas[index - 1] if options.alphas else 'searched'}) "
             "or raise --max-filters"
         ) from None

@@ -44,17 +44,22 @@ def sim_matrix(x, mu, sigma):
     return np.array([[sim(xi, m, s) for m, s in zip(mu, sigma)] for xi in x])
 
 
-def sequential_creation(cand, radius):
-    """Fully sequential DP-means: each candidate joins the nearest earlier seed within radius."""
+def sequential_creation(cand, radius, may_start=None, existing=None):
+    """Fully sequential DP-means: each candidate joins the nearest earlier seed within radius
+    (``existing`` seeds first, numbered 0..E-1), else starts one if it may (else label -1)."""
+    centres = [np.float64(e) for e in (existing if existing is not None else [])]
     seeds, labels = [], []
     for t, x in enumerate(cand):
-        d = [float(np.sum((np.float64(x) - np.float64(cand[s])) ** 2)) for s in seeds]
+        d = [float(np.sum((np.float64(x) - c) ** 2)) for c in centres]
         if d and min(d) <= radius**2:
             labels.append(int(np.argmin(d)))
+        elif may_start is not None and not may_start[t]:
+            labels.append(-1)
         else:
             seeds.append(t)
-            labels.append(len(seeds) - 1)
-    return np.array(labels), np.array(seeds)
+            centres.append(np.float64(x))
+            labels.append(len(centres) - 1)
+    return np.array(labels, dtype=np.int64), np.array(seeds, dtype=np.int64)
 
 
 def sequential_e_step(x, mu, sigma, alpha, order, sigma_new):

@@ -10,7 +10,18 @@ import numba
 import numpy as np
 import pytest
 
-from nsn_cli.engine.em import creation_pass, em_step, fit_layer, m_step, moments, sigma_new
+from nsn_cli.engine.em import (
+    FilterCapError,
+    creation_pass,
+    draw_candidates,
+    em_step,
+    fit_layer,
+    floor_count,
+    m_step,
+    moments,
+    reference_scale,
+    sigma_new,
+)
 from nsn_cli.engine.generate import decode_patches, normal_draws, uniform_draws
 from nsn_cli.engine.geometry import check_reaches_one, map_sizes, parse_arch
 from nsn_cli.engine.patches import extract_patches, stitch_patches
@@ -118,6 +129,121 @@ def test_creation_pass_matches_sequential(rng, block):
     ref_labels, ref_seeds = ref.sequential_creation(cand, 0.45)
     assert np.array_equal(seeds, ref_seeds)
     assert np.array_equal(labels, ref_labels)
+
+
+def _creation_case(rng, m, dims, duplicates, thinned, existing):
+    x = rng.random((m, dims), dtype=np.float32)
+    if duplicates:  # exact repeats: distance 0, ties between seeds
+        x = x[rng.integers(0, max(1, m // 4), size=m)]
+    may_start = rng.random(m) < 0.3 if thinned else None
+    old = rng.random((7, dims), dtype=np.float32) if existing else None
+    return x, may_start, old
+
+
+def _creation_case(rng, m, dims, duplicates, thinned, existing):
+    x = rng.random((m, dims), dtype=np.float32)
+    if duplicates:  # exact repeats: distance 0, ties between seeds
+        x = x[rng.integers(0, max(1, m // 4), size=m)]
+    may_start = rng.random(m) < 0.3 if thinned else None
+    old = rng.random((7, dims), dtype=np.float32) if existing else None
+    return x, may_start, old
+
+
+@pytest.mark.parametrize("block", [1, 5, 64, 2048])
+@pytest.mark.parametrize("duplicates, thinned, existing", [(False, False, False), (True, False, False),
+                                                          (False, True, False), (True, True, True),
+                                                          (False, False, True)])
+def test_parallel_creation_pass_is_the_serial_pass(rng, block, duplicates, thinned, existing):
+    """The OCC pass (serial validation of the uncovered rows, parallel labelling) gives the
+    serial kernel's bits, and both the fully sequential rule's filters and labels."""
+    x, may_start, old = _creation_case(rng, 700, 6, duplicates, thinned, existing)
+    radius = 0.35
+    serial = creation_pass(x, radius, block=block, may_start=may_start, existing=old, parallel=False)
+    parallel = creation_pass(x, radius, block=block, may_start=may_start, existing=old, parallel=True)
+    assert np.array_equal(serial[0], parallel[0]) and np.array_equal(serial[1], parallel[1])
+    ref_labels, ref_seeds = ref.sequential_creation(x, radius, may_start, old)
+    assert np.array_equal(parallel[1], ref_seeds)
+    assert np.array_equal(parallel[0], ref_labels)
+    assert parallel[1].size > 3 and (not thinned or (parallel[0] == -1).any())  # the cases do what they say
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_creation_pass_edge_cases(rng, parallel):
+    empty_labels, empty_seeds = creation_pass(np.empty((0, 4), np.float32), 0.5, parallel=parallel)
+    assert empty_labels.size == 0 and empty_seeds.size == 0
+    x = np.repeat(rng.random((5, 3), dtype=np.float32), 4, axis=0)  # 5 points, each 4 times in a row
+    labels, seeds = creation_pass(x, 0.0, parallel=parallel)  # radius 0: exact copies join
+    assert seeds.tolist() == [0, 4, 8, 12, 16] and labels.tolist() == [k for k in range(5) for _ in range(4)]
+    labels, seeds = creation_pass(x, 0.0, may_start=np.zeros(20, bool), parallel=parallel)
+    assert seeds.size == 0 and (labels == -1).all()  # nothing may start: everything stays
+    # an earlier filter (distances by the matrix product, exact to ~1e-7) still takes its copies
+    labels, seeds = creation_pass(x, 1e-3, may_start=np.zeros(20, bool), existing=x[:1], parallel=parallel)
+    assert labels.tolist() == [0] * 4 + [-1] * 16
+    labels, seeds = creation_pass(x[:1], 1.0, parallel=parallel)
+    assert labels.tolist() == [0] and seeds.tolist() == [0]
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("block", [3, 2048])
+def test_creation_pass_cap_stops_at_the_same_count(rng, parallel, block):
+    x = rng.random((500, 8), dtype=np.float32)  # radius 0.01: every row starts a filter
+    with pytest.raises(FilterCapError) as caught:
+        creation_pass(x, 0.01, block=block, max_new=40, parallel=parallel)
+    assert caught.value.filters == 41 and caught.value.cap == 40
+
+
+def test_thinned_starts_are_dp_means_of_the_drawn_rows(rng):
+    """Rows that may not start a filter never decide where one starts: the filters a thinned
+    pass starts are exactly DP-means over the drawn rows alone."""
+    x = rng.random((3000, 5), dtype=np.float32)
+    may_start = rng.random(3000) < 0.25
+    labels, seeds = creation_pass(x, 0.3, may_start=may_start)
+    drawn = np.flatnonzero(may_start)
+    _, drawn_seeds = creation_pass(x[drawn], 0.3)
+    assert np.array_equal(seeds, drawn[drawn_seeds])
+    assert ((labels == -1) <= ~may_start).all()
+
+
+def test_draw_candidates(rng):
+    below = np.arange(10000)
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    order, may_start = draw_candidates(below, 1.0, a)
+    assert may_start is None and np.array_equal(order, below[b.permutation(below.size)])
+    assert a.random() == b.random()  # share 1 draws nothing more: the paper's pass is unchanged
+    order, may_start = draw_candidates(below, 0.25, np.random.default_rng(3))
+    assert np.array_equal(order, below[np.random.default_rng(3).permutation(below.size)])
+    assert abs(may_start.mean() - 0.25) < 0.02
+
+
+def test_reference_scale_counts_do_not_grow_with_the_data(rng):
+    """A fixed distribution (20 tight clusters and a wide background of lone points) at 2,000,
+    8,000 and 32,000 points: the paper's rule starts a filter for nearly every lone point, so
+    its count grows with the data; at the scale of 2,000 points (share 2,000 / n) the counts at
+    8,000 and 32,000 agree, keep the 20 clusters and drop the lone points' filters (each holds
+    less than one reference point's share)."""
+    centres = rng.random((20, 8)) * 4
+
+    def draw(n):
+        tight = centres[rng.integers(0, 20, size=n)] + rng.normal(0, 0.05, size=(n, 8))
+        wide = rng.random((n, 8)) * 4
+        return np.where((rng.random(n) < 0.9)[:, None], tight, wide).astype(np.float32)
+
+    def count(x, share=1.0):
+        return fit_layer(x, -1.2, iterations=6, seed=1, max_filters=5000, share=share).mu.shape[0]
+
+    reference = count(draw(2000))
+    big = draw(32000)
+    assert count(big) > 4 * reference  # the paper's EM: about one filter per lone point
+    mid, top = count(draw(8000), 2000 / 8000), count(big, 2000 / 32000)
+    assert 20 <= mid <= reference and 20 <= top <= reference
+    assert max(mid, top) <= 1.5 * min(mid, top)
+
+
+def test_reference_scale_and_floor():
+    assert reference_scale(4000, 676_000, 169) == 1.0  # the reference size: the paper's EM
+    assert reference_scale(4000, 16 * 676_000, 169) == pytest.approx(1 / 16)
+    assert reference_scale(0, 16 * 676_000, 169) == 1.0  # 0: the paper's EM at any size
+    assert [floor_count(s) for s in (1.0, 0.5, 1 / 16, 4000 / 60000, 0.3)] == [0, 2, 16, 15, 4]
 
 
 def test_batched_e_step_matches_fully_sequential_rule(rng):

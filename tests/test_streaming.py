@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -85,6 +86,43 @@ def test_stream_step_one_chunk_matches_em_step_statistics(rng):
         assert np.array_equal(u, v)
     assert np.array_equal(a[3], b[3].read(0, x.shape[0]))
     assert a[4].filters == b[4].filters and a[4].mean_sim == pytest.approx(b[4].mean_sim, rel=1e-12)
+
+
+def test_small_filters_merge_alike_in_memory_and_streamed(rng):
+    """share 0.01 (a floor of 100 patches), no creation, a previous step's labels: the three
+    tiny filters are merged, each into the big one under which its members' summed Sim is
+    highest, and the streamed step (many chunks) agrees with the in-memory one on labels,
+    counts, 'changed' (moves made by the merges included) and 'merged'."""
+    from nsn_cli.engine.em import em_step
+
+    centres = rng.normal(0, 3, size=(8, 6))
+    sizes = [1000, 1200, 900, 1100, 1000, 3, 4, 2]
+    x = np.concatenate([rng.normal(c, 0.3, size=(n, 6)) for c, n in zip(centres, sizes)]).astype(np.float32)
+    truth = np.repeat(np.arange(8), sizes)
+    order = rng.permutation(x.shape[0])
+    x, truth = x[order], truth[order]
+    mu = centres.astype(np.float32)
+    sigma = np.full(8, 0.3 * np.sqrt(6))
+    previous = np.where(rng.random(x.shape[0]) < 0.05, rng.integers(0, 8, x.shape[0]), truth)
+    kwargs = {"alpha": -np.inf, "sigma_floor": 1e-3, "share": 0.01}
+    a = em_step(x, mu, sigma, rng=np.random.default_rng(0), previous_labels=previous, **kwargs)
+    store = LabelStore(x.shape[0])
+    store.write(0, previous)
+    b = stream_step(local_runner(_memory_chunks(x, 700)), x.shape[0], mu, sigma, seed=0, labels=store, first=False,
+                    **kwargs)
+    assert a[4].merged == b[4].merged == 3 and a[4].filters == b[4].filters == 5 and a[4].dropped == 0
+    assert np.array_equal(a[2], b[2]) and a[2].sum() == x.shape[0]
+    assert np.array_equal(a[3], b[3].read(0, x.shape[0]))
+    assert a[4].changed == b[4].changed >= 9  # every member of a merged filter moved
+    assert np.allclose(a[0], b[0], atol=1e-5)
+    # by hand: the E-step labels, then each tiny group to its best big filter on the big ones' moments
+    labels = np.argmax(-np.log(sigma) - ((x[:, None, :] - mu[None]) ** 2).sum(2) / (2 * sigma**2), axis=1)
+    big_mu = np.array([x[labels == j].astype(np.float64).mean(0) for j in range(5)])
+    big_s = np.array([np.sqrt(((x[labels == j] - big_mu[j]) ** 2).sum(1).mean()) for j in range(5)])
+    for p in range(5, 8):
+        members = x[labels == p].astype(np.float64)
+        score = [np.sum(-np.log(big_s[j]) - ((members - big_mu[j]) ** 2).sum(1) / (2 * big_s[j] ** 2)) for j in range(5)]
+        assert set(a[3][labels == p]) == {int(np.argmax(score))}
 
 
 def test_streamed_count_search(rng):
@@ -213,6 +251,52 @@ def test_peak_memory_of_a_streamed_train(tmp_path, mnist_4k):
     assert peak_mb < 352, peak_mb
     model = NSNModel.load(out)
     assert model.layers[1].chunk > 0 and model.complete and model.top is not None  # layer 2 was streamed
+
+
+def test_a_runaway_layer_stops_in_its_first_pass_with_one_line(tmp_path, mnist_4k):
+    """alpha 0 at layer 1 (a tiny radius: nearly every patch starts a filter), streamed under
+    --memory 352M: the run stops in EM iteration 1, in the first chunk of its 676,000 patches
+    (the message counts the patches read so far), with one line and exit 2; no model is written."""
+    out = tmp_path / "m.h5"
+    proc = subprocess.run([sys.executable, "-m", "nsn_cli", "train", str(mnist_4k), "-o", str(out), "-q",
+                           "--memory", "352M", "--alpha", "0,-2,-2", "--max-filters", "50"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    match = re.search(r"layer 1 grew to 51 filters in EM iteration 1 \(after ([\d,]+) of 676,000 patches\), "
+                      r"past --max-filters 50", lines[0])
+    assert match, lines[0]
+    assert int(match.group(1).replace(",", "")) < 676_000  # within the first pass, not after it
+    assert not out.exists()
+
+
+def test_streamed_passes_report_their_progress_and_filters_so_far(tmp_path, mnist_small):
+    from nsn_cli.train import TrainOptions, train
+
+    calls: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+    stats: dict[tuple[int, int], object] = {}
+
+    class Recorder:
+        def __getattr__(self, name):  # every other report is ignored
+            return lambda *args: None
+
+        def iteration(self, layer, iteration, iterations, step):
+            stats[layer, iteration] = step
+
+        def pass_progress(self, layer, iteration, iterations, done, total, filters):
+            calls.setdefault((layer, iteration), []).append((done, total, filters))
+
+    model = train(mnist_small, tmp_path / "m.h5", TrainOptions(iterations=3, seed=1), memory=2 << 20,
+                  reporter=Recorder())
+    assert set(calls) == set(stats) and {layer for layer, _ in calls} == {1, 2, 3}
+    for (layer, iteration), rows in calls.items():
+        done = [r[0] for r in rows]
+        assert len(rows) > 1 and done == sorted(done) and done[-1] == rows[0][1] == model.layers[layer - 1].patches
+        filters = [r[2] for r in rows]
+        assert filters == sorted(filters)  # filters so far only grow within a pass
+        step = stats[layer, iteration]  # the pass's last count is the step's before dropping and merging
+        assert filters[-1] == step.filters + step.dropped + step.merged
 
 
 @pytest.mark.parametrize("memory_mb", [4, 16])  # 16M: layer 1's images are held, and that layer streamed here
@@ -381,7 +465,7 @@ def test_a_dask_worker_encodes_each_chunk_once_per_layer(rng, monkeypatch):
     Source.loads = 0
     monkeypatch.setattr(dask_backend, "_cache_room", lambda: 1 << 20)
     for _ in range(3):
-        got = dask_backend._estep_task(source, "layer-1", 0, 40, mu, sigma, -2.0, 7, 0)
+        got = dask_backend._estep_task(source, "layer-1", 0, 40, mu, sigma, -2.0, 7, 0, 1.0)
         assert np.array_equal(got.labels, expected.labels) and np.array_equal(got.sums, expected.sums)
     assert Source.loads == 1
     dask_backend._estep_task(source, "layer-2", 0, 40, mu, sigma, -2.0, 7, 0)

@@ -38,7 +38,7 @@ def test_same_seed_same_bits_and_checkpoint_contents(tmp_path, mnist_small, tiny
         (4, 4, 1), (3, 3, loaded.layers[0].filters), (6, 6, loaded.layers[1].filters)]
     for layer in loaded.layers:
         assert layer.counts.sum() > 0 and np.all(layer.sigma > 0)
-        assert len(layer.history) >= 1 and set(layer.history[0]) >= {"filters", "created", "changed", "mean_sim"}
+        assert len(layer.history) >= 1 and set(layer.history[0]) >= {"filters", "created", "merged", "changed", "mean_sim"}
     with h5py.File(path) as handle:
         assert handle.attrs["encoding-type"] == "nsn-model"
         assert handle.attrs["layers-complete"] == 3
@@ -58,6 +58,7 @@ def test_bad_train_inputs(cli, tmp_path, mnist_small):
         (["--arch", "4x4/2,3x3/2"], "reaches 1x1 from sizes"),
         (["--alpha", "0,-2,-2", "--max-filters", "20"], "layer 1 grew to"),
         (["--iterations", "0"], "--iterations must be at least 1"),
+        (["--reference-images", "-1"], "--reference-images must be at least 0"),
         (["--activation", "tanh"], "--activation must be one of"),
     ]
     for extra, message in cases:
@@ -78,6 +79,22 @@ def test_resume_refuses_other_data_or_options(cli, tmp_path, mnist_small, tiny_m
     prep([MNIST_IMAGES], other, limit=300)
     code, _, err = cli("train", other, "-o", path, "--resume", "--iterations", "4", "--seed", "3", "-q")
     assert code == 2 and "trained on other data" in err
+
+
+def test_resume_of_a_checkpoint_from_before_the_reference_scale(cli, tmp_path, mnist_small, tiny_model):
+    """A model file written before --reference-images existed was trained with the paper's EM:
+    resumable by default on at most 4,000 images (where the default is the paper's EM), and
+    with --reference-images 0 at any size; not with a reference smaller than the data."""
+    path, _ = tiny_model
+    old = tmp_path / "old.h5"
+    model = NSNModel.load(path)  # a copy: the fixture's model is shared
+    model.config = {k: v for k, v in model.config.items() if k != "reference_images"}
+    model.save(old)
+    for extra, code_expected in (([], 0), (["--reference-images", "0"], 0), (["--reference-images", "100"], 2)):
+        code, _, err = cli("train", mnist_small, "-o", old, "--resume", "--iterations", "4", "--seed", "3", "-q",
+                           *extra)
+        assert code == code_expected, (extra, err)
+    assert "other options (reference_images)" in err
 
 
 @pytest.mark.slow

@@ -42,8 +42,9 @@ def info_cli(
             if not curve:
                 continue
             hist = Table(title=f"layer {layer['layer']}: EM iterations")
-            for col in ("iteration", "filters", "created", "dropped", "changed", "mean_sim", "seconds"):
+            columns = [k for k in ("filters", "created", "dropped", "merged", "changed", "mean_sim", "seconds") if k in curve[0]]
+            for col in ("iteration", *columns):
                 hist.add_column(col, justify="right")
             for i, row in enumerate(curve, 1):
-                hist.add_row(str(i), *(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in ("filters", "created", "dropped", "changed", "mean_sim", "seconds")))
+                hist.add_row(str(i), *(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in columns))
             console.print(hist)

@@ -51,6 +51,12 @@ class _ProgressReporter:
                 f"{probe}filters {stats.filters}  created {stats.created}  changed {stats.changed:,}  "
                 f"{stats.seconds:.2f} s/it"))
 
+    def pass_progress(self, layer, iteration, iterations, done, total, filters):
+        task = self._task(layer, iterations)
+        if task is not None:
+            self.progress.update(task, completed=iteration + done / max(total, 1),
+                                 status=f"pass {iteration + 1}: {done / max(total, 1):.0%}, filters {filters} so far")
+
     def probe(self, layer, alpha, count):
         self.probes[layer] = self.probes.get(layer, 0) + 1
         task = self._task(layer, None)
@@ -88,6 +94,10 @@ def train_cli(
     iterations: int = typer.Option(config.ITERATIONS, "--iterations", help="EM iterations per layer (stops early when stable)."),
     max_patches: int | None = typer.Option(None, "--max-patches", help="EM on a seeded random subsample of this many patches per layer."),
     max_filters: int = typer.Option(config.MAX_FILTERS, "--max-filters", help="Stop with an error when a layer grows past this."),
+    reference_images: int = typer.Option(
+        config.REFERENCE_IMAGES, "--reference-images",
+        help="EM on more images than this runs as on this many (filters are started and kept at that scale), "
+             "so filter counts do not grow with the data; 0: the paper's EM at any size."),
     activation: str = typer.Option("sigmoid", "--activation", help="Layer output: sigmoid (paper) or relative."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same model bits."),
     threads: int | None = typer.Option(None, "--threads", help="Numba threads (default: all cores)."),
@@ -104,6 +114,7 @@ def train_cli(
     options = TrainOptions(
         arch=arch, alphas=parse_float_list(alpha, "--alpha"), targets=parse_int_list(filters, "--filters"),
         iterations=iterations, max_patches=max_patches, max_filters=max_filters, activation=activation, seed=seed,
+        reference_images=reference_images,
     )
     with progress_bar(quiet or as_json) as progress:
         model = train(data, output, options, resume=resume, force=force, threads=threads,

@@ -35,9 +35,12 @@ from nsn_cli.engine.em import (
     LayerFit,
     StepStats,
     creation_pass,
+    draw_candidates,
     finish_moments,
     finish_step,
+    floor_count,
     iterate_em,
+    merge_small,
     moments,
     search_count,
     sigma_new,
@@ -62,22 +65,26 @@ class ChunkEStep:
     counts: np.ndarray  # (K,) int64
     candidate_rows: np.ndarray  # (c,) rows of the chunk, in the seeded visiting order
     candidates: np.ndarray  # (c, D) float32 patches of those rows
+    candidate_best: np.ndarray  # (c,) their best old filter
+    may_start: np.ndarray | None  # (c,) bool: which may start a filter (None: all)
 
 
-def chunk_estep(chunk: np.ndarray, mu: np.ndarray, sigma: np.ndarray, alpha: float, seed: int, index: int) -> ChunkEStep:
-    """E-step of chunk number ``index`` (pure: same inputs, same bits)."""
+def chunk_estep(chunk: np.ndarray, mu: np.ndarray, sigma: np.ndarray, alpha: float, seed: int, index: int,
+                share: float = 1.0) -> ChunkEStep:
+    """E-step of chunk number ``index`` (pure: same inputs, same bits); its candidates drawn
+    by :func:`~.em.draw_candidates` with ``share``."""
     chunk = np.ascontiguousarray(chunk, dtype=np.float32)
     k = mu.shape[0]
     labels, best = best_filter(chunk, mu, sigma)
     if np.isfinite(alpha):
-        rows = np.flatnonzero(best < alpha)
-        rows = rows[np.random.default_rng([seed, index]).permutation(rows.size)]
+        rows, may_start = draw_candidates(np.flatnonzero(best < alpha), share, np.random.default_rng([seed, index]))
     else:
-        rows = np.empty(0, dtype=np.int64)
-    labels[rows] = k  # left out of the sums: candidates are summed with their new filters
+        rows, may_start = np.empty(0, dtype=np.int64), None
+    candidate_best = labels[rows]
+    labels[rows] = k  # left out of the sums: candidates are summed after the creation pass
     sums, squares, counts = moments(chunk, labels, k)
-    return ChunkEStep(chunk.shape[0], labels.astype(np.int32), float(np.sum(best)), sums, squares, counts, rows,
-                      chunk[rows])
+    return ChunkEStep(chunk.shape[0], labels.astype(np.int32), float(np.sum(best)), sums, squares, counts,
+                      rows, chunk[rows], candidate_best, may_start)
 
 
 class LabelStore:
@@ -142,17 +149,17 @@ class LabelStore:
             self._file.close()
 
 
-#: Runs :func:`chunk_estep` over every chunk for the given (mu, sigma, alpha, seed) and
-#: yields the results in chunk order (locally, or on a cluster).
-EStepRunner = Callable[[np.ndarray, np.ndarray, float, int], Iterator[ChunkEStep]]
+#: Runs :func:`chunk_estep` over every chunk for the given (mu, sigma, alpha, seed, share)
+#: and yields the results in chunk order (locally, or on a cluster).
+EStepRunner = Callable[[np.ndarray, np.ndarray, float, int, float], Iterator[ChunkEStep]]
 
 
 def local_runner(chunks: ChunkSource) -> EStepRunner:
     """Run the per-chunk E-steps here, one chunk in memory at a time."""
 
-    def run(mu, sigma, alpha, seed):
+    def run(mu, sigma, alpha, seed, share=1.0):
         for index, chunk in enumerate(chunks()):
-            yield chunk_estep(chunk, mu, sigma, alpha, seed, index)
+            yield chunk_estep(chunk, mu, sigma, alpha, seed, index, share)
 
     return run
 
@@ -170,9 +177,14 @@ def stream_step(
     labels: LabelStore,
     first: bool = True,
     max_filters: int | None = None,
+    share: float = 1.0,
+    last: bool = True,
+    on_chunk: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, LabelStore, StepStats]:
     """One streamed EM step over ``n_patches`` patches; returns what :func:`~.em.em_step`
-    does, the labels in ``labels`` (which holds the previous step's unless ``first``)."""
+    does, the labels in ``labels`` (which holds the previous step's unless ``first``).
+    on_chunk(patches done, filters so far): called after every chunk, so a long pass shows
+    its progress and the layer's growth as it goes."""
     started = time.perf_counter()
     k, dims = mu.shape
     radius = sigma_new(alpha) if np.isfinite(alpha) else 0.0
@@ -187,38 +199,80 @@ def stream_step(
     new_count = np.zeros(0, dtype=np.int64)
     best_sum = 0.0
     offset = 0
-    for part in run(mu, sigma, alpha, seed):  # chunk order
+    moves = _Moves()  # (previous, new) filter pairs: 'changed' once merges are known
+    for part in run(mu, sigma, alpha, seed, share):  # chunk order
         total, sq, count = total + part.sums, sq + part.squares, count + part.counts
         best_sum += part.best_sum
         chunk_labels = part.labels
         if part.candidates.shape[0]:
             try:
-                new_labels, seeds = creation_pass(part.candidates, radius, max_new=room, existing=seed_mu)
+                new_labels, seeds = creation_pass(part.candidates, radius, max_new=room, existing=seed_mu,
+                                                  may_start=part.may_start)
             except FilterCapError as exc:
-                raise FilterCapError(k + exc.filters, max_filters) from None
+                raise FilterCapError(k + exc.filters, max_filters, offset + part.size, n_patches) from None
             if seeds.size:
                 seed_mu = np.concatenate([seed_mu, part.candidates[seeds]])
             made = seed_mu.shape[0]
-            s, q, c = moments(part.candidates, new_labels, made)
+            stay = new_labels < 0  # may not start a filter and joined none: keeps its best old one
+            final = np.where(stay, part.candidate_best, k + new_labels)
+            s, q, c = moments(part.candidates, final if stay.any() else new_labels, k + made if stay.any() else made)
+            if stay.any():
+                total, sq, count = total + s[:k], sq + q[:k], count + c[:k]
+                s, q, c = s[k:], q[k:], c[k:]
             grow = made - new_total.shape[0]
             new_total = np.concatenate([new_total, np.zeros((grow, dims))]) + s
             new_sq = np.concatenate([new_sq, np.zeros(grow)]) + q
             new_count = np.concatenate([new_count, np.zeros(grow, dtype=np.int64)]) + c
-            chunk_labels[part.candidate_rows] = k + new_labels
+            chunk_labels[part.candidate_rows] = final
         if not first:  # old filters keep their numbers within a step: compare before renumbering
-            changed += int(np.count_nonzero(chunk_labels != labels.read(offset, part.size)))
+            moves.add(labels.read(offset, part.size), chunk_labels)
         labels.write(offset, chunk_labels)
         offset += part.size
+        if on_chunk is not None:
+            on_chunk(offset, k + seed_mu.shape[0])
     if offset != n_patches:
         raise ValueError(f"the chunks held {offset} patches, expected {n_patches}")
     created = seed_mu.shape[0]
-    new_mu, rms, counts = finish_moments(
-        np.concatenate([total, new_total]), np.concatenate([sq, new_sq]), np.concatenate([count, new_count]))
+    total, sq, count, into = merge_small(np.concatenate([total, new_total]), np.concatenate([sq, new_sq]),
+                                         np.concatenate([count, new_count]), floor_count(share), sigma_floor,
+                                         None if last else k)
+    new_mu, rms, counts = finish_moments(total, sq, count)
+    if not first:
+        changed = moves.changed(into)
     mu_out, sigma_out, counts, remap, stats = finish_step(
         new_mu, rms, counts, sigma_floor=sigma_floor, created=created, changed=changed,
-        mean_sim=best_sum / max(n_patches, 1), started=started)
-    labels.remap = remap
+        mean_sim=best_sum / max(n_patches, 1), started=started,
+        merged=int(np.count_nonzero(into != np.arange(into.size))))
+    labels.remap = remap[into]
     return mu_out, sigma_out, counts, labels, stats
+
+
+class _Moves:
+    """How many patches went from each previous filter to each filter of this step (before
+    merges), so the step's 'changed' count can follow the merges made at its end."""
+
+    def __init__(self) -> None:
+        self.pairs: list[np.ndarray] = []
+        self.counts: list[np.ndarray] = []
+
+    def add(self, previous: np.ndarray, new: np.ndarray) -> None:
+        pairs, counts = np.unique((previous.astype(np.int64) << 32) | new.astype(np.int64), return_counts=True)
+        self.pairs.append(pairs)
+        self.counts.append(counts)
+        if len(self.pairs) > 64:  # keep the list short: a few thousand distinct pairs
+            self._compact()
+
+    def _compact(self) -> None:
+        pairs, inverse = np.unique(np.concatenate(self.pairs), return_inverse=True)
+        self.pairs, self.counts = [pairs], [np.bincount(inverse, weights=np.concatenate(self.counts)).astype(np.int64)]
+
+    def changed(self, into: np.ndarray) -> int:
+        """Patches whose filter after the merges ``into`` differs from the previous one."""
+        if not self.pairs:
+            return 0
+        self._compact()
+        pairs, counts = self.pairs[0], self.counts[0]
+        return int(counts[(pairs >> 32) != into[pairs & 0xFFFFFFFF]].sum())
 
 
 def patch_at(chunks: ChunkSource, index: int) -> np.ndarray:
@@ -253,11 +307,14 @@ def fit_layer_stream(
     on_iteration: Callable[[int, StepStats], None] | None = None,
     runner: EStepRunner | None = None,
     label_dir: str | os.PathLike | None = None,
+    share: float = 1.0,
+    on_progress: Callable[[int, int, int], None] | None = None,
 ) -> LayerFit:
     """:func:`~.em.fit_layer` on a chunk source: same start, steps and stopping rule.
 
     label_dir: keep the patches' labels in a temporary file there instead of in memory; the
-    fit's ``labels`` are then None (they are not needed after training)."""
+    fit's ``labels`` are then None (they are not needed after training).
+    on_progress(iteration, patches done, filters so far): after every chunk of every pass."""
     run = runner or local_runner(chunks)
     rng = np.random.default_rng(seed)
     width = sigma_new(alpha)
@@ -265,11 +322,15 @@ def fit_layer_stream(
     mu = patch_at(chunks, int(rng.integers(n_patches)))[None, :]
     sigma = np.array([width])
     store = LabelStore(n_patches, label_dir)
+    passes = 0
 
-    def step(mu, sigma, previous):
+    def step(mu, sigma, previous, last):
+        nonlocal passes
+        iteration, passes = passes, passes + 1
+        on_chunk = None if on_progress is None else lambda done, filters: on_progress(iteration, done, filters)
         return stream_step(run, n_patches, mu, sigma, alpha=alpha, sigma_floor=floor,
                            seed=int(rng.integers(1 << 62)), labels=store, first=previous is None,
-                           max_filters=max_filters)
+                           max_filters=max_filters, share=share, last=last, on_chunk=on_chunk)
 
     try:
         fit = iterate_em(step, mu, sigma, alpha, iterations, on_iteration)
@@ -291,12 +352,13 @@ def fit_layer_stream_to_count(
     on_iteration: Callable[[int, StepStats], None] | None = None,
     runner: EStepRunner | None = None,
     label_dir: str | os.PathLike | None = None,
+    share: float = 1.0,
 ) -> LayerFit:
     """:func:`~.em.fit_layer_to_count` on a chunk source."""
     return search_count(
         spread_sample(chunks, n_patches), target,
         lambda alpha: fit_layer_stream(chunks, n_patches, alpha, iterations=iterations, seed=seed,
                                        max_filters=max_filters, runner=runner, label_dir=label_dir,
-                                       on_iteration=on_iteration),
+                                       on_iteration=on_iteration, share=share),
         max_filters=max_filters, on_fit=on_fit,
     )
