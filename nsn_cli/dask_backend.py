@@ -164,6 +164,10 @@ def dask_runner(client, source, window: int | None = None) -> EStepRunner:
 #: Tries at copying data to every worker: a worker dying during the copy breaks it.
 SCATTER_TRIES = 3
 
+#: Seconds one try may take: a broadcast to a worker killed during it never returns
+#: (distributed waits on the lost worker's reply), so a try that hangs is retried.
+SCATTER_TIMEOUT = 30
+
 
 def _scatter(client, data):
     """``data`` copied to every worker (so a lost worker loses no copy), retried when a worker
@@ -173,7 +177,9 @@ def _scatter(client, data):
         try:
             if attempt:
                 client.wait_for_workers(1, timeout=60)
-            return client.scatter(data, broadcast=True)
+            # Client.scatter's own timeout does not bound a broadcast that waits on a lost worker;
+            # Client.sync's callback_timeout cancels it (Client.scatter is this same call).
+            return client.sync(client._scatter, data, broadcast=True, callback_timeout=SCATTER_TIMEOUT)
         except (distributed.comm.CommClosedError, OSError, TimeoutError) as exc:
             failure = exc
     raise _lost_cluster(failure, " while sending it the filters")

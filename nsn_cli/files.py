@@ -32,7 +32,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -81,7 +81,34 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return Path(a).resolve() == Path(b).resolve()
 
 
-def check_output_path(path: str | os.PathLike, force: bool, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+class InputFiles:
+    """The files a command reads, asked "is this output one of them?" (as :func:`same_file`)
+    once per output: their inodes and resolved paths are found once. Asking 1,000 outputs
+    of a folder inpaint against its 2,001 inputs pair by pair took minutes."""
+
+    def __init__(self, paths: Iterable[str | os.PathLike] = ()) -> None:
+        self.inodes: set[tuple[int, int]] = set()
+        self.resolved: set[Path] = set()
+        for path in paths:
+            with contextlib.suppress(OSError):
+                stat = os.stat(path)
+                self.inodes.add((stat.st_dev, stat.st_ino))
+            self.resolved.add(Path(path).resolve())
+
+    @classmethod
+    def of(cls, inputs: InputFiles | Iterable[str | os.PathLike]) -> InputFiles:
+        return inputs if isinstance(inputs, InputFiles) else cls(inputs)
+
+    def __contains__(self, path: str | os.PathLike) -> bool:
+        with contextlib.suppress(OSError):
+            stat = os.stat(path)
+            if (stat.st_dev, stat.st_ino) in self.inodes:
+                return True
+        return Path(path).resolve() in self.resolved
+
+
+def check_output_path(path: str | os.PathLike, force: bool,
+                      inputs: InputFiles | Sequence[str | os.PathLike] = ()) -> Path:
     """Refuse an output before any work: its folder missing or not writable, the output an
     existing file without ``force``, a folder, or one of the command's ``inputs``.
 
@@ -92,9 +119,8 @@ def check_output_path(path: str | os.PathLike, force: bool, inputs: Sequence[str
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
         raise NsnError(f"{path}: the folder {folder} {what}")
-    for source in inputs:
-        if same_file(path, source):
-            raise NsnError(f"{path}: is also an input of this command; write the output to another file")
+    if path in InputFiles.of(inputs):
+        raise NsnError(f"{path}: is also an input of this command; write the output to another file")
     if path.is_dir():
         raise NsnError(f"{path}: is a folder, expected a file name")
     if path.exists() and not force:

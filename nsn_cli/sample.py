@@ -249,7 +249,7 @@ def check_images_output(output: str | os.PathLike, force: bool, inputs=(), count
     """Refuse an output of :func:`write_images` before any image is generated: an unknown
     kind, an existing file without ``force``, an input of the command, a folder that cannot
     be written (for a folder: any of the ``count`` files that exists, without ``force``)."""
-    from nsn_cli.files import check_output_path, check_writable, same_file
+    from nsn_cli.files import InputFiles, check_output_path, check_writable
 
     if not is_folder_output(output):
         if Path(output).suffix.lower() not in GRID_SUFFIXES + ARRAY_SUFFIXES + H5_SUFFIXES:
@@ -264,10 +264,11 @@ def check_images_output(output: str | os.PathLike, force: bool, inputs=(), count
         raise NsnError(f"{output}: {existing} is a file, not a folder")
     check_writable(folder if folder.is_dir() else existing, output)
     if count is not None and folder.is_dir():
+        inputs = InputFiles.of(inputs)
         for target in folder_targets(folder, count):
             if target.exists() and not force:
                 raise NsnError(f"{target}: already exists (use --force to overwrite)")
-            if any(same_file(target, source) for source in inputs):
+            if target in inputs:
                 raise NsnError(f"{target}: is also an input of this command; write the output to another folder")
 
 

@@ -486,3 +486,22 @@ def test_a_running_writer_refuses_a_second_one(tmp_path, inputs, other):
     first.send_signal(signal.SIGINT)
     code, _, err = finish(first)
     assert code == INTERRUPTED and not out.exists() and leftovers(tmp_path) == []
+
+
+def test_input_files_answer_as_same_file(tmp_path):
+    """InputFiles (asked once per output of a folder command) agrees with same_file pair by
+    pair: hard links, symlinks, relative spellings and not-yet-existing outputs."""
+    import os
+
+    from nsn_cli.files import InputFiles, same_file
+
+    (tmp_path / "a.png").write_bytes(b"a")
+    os.link(tmp_path / "a.png", tmp_path / "hard.png")
+    (tmp_path / "link.png").symlink_to(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"b")
+    inputs = [tmp_path / "a.png", tmp_path / "missing-input.png"]
+    known = InputFiles(inputs)
+    for name in ["a.png", "hard.png", "link.png", "b.png", "missing-input.png", "new.png", "sub/../a.png"]:
+        path = tmp_path / name
+        assert (path in known) == any(same_file(path, source) for source in inputs), name
+    assert (tmp_path / "hard.png") in known and (tmp_path / "b.png") not in known

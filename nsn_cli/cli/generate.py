@@ -241,6 +241,7 @@ def inpaint_cli(
 ) -> None:
     """Fill the white part of a mask in each image from what the model knows about whole images
     (see nsn_cli/inpaint.py); known pixels are kept exactly."""
+    from nsn_cli.files import InputFiles
     from nsn_cli.inpaint import METHODS, InpaintOptions
 
     if method not in METHODS:
@@ -262,7 +263,7 @@ def inpaint_cli(
         raise NsnError(f"{model_file}: --method posterior needs a complete model with top-layer statistics; "
                        "use --method layers")
     targets = inpaint_targets(output, paths, from_folder=any(item.is_dir() for item in images))
-    inputs = [*paths, *masks, model_file]
+    inputs = InputFiles([*paths, *masks, model_file])
     for target in targets:  # every output is checked before the first image is filled
         # a folder still to make: where it will be made must be writable
         check_images_output(target if target.parent.is_dir() else f"{target.parent}/", force, inputs)

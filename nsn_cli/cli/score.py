@@ -105,10 +105,11 @@ def score_cli(
         warnings.simplefilter("ignore", SkippedFilesWarning)  # reported from the notes instead
         with progress_bar(quiet) as progress:
             report = score(samples, ref, options, tracker=_tracker(progress))
+    if json_path is not None:  # first: a failed write is then the only line on stderr
+        with atomic_path(json_path) as temp:
+            temp.write_text(json.dumps(report.to_json(options), indent=2) + "\n")
     for note in report.notes:
         console_err.print(f"[yellow]note:[/] {note}", highlight=False)
     _print_wide(report_table(report))
     if json_path is not None:
-        with atomic_path(json_path) as temp:
-            temp.write_text(json.dumps(report.to_json(options), indent=2) + "\n")
         console.print(f"wrote {json_path}", highlight=False)
