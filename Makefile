@@ -81,7 +81,7 @@ $(OUT)/faces.h5: $(wildcard data/lfw25-faces/*.png) | $(STAMP) $(OUT)
 	$(NSN) prep data/lfw25-faces --size 28 --zca -o $@ --force -q
 
 $(OUT)/faces-model.h5: $(OUT)/faces.h5
-	$(NSN) train $< --arch mnist --filters 64,64,32 -o $@ --force
+	$(NSN) train $< -o $@ --force
 
 $(OUT)/faces-samples.png: $(OUT)/faces-model.h5
 	$(NSN) sample -m $< -n 36 -o $@ --force -q
@@ -104,8 +104,9 @@ $(OUT)/brick-model.h5: $(OUT)/brick.h5
 $(OUT)/inpaint-inputs: data/mnist-4k-images-idx3-ubyte.gz | $(STAMP) $(OUT)
 	$(BIN)/python bench/inpaint_inputs.py $< $@
 
-figures: $(OUT)/mnist-model.h5 $(OUT)/brick-model.h5 $(OUT)/inpaint-inputs
+figures: $(OUT)/mnist-model.h5 $(OUT)/brick-model.h5 $(OUT)/faces-model.h5 $(OUT)/inpaint-inputs
 	mkdir -p $(FIG)
+	$(NSN) sample -m $(OUT)/faces-model.h5 -n 36 -o $(FIG)/faces.png --force -q
 	for k in 1 2 3; do $(NSN) sample -m $(OUT)/mnist-model.h5 --layer $$k --prior counts -n 64 -o $(FIG)/layer$$k.png --force -q; done
 	for p in normal counts pca mix knn; do $(NSN) sample -m $(OUT)/mnist-model.h5 --prior $$p -n 64 -o $(FIG)/prior-$$p.png --force -q; done
 	$(NSN) sample -m $(OUT)/mnist-model.h5 --interpolate 0:1 --steps 10 -o $(FIG)/interpolate.png --force

@@ -96,15 +96,15 @@ def main(samples: int = SAMPLES) -> dict:
     rows.append(score("VAE (MLP, 60 epochs)", [vae.sample(samples, seed) for seed in SEEDS]))
     rows.append(score("nsn, the paper's sampler", nsn(prior="normal", params=DecodeParams(), calibrate=False)))
     rows.append(score("nsn before this change", nsn(prior="mix", params=DecodeParams(delta3=1.1), calibrate=False)))
-    rows.append(score("nsn, old defaults + calibration", nsn(prior="mix", params=DecodeParams(delta3=1.1))))
+    rows.append(score("nsn, old defaults + calibration", nsn(prior="mix", params=DecodeParams(delta3=1.1, draws=1))))
     rows.append(score("nsn defaults, no calibration", nsn(calibrate=False)))
     rows.append(score("nsn defaults (calibrated)", nsn()))
     for prior in ("normal", "counts", "pca", "knn"):
         rows.append(score(f"nsn --prior {prior}", nsn(prior=prior)))
     sweep = []
-    for setting in ([{"delta1": d} for d in (30, 50, 200)] + [{"draws": d} for d in (1, 3)]
+    for setting in ([{"delta1": d} for d in (30, 50, 200)] + [{"draws": d} for d in (1, 3)] + [{"pixel_draws": 1}]
                     + [{"delta3": 1.5}]):
-        label = "nsn " + " ".join(f"--{k} {v}" for k, v in setting.items())
+        label = "nsn " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in setting.items())
         sweep.append(score(label, nsn(params=DecodeParams.for_sampling(**setting))))
     result = {"judge_accuracy": judge.accuracy, "train_images": TRAIN, "held_out": len(held), "samples": samples,
               "filters": [layer.filters for layer in model.layers], "rows": rows, "sweep": sweep,

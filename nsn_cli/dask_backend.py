@@ -138,27 +138,68 @@ def _estep_task(source, token: str, a: int, b: int, mu, sigma, alpha: float, see
 def dask_runner(client, source, window: int | None = None) -> EStepRunner:
     """Run the chunk E-steps of ``source`` (a :class:`~nsn_cli.train.LayerPatches`) on the
     cluster, at most ``window`` in flight, yielding the results in chunk order. Chunk i goes
-    to the same worker on every pass (round robin), where its maps stay cached."""
+    to the same worker on every pass (round robin), where its maps stay cached. Data lost
+    with a killed worker (Dask cancels the tasks that needed it) is sent again and the
+    chunks in flight resubmitted, up to LOST_DATA_TRIES times a pass."""
     ranges = source.ranges()
-    remote_source = _scatter(client, source)
+    shared = {"source": _scatter(client, source)}
     workers = sorted(client.scheduler_info().get("workers", {}))
     window = window or 2 * max(1, len(workers))
     token = uuid.uuid4().hex
 
     def run(mu, sigma, alpha, seed, share=1.0):
-        mu_f, sigma_f = _scatter(client, [mu, sigma])
+        def send() -> None:
+            shared["mu"], shared["sigma"] = _scatter(client, [mu, sigma])
+
+        def submit(index: int):
+            a, b = ranges[index]
+            # a restricted task may run elsewhere when its worker is gone; no worker list, no restriction
+            placement = {"workers": [workers[index % len(workers)]], "allow_other_workers": True} if workers else {}
+            return client.submit(_estep_task, shared["source"], token, a, b, shared["mu"], shared["sigma"], alpha,
+                                 seed, index, share, pure=False, **placement)
+
         pending: collections.deque = collections.deque()
-        for index, (a, b) in enumerate(ranges):
-            home = [workers[index % len(workers)]] if workers else None
-            future = client.submit(_estep_task, remote_source, token, a, b, mu_f, sigma_f, alpha, seed, index, share,
-                                   pure=False, workers=home, allow_other_workers=True)
-            pending.append((future, a, b))
+        losses = 0
+
+        def take() -> ChunkEStep:
+            nonlocal losses
+            while True:
+                future, index = pending[0]
+                try:
+                    result = _result(future, *ranges[index])
+                except _LostData as exc:
+                    losses += 1
+                    if losses > LOST_DATA_TRIES:
+                        raise _lost_cluster(exc.cause) from None
+                    shared["source"] = _scatter(client, source)
+                    send()
+                    for slot, (_, waiting) in enumerate(pending):
+                        pending[slot] = (submit(waiting), waiting)
+                    continue
+                pending.popleft()
+                return result
+
+        send()
+        for index in range(len(ranges)):
+            pending.append((submit(index), index))
             if len(pending) >= window:
-                yield _result(*pending.popleft())
+                yield take()
         while pending:
-            yield _result(*pending.popleft())
+            yield take()
 
     return run
+
+
+#: Times a pass sends its data again after a worker died holding the only copy.
+LOST_DATA_TRIES = 3
+
+
+class _LostData(Exception):
+    """A task cancelled because data it needed died with a worker."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 #: Tries at copying data to every worker: a worker dying during the copy breaks it.
@@ -196,7 +237,11 @@ def _result(future, a: int, b: int) -> ChunkEStep:
             "(out of memory? see the worker logs); "
             "the model file keeps its completed layers: fix the workers and rerun with --resume"
         ) from None
-    except (distributed.comm.CommClosedError, OSError, TimeoutError, concurrent.futures.CancelledError) as exc:
+    except concurrent.futures.CancelledError as exc:
+        if "lost dependencies" in str(exc):
+            raise _LostData(exc) from None
+        raise _lost_cluster(exc) from None
+    except (distributed.comm.CommClosedError, OSError, TimeoutError) as exc:
         raise _lost_cluster(exc) from None
 
 

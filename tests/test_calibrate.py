@@ -63,6 +63,7 @@ def test_calibration_file_round_trip_and_damage(tmp_path):
         Calibration.read(handle, "c.h5")
 
 
+@pytest.mark.slow
 def test_trained_model_is_calibrated_and_its_samples_have_the_data_histogram(tiny_model, mnist_small):
     path, _ = tiny_model
     model = NSNModel.load(path)

@@ -94,6 +94,7 @@ def test_reference_against_itself(scorer, reference):
     assert row["inception_score_mean"] > 5  # ten classes, confidently told apart
 
 
+@pytest.mark.slow
 def test_noise_is_far_worse_than_real_digits_on_every_metric(scorer, held_out):
     real = scorer.score(SampleSet.of("real", held_out))
     noise = scorer.score(SampleSet.of("noise", _noise()))
@@ -122,6 +123,7 @@ def test_one_confident_class_has_inception_score_near_one(scorer, reference, cac
     assert row["inception_score_mean"] == pytest.approx(mean)
 
 
+@pytest.mark.slow
 def test_judge_is_cached_by_content(reference, cache, scorer):
     again, cached = reference_judge(reference, cache)
     assert cached and again.accuracy == scorer.judge.accuracy > 0.8
@@ -155,6 +157,7 @@ def test_without_labels_the_random_judge_gives_fid_kid_and_pr_but_no_is(referenc
 # --------------------------------------------------------------------------- streaming
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("caps", [None, (60, 90)], ids=["every image", "capped subsets"])
 def test_small_chunks_give_the_numbers_of_one_chunk(reference, held_out, cache, monkeypatch, caps):
     """Chunks of 7 images (not dividing 150, the cap or the picks) against one chunk of all 150;
@@ -269,6 +272,7 @@ def test_inception_score_from_chunks_is_the_split_formula():
         partial.result()
 
 
+@pytest.mark.slow
 def test_scoring_memory_does_not_grow_with_n(reference, held_out, cache, tmp_path, monkeypatch):
     """A 12,000-image .npy scored in chunks of 64 with subsets of at most 100: the memory traced
     while scoring 12,000 is that of scoring 1,000, far below the 38 MB the matched images alone

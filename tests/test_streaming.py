@@ -33,6 +33,7 @@ def _memory_chunks(patches: np.ndarray, rows: int):
     return lambda: (patches[a : a + rows] for a in range(0, patches.shape[0], rows))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("below", [0, 1])
 def test_streamed_from_file_equals_streamed_from_memory(mnist_small, tiny_model, below):
     """A budget forcing many chunks: chunks read and encoded from the file give the same bits
@@ -230,6 +231,7 @@ def mnist_4k(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_peak_memory_of_a_streamed_train(tmp_path, mnist_4k):
     """4,000 digits: in memory the run peaks near 780 MB (layer 2's patches and F[1] maps);
     under --memory 352M the whole process, interpreter and numba included, stays under 352 MB
@@ -271,6 +273,7 @@ def test_a_runaway_layer_stops_in_its_first_pass_with_one_line(tmp_path, mnist_4
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_streamed_passes_report_their_progress_and_filters_so_far(tmp_path, mnist_small):
     from nsn_cli.train import TrainOptions, train
 
@@ -299,6 +302,7 @@ def test_streamed_passes_report_their_progress_and_filters_so_far(tmp_path, mnis
         assert filters[-1] == step.filters + step.dropped + step.merged
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("memory_mb", [4, 16])  # 16M: layer 1's images are held, and that layer streamed here
 def test_dask_local_cluster_gives_the_local_streamed_model(tmp_path, mnist_small, memory_mb):
     pytest.importorskip("distributed")
@@ -390,22 +394,28 @@ def test_a_killed_dask_worker_is_replaced_and_the_model_is_unchanged(tmp_path, m
 
 @pytest.mark.slow
 def test_dying_dask_workers_stop_the_run_with_a_clear_error_and_a_sound_model(tmp_path, mnist_small):
-    """No retries allowed: the run fails with one message; the file holds the completed
-    layers, and --resume (here on the local backend) finishes the same model."""
+    """No retries allowed: both workers killed while layer 2 runs. A task on a killed worker
+    fails the run with one message; the file holds the completed layers, and --resume (here
+    on the local backend) finishes the same model. Killed between tasks (only data lost, which
+    is sent again), the run may instead finish: then its model is the local one."""
     pytest.importorskip("distributed")
     from nsn_cli.train import TrainOptions, train
 
     out, result = _kill_workers_during(tmp_path, mnist_small, count=2, allowed_failures=0)
-    error = result.get("error")
-    assert isinstance(error, NsnError) and "Dask" in str(error) and "--resume" in str(error), repr(error)
-    partial = NSNModel.load(out)  # not corrupt: a checkpoint of the completed layers
-    assert 1 <= len(partial.layers) < 3
-    resumed = train(mnist_small, out, TrainOptions(iterations=3, seed=4), memory=4 << 20, resume=True)
     local = train(mnist_small, tmp_path / "l.h5", TrainOptions(iterations=3, seed=4), memory=4 << 20)
-    for a, b in zip(local.layers, resumed.layers, strict=True):
+    error = result.get("error")
+    if error is None:
+        finished = NSNModel.load(out)
+    else:
+        assert isinstance(error, NsnError) and "Dask" in str(error) and "--resume" in str(error), repr(error)
+        partial = NSNModel.load(out)  # not corrupt: a checkpoint of the completed layers
+        assert 1 <= len(partial.layers) < 3
+        finished = train(mnist_small, out, TrainOptions(iterations=3, seed=4), memory=4 << 20, resume=True)
+    for a, b in zip(local.layers, finished.layers, strict=True):
         assert np.array_equal(a.mu, b.mu) and np.array_equal(a.counts, b.counts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("memory_mb, layer, naturally_held", [(16, 1, True), (40, 2, False)])
 def test_holding_the_input_maps_does_not_change_the_model(tmp_path, mnist_small, monkeypatch, memory_mb, layer,
                                                           naturally_held):

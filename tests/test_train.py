@@ -121,10 +121,13 @@ def test_kill_after_first_layer_then_resume_equals_uninterrupted(tmp_path, mnist
 
 @pytest.mark.slow
 def test_filter_targets_on_bundled_digits(tmp_path):
+    """The count search reaches every layer's target within 10% (1,000 digits, 5 iterations:
+    the same search as on all 4,000, which took CI minutes)."""
     data = tmp_path / "mnist.h5"
-    prep([MNIST_IMAGES], data)
-    model = train(data, tmp_path / "m.h5", TrainOptions(targets=[96, 130, 131]))
-    for layer, target in zip(model.layers, [96, 130, 131]):
+    prep([MNIST_IMAGES], data, limit=1000)
+    targets = [64, 96, 80]
+    model = train(data, tmp_path / "m.h5", TrainOptions(targets=targets, iterations=5))
+    for layer, target in zip(model.layers, targets, strict=True):
         assert abs(layer.filters - target) <= 0.1 * target
 
 
@@ -141,6 +144,7 @@ def _datasets(path) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_blas_thread_count_does_not_change_the_bits(tmp_path, mnist_small):
     """OPENBLAS_NUM_THREADS as a user sets it (a fresh process each): the same model bits,
     filters and top statistics alike. Layer 2's patches here are longer than OpenBLAS's
@@ -161,6 +165,7 @@ def test_blas_thread_count_does_not_change_the_bits(tmp_path, mnist_small):
         assert np.array_equal(value, models[1][name]), name
 
 
+@pytest.mark.slow
 def test_thread_count_does_not_change_the_bits(tmp_path, mnist_small):
     one = train(mnist_small, tmp_path / "t1.h5", TrainOptions(iterations=3, seed=2), threads=1)
     two = train(mnist_small, tmp_path / "t2.h5", TrainOptions(iterations=3, seed=2), threads=2)
