@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from nsn_cli import interrupts
-from nsn_cli.errors import NsnError
+from nsn_cli.errors import NsnError, ParameterError
 from nsn_cli.model import DecodeParams, NSNModel
 
 METHODS = ("posterior", "layers")
@@ -61,13 +61,13 @@ class InpaintOptions:
 
     def validate(self) -> InpaintOptions:
         if self.candidates < 1:
-            raise NsnError(f"--candidates must be at least 1, got {self.candidates}")
+            raise ParameterError("candidates", f"must be at least 1, got {self.candidates}")
         if self.pairs < 0 or self.pairs == 1:
-            raise NsnError(f"--pairs must be 0 (no mixes) or at least 2, got {self.pairs}")
+            raise ParameterError("pairs", f"must be 0 (no mixes) or at least 2, got {self.pairs}")
         if not np.isfinite(self.temperature) or self.temperature <= 0:
-            raise NsnError(f"--temperature must be a number > 0, got {self.temperature}")
+            raise ParameterError("temperature", f"must be a number > 0, got {self.temperature}")
         if not np.isfinite(self.boundary) or self.boundary < 0:
-            raise NsnError(f"--boundary must be a number >= 0, got {self.boundary}")
+            raise ParameterError("boundary", f"must be a number >= 0, got {self.boundary}")
         return self
 
 
