@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from nsn_cli.errors import NsnError, ParameterError
+from nsn_cli.errors import Interrupted, NsnError, ParameterError
 from nsn_cli.train import TrainOptions
 
 #: Every training option's default, from its one home (TrainOptions, which takes config's).
@@ -202,9 +202,15 @@ class NSN:
                                  "or force=True to start over")
             from_array = not isinstance(X, (str, os.PathLike))
             data = write_dataset(X, Path(temp)) if from_array else X
-            model = train(data, output, options, resume=resume, force=force, threads=self.threads,
-                          reporter=_Notes(notes), memory=budget, workers=self.workers,
-                          dask_address=self.dask_address)
+            try:
+                model = train(data, output, options, resume=resume, force=force, threads=self.threads,
+                              reporter=_Notes(notes), memory=budget, workers=self.workers,
+                              dask_address=self.dask_address)
+            except Interrupted:  # train's message names the CLI's --resume (and maybe a temporary file)
+                kept = (f"{output} keeps the layers completed so far; continue with fit(X, checkpoint="
+                        f"{str(output)!r}, resume=True)") if checkpoint is not None else \
+                    "nothing was kept (fit(X, checkpoint=path) keeps every completed layer)"
+                raise KeyboardInterrupt(kept) from None
         if from_array:
             model.source = f"array of {len(X)} images"  # not the temporary file's path
         self._set_model(model)
