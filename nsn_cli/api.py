@@ -205,14 +205,13 @@ class NSN:
             try:
                 model = train(data, output, options, resume=resume, force=force, threads=self.threads,
                               reporter=_Notes(notes), memory=budget, workers=self.workers,
-                              dask_address=self.dask_address)
+                              dask_address=self.dask_address,
+                              source=f"array of {len(X)} images" if from_array else None)
             except Interrupted:  # train's message names the CLI's --resume (and maybe a temporary file)
                 kept = (f"{output} keeps the layers completed so far; continue with fit(X, checkpoint="
                         f"{str(output)!r}, resume=True)") if checkpoint is not None else \
                     "nothing was kept (fit(X, checkpoint=path) keeps every completed layer)"
                 raise KeyboardInterrupt(kept) from None
-        if from_array:
-            model.source = f"array of {len(X)} images"  # not the temporary file's path
         self._set_model(model)
         self.notes_ = notes
         return self

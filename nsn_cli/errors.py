@@ -58,13 +58,16 @@ class ParameterError(NsnError):
     (``max_filters``); the library raises the latter as a ``ValueError``.
 
     ``template`` holds :data:`NAME` where the option is named (a message without it starts with
-    the name), and ``{other}`` for each parameter in ``others`` it also names. ``flag``: the
-    option's flag when it is not :func:`flag_of` the parameter (``-n``)."""
+    the name), and ``{other}`` for each parameter in ``others`` it also names (a name, or a
+    (name, flag) pair). ``flag``: the option's flag when it is not :func:`flag_of` the
+    parameter (``-n``)."""
 
-    def __init__(self, param: str, template: str, flag: str | None = None, others: tuple[str, ...] = ()):
+    def __init__(self, param: str, template: str, flag: str | None = None,
+                 others: tuple[str | tuple[str, str], ...] = ()):
         self.param = param
         self.template = template if NAME in template else f"{NAME} {template}"
-        self.names = {NAME: (param, flag or flag_of(param)), **{f"{{{o}}}": (o, flag_of(o)) for o in others}}
+        pairs = [(o, flag_of(o)) if isinstance(o, str) else o for o in others]
+        self.names = {NAME: (param, flag or flag_of(param)), **{f"{{{o}}}": (o, f) for o, f in pairs}}
         super().__init__(self._render(cli=True))
 
     def _render(self, cli: bool) -> str:

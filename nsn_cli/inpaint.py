@@ -168,8 +168,8 @@ def inpaint_posterior(
     image (``sample`` draws and samples are seeded by ``(seed, index)``)."""
     options = (options or InpaintOptions()).validate()
     if not model.complete or model.top is None:
-        raise NsnError("the posterior fill needs a complete model with top-layer statistics "
-                       "(trained by this nsn); use --method layers")
+        raise ParameterError("method", "the posterior fill needs a complete model with top-layer statistics "
+                             "(trained by this nsn); use {name} layers")
     if images.shape[1:] != tuple(model.image_shape) or holes.shape != images.shape[:3]:
         raise NsnError(f"images {images.shape[1:]} and holes {holes.shape[1:]} must be the model's "
                        f"{tuple(model.image_shape)} (see to_model_size)")

@@ -170,7 +170,8 @@ def inpaint(model: NSNModel, image: np.ndarray, hole: np.ndarray, *, draws: int 
     """
     params = (params or DecodeParams()).validate()
     if draws < 1 or rounds < 1:
-        raise NsnError(f"--draws and --rounds must be at least 1, got {draws} and {rounds}")
+        raise ParameterError("draws", f"{{name}} and {{rounds}} must be at least 1, got {draws} and {rounds}",
+                             others=("rounds",))
     if not model.layers:
         raise NsnError("the model has no trained layer")
     levels = hole_maps(model, hole)

@@ -202,6 +202,7 @@ def train(
     workers: int | None = None,
     dask_address: str | None = None,
     tune_malloc: bool = False,
+    source: str | None = None,
 ) -> NSNModel:
     """Train every layer of an NSN on a data set; checkpoint ``output`` after each layer.
 
@@ -218,6 +219,7 @@ def train(
     tune_malloc: with a budget, change glibc's malloc for the rest of the process so freed
     chunks leave it (:func:`return_freed_chunks_to_os`): for a process that is this train (the
     CLI), never for a library caller's process (no setting of it can be restored).
+    source: what the model records it was trained on (default: ``data_path``).
     """
     output = Path(output)
     if resume and output.exists():
@@ -227,12 +229,13 @@ def train(
         check_output_path(output, force, [data_path])  # before any data is read
     with output_lock(output):  # a second train (or prep, sample) writing the same file is refused
         return _train(data_path, output, options, resume=resume, force=force, threads=threads, reporter=reporter,
-                      memory=memory, workers=workers, dask_address=dask_address, tune_malloc=tune_malloc)
+                      memory=memory, workers=workers, dask_address=dask_address, tune_malloc=tune_malloc,
+                      source=source)
 
 
 def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, force: bool, threads: int | None,
            reporter: TrainReporter | None, memory: int | None, workers: int | None,
-           dask_address: str | None, tune_malloc: bool) -> NSNModel:
+           dask_address: str | None, tune_malloc: bool, source: str | None) -> NSNModel:
     """:func:`train` once its output is checked and locked."""
     reporter = reporter or _Silent()
     output = Path(output)
@@ -284,7 +287,7 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
         check_output_path(output, force)
     if model is None:
         model = NSNModel(arch=arch, image_shape=(height, width, channels), activation=options.activation,
-                         zca=zca, config=config, source=str(data_path), fingerprint=print_fp)
+                         zca=zca, config=config, source=source or str(data_path), fingerprint=print_fp)
 
     previous_threads = numba.get_num_threads()
     stack = contextlib.ExitStack()

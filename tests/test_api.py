@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numba
@@ -61,7 +62,7 @@ def test_fit_on_an_array_equals_train_on_the_prepped_file(fitted, tiny_model):
     assert fitted.n_iter_ == [len(layer.history) for layer in trained.layers]
     assert fitted.layers_ is fitted.model_.layers
     assert 1 <= min(fitted.n_iter_) and max(fitted.n_iter_) <= TINY["iterations"]
-    assert fitted.model_.source == "array of 600 images"
+    assert fitted.model_.source == "array of 600 images"  # not a temporary file's name
     # the estimator's own parameters are not filled in by the fit (scikit-learn's rule)
     assert fitted.get_params()["alpha"] is None and fitted.arch is None
 
@@ -102,6 +103,9 @@ def test_sample_equals_nsn_sample(fitted, tmp_path, cli):
     ({"alpha": [-2.0] * 3, "filters": [4] * 3}, "give alpha or filters, not both"),
     ({"memory": "100M"}, "memory 100M is below the minimum of 352M"),
     ({"threads": 0}, "threads must lie in 1.."),
+    ({"filters": [0, 5, 5]}, "filters values must be at least 1"),
+    ({"arch": "3x4/2"}, "arch: '3x4/2': only square patches are supported"),
+    ({"workers": 0}, "workers must be at least 1, got 0"),
 ])
 def test_fit_errors_name_the_parameter(kwargs, message, mnist_small, tmp_path, cli):
     with pytest.raises(ValueError, match="^" + re.escape(message)):
@@ -201,6 +205,7 @@ def test_checkpoint_and_resume(digits, tmp_path):
     path = tmp_path / "ckpt.h5"
     first = NSN(iterations=1, seed=2).fit(digits[:300], checkpoint=path)
     assert load(path).n_filters_ == first.n_filters_
+    assert load(path).model_.source == "array of 300 images"
     with pytest.raises(ValueError, match="checkpoint .* already exists; pass resume=True"):
         NSN(iterations=1, seed=2).fit(digits[:300], checkpoint=path)
     again = NSN(iterations=1, seed=2).fit(digits[:300], checkpoint=path, resume=True)
@@ -304,3 +309,36 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_checkpoint_and_resume_finishes_it(tmp_path, fitted):
+    """A real SIGINT during a fit from Python: KeyboardInterrupt saying how to resume, the
+    completed layers kept in the checkpoint; resuming gives the uninterrupted fit's bits."""
+    script = f"""
+import numpy as np
+from nsn_cli import NSN
+from nsn_cli.readers import open_source
+digits = np.stack(open_source({str(MNIST_IMAGES)!r}).read(0, 600))[..., 0]
+try:
+    NSN(iterations={TINY['iterations']}, seed={TINY['seed']}).fit(digits, checkpoint="ckpt.h5")
+except KeyboardInterrupt as exc:
+    print("interrupted:", exc)
+"""
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    for _ in range(1200):  # the first checkpoint: layer 1 done
+        if (tmp_path / "ckpt.h5").exists() or child.poll() is not None:
+            break
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err
+    assert "keeps the layers completed so far; continue with fit(X, checkpoint='ckpt.h5', resume=True)" in out
+    kept = load(tmp_path / "ckpt.h5").model_
+    assert 1 <= len(kept.layers) and kept.calibration is None
+    from nsn_cli.readers import open_source
+
+    digits = np.stack(open_source(MNIST_IMAGES).read(0, 600))[..., 0]
+    resumed = NSN(**TINY).fit(digits, checkpoint=tmp_path / "ckpt.h5", resume=True)
+    _same_model(resumed.model_, fitted.model_)
