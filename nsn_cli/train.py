@@ -237,6 +237,7 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
            reporter: TrainReporter | None, memory: int | None, workers: int | None,
            dask_address: str | None, tune_malloc: bool, source: str | None) -> NSNModel:
     """:func:`train` once its output is checked and locked."""
+    options = replace(options)  # defaults are filled in below; the caller's options stay as given
     reporter = reporter or _Silent()
     output = Path(output)
     if memory is not None and tune_malloc:
