@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from nsn_cli.errors import Interrupted, NsnError, ParameterError
+from nsn_cli.errors import Interrupted, ParameterError
 from nsn_cli.train import TrainOptions
 
 #: Every training option's default, from its one home (TrainOptions, which takes config's).
@@ -39,6 +39,10 @@ _TRAIN = TrainOptions()
 #: The estimator's parameters, in order (``get_params``, ``repr``, :func:`load`).
 PARAMS = ("arch", "alpha", "filters", "iterations", "max_patches", "max_filters", "activation",
           "reference_images", "seed", "memory", "threads", "workers", "dask_address")
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A method that needs a fitted model called before :meth:`NSN.fit` (as scikit-learn's)."""
 
 
 @contextlib.contextmanager
@@ -225,7 +229,7 @@ class NSN:
     def _fitted(self):
         model = getattr(self, "model_", None)
         if model is None:
-            raise NsnError("this NSN is not fitted yet; call fit(X) or load(path) first")
+            raise NotFittedError("this NSN is not fitted yet; call fit(X) or load(path) first")
         return model
 
     # ------------------------------------------------------------------ generate

@@ -146,6 +146,8 @@ def test_generation_errors_name_the_parameter(fitted, tmp_path, cli):
         fitted.style(np.zeros((28, 28)), variants=0)
     with pytest.raises(ValueError, match="^X: float pixels must lie in"):
         NSN().fit(np.full((10, 28, 28), 2.0))
+    with pytest.raises(ValueError, match="not fitted yet"):
+        NSN().sample(4)
 
 
 def _process_state() -> dict:
