@@ -158,6 +158,8 @@ def _process_state() -> dict:
 
 
 def test_no_process_state_is_left_changed(digits, tmp_path):
+    import scipy.linalg.cython_blas  # noqa: F401  the engine's second BLAS: loaded, not a changed setting
+
     before = _process_state()
     model = NSN(iterations=1, threads=1, memory="400M").fit(digits[:200])
     model.sample(4)
