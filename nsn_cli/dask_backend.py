@@ -31,14 +31,18 @@ import numba
 import numpy as np
 
 from nsn_cli.engine.stream import ChunkEStep, EStepRunner, chunk_estep
-from nsn_cli.errors import NsnError
+from nsn_cli.errors import NsnError, ParameterError
+
+#: ``--dask`` is the Python parameter ``dask_address``.
+_DASK = ("dask_address", "--dask")
 
 
 def _import_distributed():
     try:
         import distributed
     except ImportError:
-        raise NsnError("--workers / --dask need Dask: pip install 'nsn[dask]' (dask and distributed)") from None
+        raise ParameterError("workers", "{name} / {dask_address} need Dask: pip install 'nsn[dask]' (dask and distributed)",
+                             others=(_DASK,)) from None
     return distributed
 
 
@@ -49,15 +53,16 @@ def dask_client(workers: int | None = None, address: str | None = None) -> Itera
         yield None
         return
     if workers is not None and address is not None:
-        raise NsnError("give --workers or --dask, not both")
+        raise ParameterError("workers", "give {name} or {dask_address}, not both", others=(_DASK,))
     if workers is not None and workers < 1:
-        raise NsnError(f"--workers must be at least 1, got {workers}")
+        raise ParameterError("workers", f"must be at least 1, got {workers}")
     distributed = _import_distributed()
     if address is not None:
         try:
             client = distributed.Client(address, timeout="10s")
         except (OSError, TimeoutError, ValueError) as exc:
-            raise NsnError(f"--dask {address}: cannot reach the scheduler ({exc})") from None
+            raise ParameterError("dask_address", f"{{name}} {address}: cannot reach the scheduler ({exc})",
+                                 flag="--dask") from None
         with client:
             try:
                 yield client

@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from nsn_cli import interrupts
-from nsn_cli.errors import NsnError
+from nsn_cli.errors import NsnError, ParameterError
 from nsn_cli.model import DecodeParams, NSNModel
 
 METHODS = ("posterior", "layers")
@@ -61,13 +61,13 @@ class InpaintOptions:
 
     def validate(self) -> InpaintOptions:
         if self.candidates < 1:
-            raise NsnError(f"--candidates must be at least 1, got {self.candidates}")
+            raise ParameterError("candidates", f"must be at least 1, got {self.candidates}")
         if self.pairs < 0 or self.pairs == 1:
-            raise NsnError(f"--pairs must be 0 (no mixes) or at least 2, got {self.pairs}")
+            raise ParameterError("pairs", f"must be 0 (no mixes) or at least 2, got {self.pairs}")
         if not np.isfinite(self.temperature) or self.temperature <= 0:
-            raise NsnError(f"--temperature must be a number > 0, got {self.temperature}")
+            raise ParameterError("temperature", f"must be a number > 0, got {self.temperature}")
         if not np.isfinite(self.boundary) or self.boundary < 0:
-            raise NsnError(f"--boundary must be a number >= 0, got {self.boundary}")
+            raise ParameterError("boundary", f"must be a number >= 0, got {self.boundary}")
         return self
 
 
@@ -168,8 +168,8 @@ def inpaint_posterior(
     image (``sample`` draws and samples are seeded by ``(seed, index)``)."""
     options = (options or InpaintOptions()).validate()
     if not model.complete or model.top is None:
-        raise NsnError("the posterior fill needs a complete model with top-layer statistics "
-                       "(trained by this nsn); use --method layers")
+        raise ParameterError("method", "the posterior fill needs a complete model with top-layer statistics "
+                             "(trained by this nsn); use {name} layers")
     if images.shape[1:] != tuple(model.image_shape) or holes.shape != images.shape[:3]:
         raise NsnError(f"images {images.shape[1:]} and holes {holes.shape[1:]} must be the model's "
                        f"{tuple(model.image_shape)} (see to_model_size)")

@@ -33,7 +33,7 @@ from nsn_cli.engine.generate import decode_maps
 from nsn_cli.engine.geometry import LayerShape, arch_string, map_sizes, parse_arch
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import similarity
-from nsn_cli.errors import NsnError
+from nsn_cli.errors import NsnError, ParameterError
 from nsn_cli.files import MODEL_TYPE, Zca, atomic_h5, open_nsn_file, stamp
 
 HISTORY_KEYS = ("filters", "created", "dropped", "merged", "changed", "mean_sim", "seconds")
@@ -111,19 +111,19 @@ class DecodeParams:
 
     def validate(self) -> DecodeParams:
         if not np.isfinite(self.delta1) or self.delta1 < 0:
-            raise NsnError(f"--delta1 must be a finite number >= 0, got {self.delta1}")
+            raise ParameterError("delta1", f"must be a finite number >= 0, got {self.delta1}")
         if not np.isfinite(self.delta2) or self.delta2 < 0:
-            raise NsnError(f"--delta2 must be a finite number >= 0, got {self.delta2}")
+            raise ParameterError("delta2", f"must be a finite number >= 0, got {self.delta2}")
         if not np.isfinite(self.delta3) or self.delta3 <= 0:
-            raise NsnError(f"--delta3 must be a finite number > 0, got {self.delta3}")
+            raise ParameterError("delta3", f"must be a finite number > 0, got {self.delta3}")
         for name in ("draws", "pixel_draws"):
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise NsnError(f"--{name.replace('_', '-')} must be at least 0 (0: the expected weights), got {value}")
+                raise ParameterError(name, f"must be at least 0 (0: the expected weights), got {value}")
         if self.noise_layers not in NOISE_LAYERS:
-            raise NsnError(f"--noise-layers must be one of {', '.join(NOISE_LAYERS)}, got {self.noise_layers!r}")
+            raise ParameterError("noise_layers", f"must be one of {', '.join(NOISE_LAYERS)}, got {self.noise_layers!r}")
         if self.noise_scale not in NOISE_SCALES:
-            raise NsnError(f"--noise-scale must be one of {', '.join(NOISE_SCALES)}, got {self.noise_scale!r}")
+            raise ParameterError("noise_scale", f"must be one of {', '.join(NOISE_SCALES)}, got {self.noise_scale!r}")
         return self
 
 
@@ -165,7 +165,7 @@ class NSNModel:
             raise NsnError("the model has no trained layer yet; run nsn train (with --resume) first")
         if not 1 <= layer <= len(self.layers):
             extra = "" if self.complete else f" (trained {len(self.layers)} of {len(self.arch)})"
-            raise NsnError(f"--layer {layer} does not exist: the model has layers 1..{len(self.layers)}{extra}")
+            raise ParameterError("layer", f"{{name}} {layer} does not exist: the model has layers 1..{len(self.layers)}{extra}")
 
     # ------------------------------------------------------------------ up
 

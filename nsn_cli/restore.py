@@ -17,7 +17,7 @@ import numpy as np
 from nsn_cli.engine.geometry import exact_input_size
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import masked_similarity
-from nsn_cli.errors import NsnError
+from nsn_cli.errors import NsnError, ParameterError
 from nsn_cli.model import DecodeParams, NSNModel
 from nsn_cli.prep import to_channels
 from nsn_cli.readers import load_image
@@ -97,7 +97,7 @@ def style(model: NSNModel, image: np.ndarray, *, layer: int = 1, variants: int =
     params = (params or DecodeParams()).validate()
     model.check_layer(layer)
     if variants < 1:
-        raise NsnError(f"--variants must be at least 1, got {variants}")
+        raise ParameterError("variants", f"must be at least 1, got {variants}")
     encoded = model.encode(image[None], upto=layer)[layer]
     maps = np.repeat(encoded, variants, axis=0)
     return model.finish_images(model.decode(maps, layer, params, seed=seed), calibrate)
@@ -170,7 +170,8 @@ def inpaint(model: NSNModel, image: np.ndarray, hole: np.ndarray, *, draws: int 
     """
     params = (params or DecodeParams()).validate()
     if draws < 1 or rounds < 1:
-        raise NsnError(f"--draws and --rounds must be at least 1, got {draws} and {rounds}")
+        raise ParameterError("draws", f"{{name}} and {{rounds}} must be at least 1, got {draws} and {rounds}",
+                             others=("rounds",))
     if not model.layers:
         raise NsnError("the model has no trained layer")
     levels = hole_maps(model, hole)

@@ -23,7 +23,7 @@ import numpy as np
 
 from nsn_cli import interrupts
 from nsn_cli.engine.generate import normal_draws, uniform_draws
-from nsn_cli.errors import NsnError
+from nsn_cli.errors import NsnError, ParameterError
 from nsn_cli.model import DecodeParams, NSNModel
 
 PRIORS = ("normal", "counts", "mix", "pca", "knn")
@@ -98,9 +98,9 @@ def generate(
         prior = default_prior(model, layer)
     model.check_layer(layer)
     if n < 1:
-        raise NsnError(f"-n must be at least 1, got {n}")
+        raise ParameterError("n", f"must be at least 1, got {n}", flag="-n")
     if prior not in PRIORS:
-        raise NsnError(f"--prior must be one of {', '.join(PRIORS)}, got {prior!r}")
+        raise ParameterError("prior", f"must be one of {', '.join(PRIORS)}, got {prior!r}")
     params = params.resolved(density_prior=prior in DENSITY_PRIORS)
     out = None
     for offset in range(0, n, batch):
@@ -111,7 +111,8 @@ def generate(
             from nsn_cli.top import sample_top_maps
 
             if layer != len(model.arch) or not model.complete:
-                raise NsnError(f"--prior {prior} samples the top layer of a complete model; use normal or counts for --layer {layer}")
+                raise ParameterError("prior", f"{{name}} {prior} samples the top layer of a complete model; use normal or "
+                                     f"counts for {{layer}} {layer}", others=("layer",))
             maps = sample_top_maps(model, prior, seed, index, count)
             start = layer - 1
         else:

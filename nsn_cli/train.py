@@ -25,7 +25,7 @@ from nsn_cli.engine.geometry import arch_string, check_reaches_one, default_arch
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import ACTIVATIONS
 from nsn_cli.engine.stream import fit_layer_stream, fit_layer_stream_to_count
-from nsn_cli.errors import Interrupted, NsnError, WriteError
+from nsn_cli.errors import Interrupted, NsnError, ParameterError, WriteError
 from nsn_cli.files import check_output_path, fingerprint, load_images, open_dataset, output_lock, same_file
 from nsn_cli.memorise import check_model
 from nsn_cli.model import Layer, NSNModel
@@ -46,19 +46,20 @@ def parse_memory(text: str) -> int:
     """``--memory``: bytes from "512M", "2G", "1.5G", "64k" (binary units) or plain bytes."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.IGNORECASE)
     if not match:
-        raise NsnError(f"--memory: expected a size such as 512M, 2G or a number of bytes, got {text!r}")
+        raise ParameterError("memory", f"{{name}}: expected a size such as 512M, 2G or a number of bytes, got {text!r}")
     value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     if value < defaults.MIN_MEMORY:
-        raise NsnError(f"--memory {text.strip()} is below the minimum of {defaults.MIN_MEMORY >> 20}M: nsn itself "
-                       f"(Python, numba, HDF5) takes about {defaults.PROCESS_RESERVE >> 20}M of the budget")
+        raise ParameterError("memory", f"{{name}} {text.strip()} is below the minimum of {defaults.MIN_MEMORY >> 20}M: "
+                             f"nsn itself (Python, numba, HDF5) takes about {defaults.PROCESS_RESERVE >> 20}M of the budget")
     return value
 
 
 def working_memory(budget: int) -> int:
     """Bytes left for data from a whole-process ``--memory`` budget (less the process's own)."""
     if budget < defaults.MIN_MEMORY:
-        raise NsnError(
-            f"--memory {budget / (1 << 20):.0f}M is below the minimum of {defaults.MIN_MEMORY >> 20}M: "
+        raise ParameterError(
+            "memory",
+            f"{{name}} {budget / (1 << 20):.0f}M is below the minimum of {defaults.MIN_MEMORY >> 20}M: "
             f"nsn itself (Python, numba, HDF5) takes about {defaults.PROCESS_RESERVE >> 20}M of the budget"
         )
     return budget - defaults.PROCESS_RESERVE
@@ -143,24 +144,25 @@ class TrainOptions:
 
 def _validate(options: TrainOptions, layers: int) -> None:
     if options.iterations < 1:
-        raise NsnError(f"--iterations must be at least 1, got {options.iterations}")
+        raise ParameterError("iterations", f"must be at least 1, got {options.iterations}")
     if options.max_filters < 1:
-        raise NsnError(f"--max-filters must be at least 1, got {options.max_filters}")
+        raise ParameterError("max_filters", f"must be at least 1, got {options.max_filters}")
     if options.max_patches is not None and options.max_patches < 1:
-        raise NsnError(f"--max-patches must be at least 1, got {options.max_patches}")
+        raise ParameterError("max_patches", f"must be at least 1, got {options.max_patches}")
     if options.reference_images < 0:
-        raise NsnError(f"--reference-images must be at least 0 (0: the paper's EM), got {options.reference_images}")
+        raise ParameterError("reference_images",
+                             f"must be at least 0 (0: the paper's EM), got {options.reference_images}")
     if options.activation not in ACTIVATIONS:
-        raise NsnError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {options.activation!r}")
+        raise ParameterError("activation", f"must be one of {', '.join(ACTIVATIONS)}, got {options.activation!r}")
     if options.alphas is not None and options.targets is not None:
-        raise NsnError("give --alpha or --filters, not both")
-    for name, values in (("--alpha", options.alphas), ("--filters", options.targets)):
+        raise ParameterError("alpha", "give {name} or {filters}, not both", others=("filters",))
+    for name, values in (("alpha", options.alphas), ("filters", options.targets)):
         if values is not None and len(values) != layers:
-            raise NsnError(f"{name}: {len(values)} values for an architecture of {layers} layers")
+            raise ParameterError(name, f"{{name}}: {len(values)} values for an architecture of {layers} layers")
     if options.alphas is not None and not all(np.isfinite(options.alphas)):
-        raise NsnError("--alpha values must be finite numbers")
+        raise ParameterError("alpha", "values must be finite numbers")
     if options.targets is not None and any(t < 1 for t in options.targets):
-        raise NsnError("--filters values must be at least 1")
+        raise ParameterError("filters", "values must be at least 1")
 
 
 def filter_cap(top: bool, images: int, patches: int) -> int:
@@ -199,6 +201,8 @@ def train(
     memory: int | None = None,
     workers: int | None = None,
     dask_address: str | None = None,
+    tune_malloc: bool = False,
+    source: str | None = None,
 ) -> NSNModel:
     """Train every layer of an NSN on a data set; checkpoint ``output`` after each layer.
 
@@ -212,6 +216,10 @@ def train(
     out of memory); each layer records the chunk size it was trained with.
     workers, dask_address: run the streamed layers' chunk E-steps on a local Dask cluster of
     that many processes, or on the scheduler at that address (same bits as locally).
+    tune_malloc: with a budget, change glibc's malloc for the rest of the process so freed
+    chunks leave it (:func:`return_freed_chunks_to_os`): for a process that is this train (the
+    CLI), never for a library caller's process (no setting of it can be restored).
+    source: what the model records it was trained on (default: ``data_path``).
     """
     output = Path(output)
     if resume and output.exists():
@@ -221,19 +229,21 @@ def train(
         check_output_path(output, force, [data_path])  # before any data is read
     with output_lock(output):  # a second train (or prep, sample) writing the same file is refused
         return _train(data_path, output, options, resume=resume, force=force, threads=threads, reporter=reporter,
-                      memory=memory, workers=workers, dask_address=dask_address)
+                      memory=memory, workers=workers, dask_address=dask_address, tune_malloc=tune_malloc,
+                      source=source)
 
 
 def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, force: bool, threads: int | None,
            reporter: TrainReporter | None, memory: int | None, workers: int | None,
-           dask_address: str | None) -> NSNModel:
+           dask_address: str | None, tune_malloc: bool, source: str | None) -> NSNModel:
     """:func:`train` once its output is checked and locked."""
+    options = replace(options)  # defaults are filled in below; the caller's options stay as given
     reporter = reporter or _Silent()
     output = Path(output)
-    if memory is not None:
+    if memory is not None and tune_malloc:
         return_freed_chunks_to_os()
     if threads is not None and not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
-        raise NsnError(f"--threads must lie in 1..{numba.config.NUMBA_NUM_THREADS}, got {threads}")
+        raise ParameterError("threads", f"must lie in 1..{numba.config.NUMBA_NUM_THREADS}, got {threads}")
     if memory is None:
         images, _labels, zca = load_images(data_path)
         n, height, width, channels = images.shape
@@ -266,18 +276,19 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
     if resume and output.exists():
         model = NSNModel.load(output)
         if model.fingerprint != print_fp:
-            raise NsnError(f"--resume: {output} was trained on other data (fingerprint {model.fingerprint}, this data set {print_fp})")
+            raise ParameterError("resume", f"{{name}}: {output} was trained on other data (fingerprint {model.fingerprint}, this data set {print_fp})")
         stored = dict(model.config)
         if "reference_images" not in stored:  # written before the option: the paper's EM, the same at <= reference
             stored["reference_images"] = config["reference_images"] if n <= options.reference_images else 0
         if stored != config:
             changed = sorted(k for k in config if stored.get(k) != config[k])
-            raise NsnError(f"--resume: {output} was trained with other options ({', '.join(changed)}); use --force to start over")
+            raise ParameterError("resume", f"{{name}}: {output} was trained with other options ({', '.join(changed)}); "
+                                 "use {force} to start over", others=("force",))
     else:
         check_output_path(output, force)
     if model is None:
         model = NSNModel(arch=arch, image_shape=(height, width, channels), activation=options.activation,
-                         zca=zca, config=config, source=str(data_path), fingerprint=print_fp)
+                         zca=zca, config=config, source=source or str(data_path), fingerprint=print_fp)
 
     previous_threads = numba.get_num_threads()
     stack = contextlib.ExitStack()
@@ -616,8 +627,9 @@ def _fit(index: int, options: TrainOptions, reporter: TrainReporter, positions: 
             return fit_layer_stream_to_count(source, n_patches, options.targets[index - 1], on_fit=on_fit, **common)
         return fit_layer_stream(source, n_patches, options.alphas[index - 1], on_progress=on_progress, **common)
     except FilterCapError as exc:
-        raise NsnError(
-            f"layer {index} grew to {exc.filters} filters{exc.when()}, past --max-filters {exc.cap}; "
+        raise ParameterError(
+            "max_filters",
+            f"layer {index} grew to {exc.filters} filters{exc.when()}, past {{name}} {exc.cap}; "
             f"use a lower alpha for layer {index} (it was {options.alphas[index - 1] if options.alphas else 'searched'}) "
-            "or raise --max-filters"
+            "or raise {name}"
         ) from None

@@ -119,7 +119,7 @@ def train_cli(
     with progress_bar(quiet or as_json) as progress:
         model = train(data, output, options, resume=resume, force=force, threads=threads,
                       reporter=_ProgressReporter(progress, quiet or as_json, iterations), memory=budget,
-                      workers=workers, dask_address=dask)
+                      workers=workers, dask_address=dask, tune_malloc=True)
     rows = [
         {"layer": i, "patch": str(layer.shape), "filters": layer.filters,
          "alpha": round(layer.alpha, 4), "iterations": len(layer.history), "seconds": round(layer.seconds, 2)}

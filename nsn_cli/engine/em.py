@@ -28,7 +28,7 @@ from numba import njit, prange
 from nsn_cli.config import JIT, JIT_PARALLEL, SIGMA_FLOOR_DIVISOR
 from nsn_cli.engine.similarity import best_filter, row_norms
 from nsn_cli.engine.threads import single_blas
-from nsn_cli.errors import NsnError
+from nsn_cli.errors import NsnError, ParameterError
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _CREATION_BLOCK = 2048
@@ -633,7 +633,8 @@ def search_count(
     """The alpha search of :func:`fit_layer_to_count`: ``sample`` (a spread of the patches)
     brackets the radius, ``fit(alpha)`` trains one probe."""
     if target < 1 or target > max_filters:
-        raise NsnError(f"--filters: target {target} must lie in 1..--max-filters ({max_filters})")
+        raise ParameterError("filters", f"{{name}}: target {target} must lie in 1..{{max_filters}} ({max_filters})",
+                             others=("max_filters",))
     spread = float(np.sqrt(((sample - sample.mean(axis=0)) ** 2).sum(axis=1).max())) or 1.0
     lo, hi = math.log(spread * 1e-4), math.log(spread * 2.0)  # log radius: many .. one filter
     count_lo, count_hi = math.inf, 1.0
@@ -662,5 +663,6 @@ def search_count(
         else:
             hi, count_hi = probe, count
     if best is None:
-        raise NsnError(f"--filters {target}: every alpha tried exceeded --max-filters {max_filters}")
+        raise ParameterError("filters", f"{{name}} {target}: every alpha tried exceeded {{max_filters}} {max_filters}",
+                             others=("max_filters",))
     return best

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nsn_cli.errors import NsnError
+from nsn_cli.errors import ParameterError
 
 PRESETS = {
     "mnist": "4x4/2,3x3/2,6x6/2",  # paper Table 3: 28 -> 13 -> 6 -> 1
@@ -41,15 +41,16 @@ def parse_arch(text: str) -> list[LayerShape]:
     for part in spec.split(","):
         match = re.fullmatch(r"\s*(\d+)(?:x(\d+))?\s*/\s*(\d+)\s*", part)
         if not match:
-            raise NsnError(
-                f"--arch: '{part.strip()}' is not a layer; write PxP/S, e.g. '4x4/2,3x3/2,6x6/2', "
+            raise ParameterError(
+                "arch",
+                f"{{name}}: '{part.strip()}' is not a layer; write PxP/S, e.g. '4x4/2,3x3/2,6x6/2', "
                 f"or a preset ({', '.join(PRESETS)})"
             )
         patch, other, stride = int(match.group(1)), match.group(2), int(match.group(3))
         if other is not None and int(other) != patch:
-            raise NsnError(f"--arch: '{part.strip()}': only square patches are supported")
+            raise ParameterError("arch", f"{{name}}: '{part.strip()}': only square patches are supported")
         if patch < 1 or stride < 1 or stride > patch:
-            raise NsnError(f"--arch: '{part.strip()}': need patch >= 1 and 1 <= stride <= patch")
+            raise ParameterError("arch", f"{{name}}: '{part.strip()}': need patch >= 1 and 1 <= stride <= patch")
         layers.append(LayerShape(patch, stride))
     return layers
 
@@ -83,10 +84,11 @@ def check_reaches_one(layers: list[LayerShape], height: int, width: int) -> None
         stride_product = 1
         for layer in layers:
             stride_product *= layer.stride
-        raise NsnError(
+        raise ParameterError(
+            "arch",
             f"architecture {arch_string(layers)} maps {height}x{width} images to {final[0]}x{final[1]}, "
             f"not 1x1; it reaches 1x1 from sizes {need} to {need + stride_product - 1} "
-            f"(exactly at {need}); change --arch or prep with --size {need}"
+            f"(exactly at {need}); change {{name}} or prep with --size {need}"
         )
 
 
@@ -96,9 +98,10 @@ def default_arch(height: int, width: int) -> str:
         return "mnist"
     if (height, width) == (64, 64):
         return "lfw64"
-    raise NsnError(
-        f"no default architecture for {height}x{width} images; give --arch, e.g. "
-        f"--arch '4x4/2,3x3/2,6x6/2' (28x28) or a custom 'PxP/S,...' that reaches 1x1"
+    raise ParameterError(
+        "arch",
+        f"no default architecture for {height}x{width} images; give {{name}}, e.g. "
+        f"{{name}} '4x4/2,3x3/2,6x6/2' (28x28) or a custom 'PxP/S,...' that reaches 1x1"
     )
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from nsn_cli import interrupts
-from nsn_cli.errors import NsnError
+from nsn_cli.errors import NsnError, ParameterError
 from nsn_cli.readers import ImageSource
 from nsn_cli.score import plugins as _plugins
 from nsn_cli.score.inputs import (
@@ -66,9 +68,9 @@ def parse_metrics(text: str) -> tuple[str, ...]:
     names = [name.strip().lower() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in METRICS]
     if unknown:
-        raise NsnError(f"--metrics: unknown metric '{unknown[0]}'; choose from {', '.join(METRICS)}")
+        raise ParameterError("metrics", f"{{name}}: unknown metric '{unknown[0]}'; choose from {', '.join(METRICS)}")
     if not names:
-        raise NsnError(f"--metrics: name at least one of {', '.join(METRICS)}")
+        raise ParameterError("metrics", f"{{name}}: name at least one of {', '.join(METRICS)}")
     return tuple(name for name in METRICS if name in names)
 
 
@@ -216,7 +218,7 @@ def score(
     bad one fails before any model is sampled or judge trained."""
     options = options or ScoreOptions()
     if options.n < 1:
-        raise NsnError(f"-n must be at least 1, got {options.n}")
+        raise ParameterError("n", f"must be at least 1, got {options.n}", flag="-n")
     if not inputs:
         raise NsnError("score: give at least one samples input (model, .npz/.npy/.h5, or folder)")
     reference = load_reference(reference_path)
@@ -244,3 +246,17 @@ def score(
         notes=scorer.notes + comparability_notes(rows, scorer.plugins), judge=scorer.judge.describe(),
         judge_kind=scorer.judge.kind, judge_accuracy=scorer.judge.accuracy, judge_cached=scorer.judge_cached,
     )
+
+
+class _CallableModule(types.ModuleType):
+    """``from nsn_cli import score`` finds this package once it is imported (Python binds a
+    subpackage to its parent's attribute of that name), so calling it is
+    :func:`nsn_cli.api.score`, the library's scoring function."""
+
+    def __call__(self, *args, **kwargs):
+        from nsn_cli.api import score as score_samples
+
+        return score_samples(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from nsn_cli.errors import NsnError
+from nsn_cli.errors import NsnError, ParameterError
 from nsn_cli.files import MODEL_TYPE, file_kind, load_images
 from nsn_cli.model import NSNModel, load_model
 from nsn_cli.prep import resize_image, to_channels
@@ -171,8 +171,8 @@ def check_input(item: NSNModel | ImageSource, matcher: Matcher, where: str, n: i
     if isinstance(item, NSNModel):
         enough(n, f"{where} (-n)")
         if n > MAX_MODEL_SAMPLES:
-            raise NsnError(f"-n {n:,}: at most {MAX_MODEL_SAMPLES:,} samples are drawn from a model ({where}); "
-                           "scores do not change beyond their spread long before that")
+            raise ParameterError("n", f"{{name}} {n:,}: at most {MAX_MODEL_SAMPLES:,} samples are drawn from a model "
+                                 f"({where}); scores do not change beyond their spread long before that", flag="-n")
         return matcher.check(tuple(item.image_shape), where)
     enough(min(n, len(item)), where)
     first = item.read(0, 1)[0]
