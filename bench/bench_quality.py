@@ -102,7 +102,7 @@ def main(samples: int = SAMPLES) -> dict:
     for prior in ("normal", "counts", "pca", "knn"):
         rows.append(score(f"nsn --prior {prior}", nsn(prior=prior)))
     sweep = []
-    for setting in ([{"delta1": d} for d in (30, 50, 200)] + [{"draws": d} for d in (1, 3)] + [{"pixel_draws": 1}]
+    for setting in ([{"delta1": d} for d in (50, 100, 400)] + [{"draws": d} for d in (1, 3)] + [{"pixel_draws": 1}]
                     + [{"delta3": 1.5}]):
         label = "nsn " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in setting.items())
         sweep.append(score(label, nsn(params=DecodeParams.for_sampling(**setting))))
