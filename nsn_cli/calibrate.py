@@ -25,6 +25,7 @@ from typing import Callable, Iterable
 import h5py
 import numpy as np
 
+from nsn_cli import streams
 from nsn_cli.errors import NsnError
 
 CALIBRATION_VERSION = 1
@@ -96,7 +97,7 @@ class ValueReservoir:
     parts: list[np.ndarray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.rng = np.random.default_rng([self.seed, 13])
+        self.rng = np.random.default_rng([self.seed, streams.CALIBRATION_VALUES])
         self.keep = min(1.0, self.limit / max(1, self.expected_values))
 
     def add(self, images: np.ndarray) -> None:

@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 
 from nsn_cli.calibrate import Calibration
+from nsn_cli.streams import decode_stream
 from nsn_cli.engine.generate import decode_maps
 from nsn_cli.engine.geometry import LayerShape, arch_string, map_sizes, parse_arch
 from nsn_cli.engine.patches import extract_patches
@@ -243,7 +244,7 @@ class NSNModel:
         """Decode ``F[from_layer]`` down to ``F[to_layer]`` (raw maps; pixels need :meth:`finish_images`)."""
         for layer in range(from_layer, to_layer, -1):
             maps = self.decode_layer(maps, layer, params, seed=seed, first_sample=first_sample,
-                                     stream=stream * 64 + layer)
+                                     stream=decode_stream(layer, stream))
         return maps
 
     # ------------------------------------------------------------------ files

@@ -21,6 +21,7 @@ from nsn_cli.errors import NsnError
 from nsn_cli.model import DecodeParams, NSNModel
 from nsn_cli.prep import to_channels
 from nsn_cli.readers import load_image
+from nsn_cli.streams import restore_stream
 
 
 @dataclass
@@ -187,7 +188,7 @@ def inpaint(model: NSNModel, image: np.ndarray, hole: np.ndarray, *, draws: int 
         maps = np.repeat(encoded[top], draws, axis=0)
         for layer in range(top, 0, -1):
             below = model.decode_layer(maps, layer, params, seed=seed, first_sample=0,
-                                       stream=(round_index * 64 + layer) * 2)
+                                       stream=restore_stream(layer, round_index))
             maps = np.where(conditioned[layer - 1], encoded[layer - 1], below) if layer > 1 else below
         filled = model.finish_images(maps).mean(axis=0)
         current = np.where(known, image, filled)

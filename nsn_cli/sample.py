@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from nsn_cli import interrupts
+from nsn_cli import interrupts, streams
 from nsn_cli.engine.generate import normal_draws, uniform_draws
 from nsn_cli.errors import NsnError
 from nsn_cli.model import DecodeParams, NSNModel
@@ -29,8 +29,6 @@ from nsn_cli.model import DecodeParams, NSNModel
 PRIORS = ("normal", "counts", "mix", "pca", "knn")
 #: Priors that draw F[L-1] from the top-layer density (the rest draw a top vector).
 DENSITY_PRIORS = ("mix", "pca", "knn")
-#: Random streams: separate for the prior draw and the decoding of each layer.
-PRIOR_STREAM = 1 << 20
 #: Samples decoded per batch; the same seed gives the same images whatever this is. Small
 #: enough that a batch's maps stay in cache and their buffers are reused from the heap, not
 #: mapped afresh (one-thread CPU for 8,192 samples: 1.6 s at 256, 2.1 s at 4,096).
@@ -58,10 +56,10 @@ def top_vectors(model: NSNModel, layer: int, prior: str, seed: int, first: int, 
     """Top maps ``F[layer]`` (count, 1, 1, N_layer) for the ``normal`` and ``counts`` priors."""
     width = model.layers[layer - 1].filters
     if prior == "normal":
-        z = normal_draws(seed, first, count, width, PRIOR_STREAM)
+        z = normal_draws(seed, first, count, width, streams.TOP_VECTOR)
         return z.astype(np.float32).reshape(count, 1, 1, width)
     if prior == "counts":
-        u = uniform_draws(seed, first, count, 1, PRIOR_STREAM)[:, 0]
+        u = uniform_draws(seed, first, count, 1, streams.TOP_VECTOR)[:, 0]
         return _one_hot(pick_by_counts(model.layers[layer - 1].counts, u), width)
     raise NsnError(f"--prior {prior} is not a top-vector prior")
 

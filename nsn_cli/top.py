@@ -33,6 +33,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from nsn_cli import streams
 from nsn_cli.config import JIT, JIT_PARALLEL
 from nsn_cli.engine.em import moments
 from nsn_cli.engine.generate import normal_draws, uniform_draws
@@ -49,14 +50,13 @@ NEIGHBOURS = 3
 NEIGHBOUR_BLOCK = 128
 #: Block pairs per call of the neighbour kernel, between progress reports.
 NEIGHBOUR_PAIRS_PER_CALL = 64
-PRIOR_STREAM = 1 << 21
 
 
 def top_members(n: int, seed: int, limit: int = MAX_MEMBERS) -> np.ndarray:
     """Which of ``n`` training images are stored as members: all, or ``limit`` chosen by seed."""
     if n <= limit:
         return np.arange(n)
-    return np.sort(np.random.default_rng([seed, 7]).choice(n, limit, replace=False))
+    return np.sort(np.random.default_rng([seed, streams.TOP_MEMBERS]).choice(n, limit, replace=False))
 
 
 def top_stats_bytes(n: int, dims: int, limit: int = MAX_MEMBERS) -> int:
@@ -305,10 +305,10 @@ def sample_top_maps(model, prior: str, seed: int, first: int, count: int) -> np.
             "(trained by an older nsn); retrain it, or use --prior counts or normal"
         )
     h, w, c = model.map_shape(len(model.layers) - 1)
-    u = uniform_draws(seed, first, count, 3, PRIOR_STREAM)
+    u = uniform_draws(seed, first, count, 3, streams.DENSITY_PICK)
     if prior == "pca":
         filters = _pick_filters(top["image_counts"], u[:, 0])
-        z = normal_draws(seed, first, count, COMPONENTS, PRIOR_STREAM + 1)
+        z = normal_draws(seed, first, count, COMPONENTS, streams.DENSITY_PCA)
         scale = np.sqrt(np.maximum(top["variances"][filters], 0.0)) * z
         maps = top["mean"][filters] + np.einsum("np,npd->nd", scale, top["components"][filters])
         return np.clip(maps, 0.0, 1.0).astype(np.float32).reshape(count, h, w, c)
@@ -321,7 +321,7 @@ def sample_top_maps(model, prior: str, seed: int, first: int, count: int) -> np.
         size = member_counts[filters]
         first_pick = order[starts[filters] + np.minimum((u[:, 1] * size).astype(np.int64), size - 1)]
         # the second member differs from the first whenever the filter has two or more
-        v = uniform_draws(seed, first, count, 2, PRIOR_STREAM + 2)
+        v = uniform_draws(seed, first, count, 2, streams.DENSITY_SECOND)
         offset = 1 + np.minimum((v[:, 0] * np.maximum(size - 1, 1)).astype(np.int64), np.maximum(size - 2, 0))
         second_slot = (np.minimum((u[:, 1] * size).astype(np.int64), size - 1) + offset) % np.maximum(size, 1)
         second_pick = order[starts[filters] + second_slot]

@@ -159,10 +159,11 @@ def test_mix_samples_lie_in_the_members_hull(tiny_model):
     members = model.top["members"].astype(np.float32)
     # every sample lies between the per-element min and max of its filter's members
     from nsn_cli.engine.generate import uniform_draws
-    from nsn_cli.top import PRIOR_STREAM, _pick_filters
+    from nsn_cli.streams import DENSITY_PICK
+    from nsn_cli.top import _pick_filters
 
     counts = np.bincount(model.top["member_filter"], minlength=model.top["mean"].shape[0])
-    picked = _pick_filters(counts, uniform_draws(1, 0, 500, 3, PRIOR_STREAM)[:, 0])
+    picked = _pick_filters(counts, uniform_draws(1, 0, 500, 3, DENSITY_PICK)[:, 0])
     for i in range(500):
         own = members[model.top["member_filter"] == picked[i]]
         assert np.all(maps[i] >= own.min(axis=0) - 1e-5) and np.all(maps[i] <= own.max(axis=0) + 1e-5)
@@ -301,3 +302,20 @@ def test_streamed_npy_output_equals_in_memory(cli, tmp_path, tiny_model):
     code, _, err = cli("sample", "-m", path, "-n", 5, "-o", tmp_path / "big.npy", "-q")
     assert code == 2 and "already exists" in err
     assert np.array_equal(np.load(tmp_path / "big.npy"), expected)
+
+
+def test_random_stream_ids_are_distinct_and_clear_of_the_decode_streams():
+    from nsn_cli import streams
+
+    ids = list(streams.SAMPLE_STREAMS.values())
+    assert len(set(ids)) == len(ids) and min(ids) >= streams.DECODE_LIMIT
+    # every module-level stream constant is in its table (a new one cannot be left out)
+    named = {k: v for k, v in vars(streams).items() if k.isupper() and isinstance(v, int)}
+    tables = {**streams.SAMPLE_STREAMS, **streams.GENERATOR_TAGS}
+    assert {k: v for k, v in named.items() if k not in ("LAYERS_PER_ROUND", "DECODE_LIMIT")} == tables
+    tags = list(streams.GENERATOR_TAGS.values())
+    assert len(set(tags)) == len(tags)
+    # decode streams: distinct per (round, layer), and below the prior streams for 1,000 rounds
+    decode = {streams.decode_stream(layer, r) for r in range(1000) for layer in range(1, streams.LAYERS_PER_ROUND)}
+    assert len(decode) == 1000 * (streams.LAYERS_PER_ROUND - 1)
+    assert max(streams.restore_stream(layer, 999) for layer in range(1, 64)) < streams.DECODE_LIMIT
