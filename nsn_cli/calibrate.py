@@ -192,14 +192,15 @@ def calibrate_model(model, data_path, *, samples: int = FIT_SAMPLES,
     """Fit a complete model's pixel calibration against its training data set: NSN-Gen with the
     sampling defaults (default prior, :meth:`~nsn_cli.model.DecodeParams.for_sampling`) and the
     calibration's own seed, raw pixels (de-whitened for ZCA models, before any clipping)."""
+    from nsn_cli import priors
     from nsn_cli.model import DecodeParams
-    from nsn_cli.sample import DENSITY_PRIORS, default_prior, generate
+    from nsn_cli.sample import generate
 
     if not model.complete:
         raise NsnError(f"calibration needs a complete model ({len(model.layers)} of {len(model.arch)} layers trained)")
     height, width, channels = model.image_shape
-    prior = default_prior(model, len(model.layers))
-    params = DecodeParams.for_sampling().resolved(density_prior=prior in DENSITY_PRIORS)
+    prior = priors.default_prior(model, len(model.layers))
+    params = DecodeParams.for_sampling().resolved(density_prior=priors.get(prior).density)
     chunks, count = data_pixel_chunks(data_path)
 
     def generate_raw(first: int, n: int) -> np.ndarray:

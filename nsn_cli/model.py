@@ -29,13 +29,13 @@ import h5py
 import numpy as np
 
 from nsn_cli.calibrate import Calibration
-from nsn_cli.streams import decode_stream
 from nsn_cli.engine.generate import decode_maps
 from nsn_cli.engine.geometry import LayerShape, arch_string, map_sizes, parse_arch
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import similarity
 from nsn_cli.errors import NsnError
 from nsn_cli.files import MODEL_TYPE, Zca, atomic_h5, open_nsn_file, stamp
+from nsn_cli.streams import decode_stream
 
 HISTORY_KEYS = ("filters", "created", "dropped", "merged", "changed", "mean_sim", "seconds")
 NOISE_LAYERS = ("all", "pixel")

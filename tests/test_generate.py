@@ -8,9 +8,10 @@ import pytest
 from nsn_cli.errors import NsnError
 from nsn_cli.files import load_images
 from nsn_cli.model import DecodeParams, NSNModel
+from nsn_cli.priors import PRIORS
 from nsn_cli.restore import hole_maps, inpaint, style
 from nsn_cli.sample import arithmetic, generate, interpolate, one_filter
-from nsn_cli.top import compute_top_stats, sample_top_maps
+from nsn_cli.top import compute_top_stats
 
 
 def test_same_seed_same_images_across_batch_sizes(tiny_model):
@@ -146,7 +147,7 @@ def test_pca_samples_have_stored_mean_and_variance(rng):
     top = {"mean": mean, "components": components, "variances": variances, "image_counts": np.array([5])}
     fake = SimpleNamespace(top=top, layers=[None, None], map_shape=lambda level: (1, 1, d))
     n = 40000
-    maps = sample_top_maps(fake, "pca", seed=0, first=0, count=n).reshape(n, d)
+    maps = PRIORS["pca"].draw(fake, 2, seed=0, first=0, count=n).reshape(n, d)
     proj = (maps - mean[0]) @ components[0].T
     se = np.sqrt(variances[0] / n)
     assert np.all(np.abs(proj.mean(axis=0)) < 4 * se)  # mean along each component
@@ -155,15 +156,15 @@ def test_pca_samples_have_stored_mean_and_variance(rng):
 
 def test_mix_samples_lie_in_the_members_hull(tiny_model):
     _, model = tiny_model
-    maps = sample_top_maps(model, "mix", seed=1, first=0, count=500).reshape(500, -1)
+    maps = PRIORS["mix"].draw(model, 3, seed=1, first=0, count=500).reshape(500, -1)
     members = model.top["members"].astype(np.float32)
     # every sample lies between the per-element min and max of its filter's members
     from nsn_cli.engine.generate import uniform_draws
+    from nsn_cli.priors import pick_by_counts
     from nsn_cli.streams import DENSITY_PICK
-    from nsn_cli.top import _pick_filters
 
     counts = np.bincount(model.top["member_filter"], minlength=model.top["mean"].shape[0])
-    picked = _pick_filters(counts, uniform_draws(1, 0, 500, 3, DENSITY_PICK)[:, 0])
+    picked = pick_by_counts(counts, uniform_draws(1, 0, 500, 3, DENSITY_PICK)[:, 0])
     for i in range(500):
         own = members[model.top["member_filter"] == picked[i]]
         assert np.all(maps[i] >= own.min(axis=0) - 1e-5) and np.all(maps[i] <= own.max(axis=0) + 1e-5)
@@ -264,7 +265,7 @@ def test_nearest_members_match_brute_force(rng):
 
 def test_knn_samples_lie_between_a_member_and_its_neighbour(tiny_model):
     _, model = tiny_model
-    maps = sample_top_maps(model, "knn", seed=2, first=0, count=50).reshape(50, -1)
+    maps = PRIORS["knn"].draw(model, 3, seed=2, first=0, count=50).reshape(50, -1)
     members = model.top["members"].astype(np.float32)
     neighbours = model.top["member_neighbours"]
     for sample in maps:
@@ -319,3 +320,34 @@ def test_random_stream_ids_are_distinct_and_clear_of_the_decode_streams():
     decode = {streams.decode_stream(layer, r) for r in range(1000) for layer in range(1, streams.LAYERS_PER_ROUND)}
     assert len(decode) == 1000 * (streams.LAYERS_PER_ROUND - 1)
     assert max(streams.restore_stream(layer, 999) for layer in range(1, 64)) < streams.DECODE_LIMIT
+
+
+def test_priors_table_drives_sampling_help_and_validation(cli, tmp_path, tiny_model, monkeypatch):
+    """Every prior in the table samples (same seed, same bits; density priors only from the
+    top), is listed in --prior's help, and a prior added to the table alone is usable."""
+    from dataclasses import replace
+
+    from nsn_cli import priors
+
+    path, model = tiny_model
+    for name, prior in PRIORS.items():
+        assert f"{name}: {prior.help}" in priors.cli_help()
+        a = generate(model, 4, prior=name, seed=8)
+        assert np.array_equal(a, generate(model, 4, prior=name, seed=8)), name
+        if prior.density:
+            with pytest.raises(NsnError, match="samples the top layer"):
+                generate(model, 2, layer=2, prior=name)
+    assert priors.DENSITY_PRIORS == ("mix", "pca", "knn")
+    assert priors.default_prior(model, 3) == "mix" and priors.default_prior(model, 2) == "counts"
+    # a new prior: one entry in the table; its maps are what the decoder starts from
+    ones = replace(PRIORS["normal"], name="ones", help="all ones",
+                   draw=lambda m, layer, seed, first, count: np.ones((count, 1, 1, m.layers[layer - 1].filters), np.float32))
+    monkeypatch.setitem(PRIORS, "ones", ones)
+    params = DecodeParams.for_sampling().resolved()
+    expected = model.finish_images(model.decode(np.ones((3, 1, 1, model.layers[2].filters), np.float32), 3, params, seed=1))
+    assert np.array_equal(generate(model, 3, prior="ones", seed=1), expected)
+    code, _, err = cli("sample", "-m", path, "-n", 3, "--prior", "ones", "-o", tmp_path / "o.npz", "-q")
+    assert code == 0, err
+    # a misspelt prior is refused before the model is read (the model path does not exist)
+    code, _, err = cli("sample", "-m", tmp_path / "missing.h5", "--prior", "uniform", "-o", tmp_path / "x.png")
+    assert code == 2 and "--prior must be one of normal, counts, mix, pca, knn, ones" in err

@@ -7,7 +7,7 @@ from typing import List
 
 import typer
 
-from nsn_cli import config
+from nsn_cli import config, priors
 from nsn_cli.cli._common import app, console, console_err, default_model_path, progress_bar, task_advancer
 from nsn_cli.errors import Interrupted, NsnError
 from nsn_cli.model import DecodeParams, load_model
@@ -28,6 +28,7 @@ from nsn_cli.sample import (
 )
 
 _GEN = "NSN-Gen"
+_DENSITY = ", ".join(priors.DENSITY_PRIORS[:-1]) + " and " + priors.DENSITY_PRIORS[-1]
 #: Help of the NSN-Gen options shared by sample, style and inpaint (defaults differ).
 _GEN_HELP = {
     "delta1": "Sharpness of softmax(delta1 * v).",
@@ -51,12 +52,12 @@ def sample_cli(
     n: int = typer.Option(64, "-n", help="Number of samples."),
     layer: int | None = typer.Option(None, "--layer", help="Start from layer k (1..L, default L): patches of its receptive field."),
     output: str = typer.Option("samples.png", "-o", "--output", help=".png grid, .npz/.npy/.h5 arrays, or a folder/ of PNGs."),
-    prior: str | None = typer.Option(None, "--prior", help="normal (paper), counts, mix, pca or knn. Default: mix where the model has top statistics, else counts."),
+    prior: str | None = typer.Option(None, "--prior", help=priors.cli_help()),
     delta1: float = typer.Option(config.SAMPLE_DELTA1, "--delta1", help=_GEN_HELP["delta1"], rich_help_panel=_GEN),
     delta2: float = typer.Option(0.0, "--delta2", help=_GEN_HELP["delta2"], rich_help_panel=_GEN),
     delta3: float = typer.Option(config.SAMPLE_DELTA3, "--delta3", help=_GEN_HELP["delta3"], rich_help_panel=_GEN),
     draws: int | None = typer.Option(
-        None, "--draws", help=_GEN_HELP["draws"] + " Default: 0 after the mix, pca and knn priors, else 1.",
+        None, "--draws", help=_GEN_HELP["draws"] + f" Default: 0 after the {_DENSITY} priors, else 1.",
         rich_help_panel=_GEN),
     pixel_draws: int | None = typer.Option(
         None, "--pixel-draws", help="Draws at layer 1, the step that writes pixels (default: as --draws).",
@@ -77,6 +78,8 @@ def sample_cli(
     params = _params(delta1, delta2, delta3, draws, noise_layers, noise_scale, pixel_draws)
     if n < 1:
         raise NsnError(f"-n must be at least 1, got {n}")
+    if prior is not None:
+        priors.get(prior)  # a misspelt prior is refused before the model is read
     chosen = [o for o in (filter_index, interpolate_pair, arithmetic_expr) if o is not None]
     if len(chosen) > 1:
         raise NsnError("give at most one of --filter, --interpolate, --arithmetic")
