@@ -33,6 +33,27 @@ REFERENCE_IMAGES = 4000
 ITERATIONS = 10
 #: The sigma floor is ``sigma_new / SIGMA_FLOOR_DIVISOR`` (SPEC.md).
 SIGMA_FLOOR_DIVISOR = 32.0
+#: NSN-Gen's defaults (paper section 4.2, SPEC.md "Defaults that gave the best digits"): what
+#: DecodeParams, ``nsn style`` and ``nsn inpaint --method layers`` use.
+DELTA1 = 100.0
+DELTA2 = 0.0
+DELTA3 = 1.0
+DRAWS = 1
+NOISE_LAYERS = "all"
+NOISE_SCALE = "rms"
+#: ``nsn style``: encode to this layer, decode this many variants.
+STYLE_LAYER = 1
+STYLE_VARIANTS = 4
+#: ``nsn inpaint`` (SPEC "Inpaint"): ``posterior`` averages the CANDIDATES nearest decoded
+#: members plus the half-way mixes of every pair of the PAIRS nearest, weighted with
+#: temperature TEMPERATURE, the known residual fading over BOUNDARY pixels; ``layers``
+#: averages DRAWS decodings, re-encoding ROUNDS times.
+INPAINT_CANDIDATES = 20
+INPAINT_PAIRS = 10
+INPAINT_TEMPERATURE = 0.1
+INPAINT_BOUNDARY = 1.0
+INPAINT_DRAWS = 8
+INPAINT_ROUNDS = 1
 #: NSN-Gen defaults for ``nsn sample``, chosen with the CNN judge on held-out digits
 #: (bench/bench_quality.py; two models, on 3,000 and 3,500 training digits, two sample seeds
 #: each, calibration fitted per setting; README). After a top-density prior SAMPLE_DRAWS gives
@@ -44,7 +65,7 @@ SIGMA_FLOOR_DIVISOR = 32.0
 #: real 1s do (7.6% of held-out digits are flagged the same way). delta3 no longer matters once
 #: the pixel calibration maps the output's histogram, so it is the paper's 1.
 SAMPLE_DELTA1 = 100.0
-SAMPLE_DELTA3 = 1.0
+SAMPLE_DELTA3 = DELTA3
 SAMPLE_DRAWS = (0, 0)
 #: ``--memory`` is the whole ``train`` process's budget; this much of it is set aside for the
 #: interpreter, numba's compiled kernels and thread pools, h5py and small working blocks

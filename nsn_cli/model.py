@@ -28,6 +28,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
+from nsn_cli import config
 from nsn_cli.calibrate import Calibration
 from nsn_cli.engine.generate import decode_maps
 from nsn_cli.engine.geometry import LayerShape, arch_string, map_sizes, parse_arch
@@ -81,27 +82,23 @@ class DecodeParams:
     vectors, style) one draw everywhere, the multinomial then being what makes samples differ;
     see :meth:`resolved` and config.SAMPLE_DRAWS."""
 
-    delta1: float = 100.0
-    delta2: float = 0.0
-    delta3: float = 1.0
-    draws: int | None = 1
-    noise_layers: str = "all"
-    noise_scale: str = "rms"
+    delta1: float = config.DELTA1
+    delta2: float = config.DELTA2
+    delta3: float = config.DELTA3
+    draws: int | None = config.DRAWS
+    noise_layers: str = config.NOISE_LAYERS
+    noise_scale: str = config.NOISE_SCALE
     pixel_draws: int | None = None
 
     @classmethod
     def for_sampling(cls, **overrides) -> DecodeParams:
         """The measured defaults of ``nsn sample`` (config.SAMPLE_*), with overrides."""
-        from nsn_cli import config
-
         return cls(**{"delta1": config.SAMPLE_DELTA1, "delta3": config.SAMPLE_DELTA3, "draws": None, **overrides})
 
     def resolved(self, density_prior: bool = False) -> DecodeParams:
         """``draws = None`` made concrete (see the class), ``pixel_draws = None`` too."""
-        from nsn_cli import config
-
         if self.draws is None:
-            hidden, pixel = config.SAMPLE_DRAWS if density_prior else (1, 1)
+            hidden, pixel = config.SAMPLE_DRAWS if density_prior else (config.DRAWS, config.DRAWS)
             return replace(self, draws=hidden, pixel_draws=pixel if self.pixel_draws is None else self.pixel_draws)
         return self if self.pixel_draws is not None else replace(self, pixel_draws=self.draws)
 

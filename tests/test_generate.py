@@ -351,3 +351,40 @@ def test_priors_table_drives_sampling_help_and_validation(cli, tmp_path, tiny_mo
     # a misspelt prior is refused before the model is read (the model path does not exist)
     code, _, err = cli("sample", "-m", tmp_path / "missing.h5", "--prior", "uniform", "-o", tmp_path / "x.png")
     assert code == 2 and "--prior must be one of normal, counts, mix, pca, knn, ones" in err
+
+
+def test_generation_defaults_have_one_home():
+    """The CLI's NSN-Gen and inpaint defaults, DecodeParams', InpaintOptions' and the library
+    functions' are the values in nsn_cli.config (a literal left in one of them fails here once
+    config changes)."""
+    import inspect
+    from dataclasses import fields
+
+    import typer
+
+    from nsn_cli import config
+    from nsn_cli.cli import app
+    from nsn_cli.inpaint import InpaintOptions
+    from nsn_cli.restore import inpaint as inpaint_layers
+
+    command = typer.main.get_command(app)
+    defaults = {name: {p.name: p.default for p in command.commands[name].params} for name in ("sample", "style", "inpaint")}
+    gen = {"delta1": config.DELTA1, "delta2": config.DELTA2, "delta3": config.DELTA3, "draws": config.DRAWS,
+           "noise_layers": config.NOISE_LAYERS, "noise_scale": config.NOISE_SCALE}
+    assert {f.name: f.default for f in fields(DecodeParams) if f.name in gen} == gen
+    assert {k: defaults["style"][k] for k in gen} == gen
+    assert (defaults["style"]["layer"], defaults["style"]["variants"]) == (config.STYLE_LAYER, config.STYLE_VARIANTS)
+    assert {k: defaults["inpaint"][k] for k in ("delta1", "delta2", "delta3")} == {k: gen[k] for k in ("delta1", "delta2", "delta3")}
+    assert defaults["sample"]["delta1"] == config.SAMPLE_DELTA1 and defaults["sample"]["delta3"] == config.SAMPLE_DELTA3
+    assert {k: defaults["sample"][k] for k in ("delta2", "noise_layers", "noise_scale")} == {
+        k: gen[k] for k in ("delta2", "noise_layers", "noise_scale")}
+    posterior = {"candidates": config.INPAINT_CANDIDATES, "pairs": config.INPAINT_PAIRS,
+                 "temperature": config.INPAINT_TEMPERATURE, "boundary": config.INPAINT_BOUNDARY}
+    assert {f.name: f.default for f in fields(InpaintOptions) if f.name in posterior} == posterior
+    assert {k: defaults["inpaint"][k] for k in posterior} == posterior
+    layers = {"draws": config.INPAINT_DRAWS, "rounds": config.INPAINT_ROUNDS}
+    assert {k: defaults["inpaint"][k] for k in layers} == layers
+    signature = inspect.signature(inpaint_layers).parameters
+    assert {k: signature[k].default for k in layers} == layers
+    signature = inspect.signature(style).parameters
+    assert (signature["layer"].default, signature["variants"].default) == (config.STYLE_LAYER, config.STYLE_VARIANTS)
