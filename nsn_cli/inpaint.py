@@ -80,7 +80,7 @@ def member_images(model: NSNModel, calibrate: bool = True) -> np.ndarray:
     cache = model.cache.setdefault("member_images", {})
     if calibrate not in cache:
         h, w, c = model.map_shape(len(model.layers) - 1)
-        members = model.top["members"]
+        members = model.top.members
         cache[calibrate] = np.concatenate([
             _decode_top_maps(model, members[a : a + 1024].astype(np.float32).reshape(-1, h, w, c), calibrate)
             for a in range(0, len(members), 1024)])
@@ -129,7 +129,7 @@ def _posterior_batch(model: NSNModel, images: np.ndarray, holes: np.ndarray, fir
     pairs = np.transpose(np.triu_indices(min(options.pairs, nearest.shape[1]), 1))
     mixes = np.empty((len(images), len(pairs), *decoded.shape[1:]), dtype=np.float32)
     if len(pairs):
-        members = model.top["members"]
+        members = model.top.members
         a, b = nearest[:, pairs[:, 0]], nearest[:, pairs[:, 1]]
         maps = 0.5 * (members[a.ravel()].astype(np.float32) + members[b.ravel()].astype(np.float32))
         mixes = _decode_top_maps(model, maps.reshape(-1, h, w, c), options.calibrate).reshape(mixes.shape)

@@ -12,7 +12,7 @@ Model file layout (``encoding-type = "nsn-model"``, version 1)::
                            chunk if trained streamed under --memory, 0 if in memory)
     /layers/<l>/history/*  per EM iteration: filters, created, dropped, merged, changed, mean_sim, seconds
     /zca/{mean,whiten,unwhiten}   the data set's preprocessing, so outputs are de-whitened
-    /top/...               optional top-layer statistics for the diverse priors (see top.py),
+    /top/...               optional top-layer statistics for the density priors (top.TopStats),
                            uncompressed (see NSNModel.save)
     /calibration/...       optional pixel calibration of NSN-Gen's output (see calibrate.py)
 """
@@ -37,6 +37,7 @@ from nsn_cli.engine.similarity import similarity
 from nsn_cli.errors import NsnError
 from nsn_cli.files import MODEL_TYPE, Zca, atomic_h5, open_nsn_file, stamp
 from nsn_cli.streams import decode_stream
+from nsn_cli.top import TopStats
 
 HISTORY_KEYS = ("filters", "created", "dropped", "merged", "changed", "mean_sim", "seconds")
 NOISE_LAYERS = ("all", "pixel")
@@ -137,7 +138,7 @@ class NSNModel:
     config: dict = field(default_factory=dict)
     source: str = ""
     fingerprint: str = ""
-    top: dict | None = None
+    top: TopStats | None = None
     calibration: Calibration | None = None
     #: ``train``'s memorisation check: near-copy fractions of samples and of real images
     memorisation: dict | None = None
@@ -275,15 +276,7 @@ class NSNModel:
             if self.memorisation is not None:
                 handle.attrs["memorisation"] = json.dumps(self.memorisation, sort_keys=True)
             if self.top is not None:
-                top = handle.create_group("top")
-                top.attrs["version"] = 1
-                for key, value in self.top.items():
-                    if key.endswith("_f32"):
-                        continue
-                    # uncompressed: gzip took 1.6 s of train's final save for the 4,000 digits'
-                    # 48 MB of members and components (to 30 MB), and 0.37 s of every loading
-                    # (0.04 s raw), on a path with nothing else running
-                    top.create_dataset(key, data=value)
+                self.top.to_h5(handle)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NSNModel:
@@ -320,9 +313,7 @@ class NSNModel:
                     history=history, seconds=float(g.attrs.get("seconds", 0.0)),
                     patches=int(g.attrs.get("patches", 0)), chunk=int(g.attrs.get("chunk", 0)),
                 ))
-            top = None
-            if "top" in handle:
-                top = {k: handle["top"][k][()] for k in handle["top"]}
+            top = TopStats.from_h5(handle, where)
             model = cls(
                 arch=arch, image_shape=image_shape, activation=activation, layers=layers,
                 zca=Zca.read(handle, where), config=config, source=str(handle.attrs.get("source", "")),

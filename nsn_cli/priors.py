@@ -107,22 +107,20 @@ def draw_pca(model, layer: int, seed: int, first: int, count: int) -> np.ndarray
     activations' range [0, 1]."""
     top = _top(model, "pca")
     u = uniform_draws(seed, first, count, 3, streams.DENSITY_PICK)
-    filters = pick_by_counts(top["image_counts"], u[:, 0])
-    z = normal_draws(seed, first, count, top["components"].shape[1], streams.DENSITY_PCA)
-    scale = np.sqrt(np.maximum(top["variances"][filters], 0.0)) * z
-    maps = top["mean"][filters] + np.einsum("np,npd->nd", scale, top["components"][filters])
+    filters = pick_by_counts(top.image_counts, u[:, 0])
+    z = normal_draws(seed, first, count, top.components.shape[1], streams.DENSITY_PCA)
+    scale = np.sqrt(np.maximum(top.variances[filters], 0.0)) * z
+    maps = top.mean[filters] + np.einsum("np,npd->nd", scale, top.components[filters])
     return np.clip(maps, 0.0, 1.0).astype(np.float32).reshape(count, *_top_shape(model))
 
 
 def draw_mix(model, layer: int, seed: int, first: int, count: int) -> np.ndarray:
     """A filter drawn by its stored members, two of its members ``a, b``,
     ``F[L-1] = t a + (1 - t) b``."""
-    from nsn_cli.top import members_f32
-
     top = _top(model, "mix")
     u = uniform_draws(seed, first, count, 3, streams.DENSITY_PICK)
-    member_filter = top["member_filter"]
-    member_counts = np.bincount(member_filter, minlength=top["mean"].shape[0])
+    member_filter = top.member_filter
+    member_counts = np.bincount(member_filter, minlength=top.mean.shape[0])
     filters = pick_by_counts(member_counts, u[:, 0])
     order = np.argsort(member_filter, kind="stable")
     starts = np.concatenate([[0], np.cumsum(member_counts)])
@@ -133,7 +131,7 @@ def draw_mix(model, layer: int, seed: int, first: int, count: int) -> np.ndarray
     offset = 1 + np.minimum((v[:, 0] * np.maximum(size - 1, 1)).astype(np.int64), np.maximum(size - 2, 0))
     second_slot = (first_slot + offset) % np.maximum(size, 1)
     t = MIX_LOW + (1 - 2 * MIX_LOW) * u[:, 2]
-    members = members_f32(top)
+    members = top.members_f32()
     maps = np.empty((count, members.shape[1]), dtype=np.float32)
     _mix(members, order[starts[filters] + first_slot], order[starts[filters] + second_slot], t, maps)
     return maps.reshape(count, *_top_shape(model))
@@ -144,14 +142,10 @@ def draw_knn(model, layer: int, seed: int, first: int, count: int) -> np.ndarray
     ``mix`` with one of its nearest members, whatever their top filter: neighbours are closer
     than two random members of a filter, so the mix stays on the data while crossing filter
     borders."""
-    from nsn_cli.top import members_f32, nearest_members
-
     top = _top(model, "knn")
     u = uniform_draws(seed, first, count, 3, streams.DENSITY_PICK)
-    members = members_f32(top)
-    if "member_neighbours" not in top:  # files written before knn existed
-        top["member_neighbours"] = nearest_members(members)
-    neighbours = top["member_neighbours"]
+    members = top.members_f32()
+    neighbours = top.neighbours()
     first_pick = np.minimum((u[:, 0] * len(members)).astype(np.int64), len(members) - 1)
     slot = np.minimum((u[:, 1] * neighbours.shape[1]).astype(np.int64), neighbours.shape[1] - 1)
     t = MIX_LOW + (1 - 2 * MIX_LOW) * u[:, 2]

@@ -11,7 +11,7 @@ from nsn_cli.model import DecodeParams, NSNModel
 from nsn_cli.priors import PRIORS
 from nsn_cli.restore import hole_maps, inpaint, style
 from nsn_cli.sample import arithmetic, generate, interpolate, one_filter
-from nsn_cli.top import compute_top_stats
+from nsn_cli.top import TopStats, compute_top_stats
 
 
 def test_same_seed_same_images_across_batch_sizes(tiny_model):
@@ -71,14 +71,14 @@ def test_top_stats_match_numpy(rng):
     stored = flat.astype(np.float16).astype(np.float64)  # members are kept as they are stored
     d2 = ((flat[:, None, :] - mu[None]) ** 2).sum(-1)
     labels = d2.argmin(axis=1)
-    assert np.array_equal(stats["member_filter"], labels)
+    assert np.array_equal(stats.member_filter, labels)
     for j in range(3):
         mean = flat[labels == j].mean(axis=0)
-        assert stats["image_counts"][j] == np.sum(labels == j)
-        assert np.allclose(stats["mean"][j], mean, atol=1e-6)
+        assert stats.image_counts[j] == np.sum(labels == j)
+        assert np.allclose(stats.mean[j], mean, atol=1e-6)
         centred = stored[labels == j] - mean
         eig = np.sort(np.linalg.eigvalsh(centred.T @ centred / len(centred)))[::-1][:10]
-        assert np.allclose(stats["variances"][j][: len(eig)], eig[: stats["variances"].shape[1]], atol=1e-5)
+        assert np.allclose(stats.variances[j][: len(eig)], eig[: stats.variances.shape[1]], atol=1e-5)
 
 
 @pytest.mark.parametrize("m, d", [(40, 300), (300, 12), (5, 5)])
@@ -122,13 +122,13 @@ def test_top_stats_from_chunks_and_a_member_subsample(rng):
     mu, sigma = below[:4].reshape(4, -1), np.full(4, 0.6)
     whole = compute_top_stats([below], 300, mu, sigma, seed=3)
     chunked = compute_top_stats((below[a : a + 64] for a in range(0, 300, 64)), 300, mu, sigma, seed=3)
-    for key in whole:
-        assert np.allclose(whole[key], chunked[key], rtol=1e-6, atol=1e-7), key
+    for key in TopStats.STORED:
+        assert np.allclose(getattr(whole, key), getattr(chunked, key), rtol=1e-6, atol=1e-7), key
     few = compute_top_stats([below], 300, mu, sigma, seed=3, max_members=50)
-    assert few["members"].shape == (50, 8) and np.array_equal(few["image_counts"], whole["image_counts"])
-    assert np.allclose(few["mean"], whole["mean"])
-    rows = [np.flatnonzero((below.reshape(300, -1).astype(np.float16) == m).all(axis=1))[0] for m in few["members"]]
-    assert len(set(rows)) == 50 and np.array_equal(few["member_filter"], whole["member_filter"][rows])
+    assert few.members.shape == (50, 8) and np.array_equal(few.image_counts, whole.image_counts)
+    assert np.allclose(few.mean, whole.mean)
+    rows = [np.flatnonzero((below.reshape(300, -1).astype(np.float16) == m).all(axis=1))[0] for m in few.members]
+    assert len(set(rows)) == 50 and np.array_equal(few.member_filter, whole.member_filter[rows])
     with pytest.raises(ValueError, match="expected 301"):
         compute_top_stats([below], 301, mu, sigma, seed=3)
 
@@ -144,7 +144,8 @@ def test_pca_samples_have_stored_mean_and_variance(rng):
     components[0] = q[:COMPONENTS]
     variances = np.linspace(0.004, 0.0004, COMPONENTS, dtype=np.float32)[None]
     mean = np.full((1, d), 0.5, np.float32)  # far from the clip at 0 and 1
-    top = {"mean": mean, "components": components, "variances": variances, "image_counts": np.array([5])}
+    top = TopStats(mean=mean, components=components, variances=variances, image_counts=np.array([5]),
+                   members=np.zeros((0, d), np.float16), member_filter=np.zeros(0, np.int64))
     fake = SimpleNamespace(top=top, layers=[None, None], map_shape=lambda level: (1, 1, d))
     n = 40000
     maps = PRIORS["pca"].draw(fake, 2, seed=0, first=0, count=n).reshape(n, d)
@@ -157,16 +158,16 @@ def test_pca_samples_have_stored_mean_and_variance(rng):
 def test_mix_samples_lie_in_the_members_hull(tiny_model):
     _, model = tiny_model
     maps = PRIORS["mix"].draw(model, 3, seed=1, first=0, count=500).reshape(500, -1)
-    members = model.top["members"].astype(np.float32)
+    members = model.top.members.astype(np.float32)
     # every sample lies between the per-element min and max of its filter's members
     from nsn_cli.engine.generate import uniform_draws
     from nsn_cli.priors import pick_by_counts
     from nsn_cli.streams import DENSITY_PICK
 
-    counts = np.bincount(model.top["member_filter"], minlength=model.top["mean"].shape[0])
+    counts = np.bincount(model.top.member_filter, minlength=model.top.mean.shape[0])
     picked = pick_by_counts(counts, uniform_draws(1, 0, 500, 3, DENSITY_PICK)[:, 0])
     for i in range(500):
-        own = members[model.top["member_filter"] == picked[i]]
+        own = members[model.top.member_filter == picked[i]]
         assert np.all(maps[i] >= own.min(axis=0) - 1e-5) and np.all(maps[i] <= own.max(axis=0) + 1e-5)
 
 
@@ -266,8 +267,8 @@ def test_nearest_members_match_brute_force(rng):
 def test_knn_samples_lie_between_a_member_and_its_neighbour(tiny_model):
     _, model = tiny_model
     maps = PRIORS["knn"].draw(model, 3, seed=2, first=0, count=50).reshape(50, -1)
-    members = model.top["members"].astype(np.float32)
-    neighbours = model.top["member_neighbours"]
+    members = model.top.members.astype(np.float32)
+    neighbours = model.top.member_neighbours
     for sample in maps:
         # some member a and neighbour b give sample = t a + (1 - t) b with t in [0.2, 0.8]
         d = members - sample
@@ -388,3 +389,33 @@ def test_generation_defaults_have_one_home():
     assert {k: signature[k].default for k in layers} == layers
     signature = inspect.signature(style).parameters
     assert (signature["layer"].default, signature["variants"].default) == (config.STYLE_LAYER, config.STYLE_VARIANTS)
+
+
+def test_top_stats_round_trip_through_a_file(tmp_path, tiny_model):
+    """TopStats writes exactly its stored arrays (never the float32 cache) and reads them back;
+    a file without member_neighbours finds them on first use; a missing array is one error."""
+    import h5py
+
+    from nsn_cli.top import nearest_members
+
+    _, model = tiny_model
+    top = model.top
+    assert top.members_f32().dtype == np.float32 and np.array_equal(top.members_f32(), top.members.astype(np.float32))
+    with h5py.File(tmp_path / "t.h5", "w") as handle:
+        top.to_h5(handle)
+    with h5py.File(tmp_path / "t.h5", "r") as handle:
+        assert sorted(handle["top"]) == sorted(TopStats.STORED) and handle["top"].attrs["version"] >= 1
+        assert handle["top/members"].dtype == np.float16 and handle["top/members"].compression is None
+        back = TopStats.from_h5(handle, "t.h5")
+    for key in TopStats.STORED:
+        assert np.array_equal(getattr(back, key), getattr(top, key)) and getattr(back, key).dtype == getattr(top, key).dtype
+    with h5py.File(tmp_path / "t.h5", "a") as handle:
+        del handle["top/member_neighbours"]
+    with h5py.File(tmp_path / "t.h5", "r") as handle:
+        old = TopStats.from_h5(handle, "t.h5")
+    assert old.member_neighbours is None
+    assert np.array_equal(old.neighbours(), nearest_members(top.members)) and old.member_neighbours is not None
+    with h5py.File(tmp_path / "t.h5", "a") as handle:
+        del handle["top/variances"]
+    with h5py.File(tmp_path / "t.h5", "r") as handle, pytest.raises(NsnError, match="missing HDF5 key /top/variances"):
+        TopStats.from_h5(handle, "t.h5")
