@@ -27,6 +27,7 @@ import numpy as np
 
 from nsn_cli import streams
 from nsn_cli.errors import NsnError
+from nsn_cli.files import check_version
 
 CALIBRATION_VERSION = 1
 #: Knots of the map: the quantiles at QUANTILES evenly spaced probabilities.
@@ -70,10 +71,8 @@ class Calibration:
         if "calibration" not in handle:
             return None
         group = handle["calibration"]
-        version = int(group.attrs.get("version", 0))
-        if version != CALIBRATION_VERSION:
-            raise NsnError(f"{where}: /calibration has version {version}, this nsn reads {CALIBRATION_VERSION}; "
-                           "refit it with nsn calibrate")
+        check_version(where, "/calibration version", group.attrs.get("version", 0), CALIBRATION_VERSION,
+                      CALIBRATION_VERSION, "refit it with nsn calibrate")
         for key in ("source", "target"):
             if key not in group:
                 raise NsnError(f"{where}: missing HDF5 key /calibration/{key}")

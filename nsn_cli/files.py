@@ -7,7 +7,7 @@ an interrupted or failed job never leaves a half-written file, and an existing o
 unless ``force`` is given; a temporary file whose writer was killed is removed by the next
 writer. A job that writes a file for long holds :func:`output_lock` on it.
 
-Data set layout (``encoding-type = "nsn-dataset"``, version 1)::
+Data set layout (``encoding-type = "nsn-dataset"``, version 1, :data:`FORMAT_VERSIONS`)::
 
     /images            (N, H, W, C) float32, chunked, gzip; [0, 1], or ZCA-whitened
     /labels            (N,) int64, optional
@@ -15,7 +15,7 @@ Data set layout (``encoding-type = "nsn-dataset"``, version 1)::
     /zca/whiten        (C, H*W, H*W) float64; attribute ``eps``
     /zca/unwhiten      (C, H*W, H*W) float64
 
-Model layout (``encoding-type = "nsn-model"``, version 1): see :mod:`nsn_cli.model`.
+Model layout (``encoding-type = "nsn-model"``, version 2): see :mod:`nsn_cli.model`.
 """
 
 from __future__ import annotations
@@ -47,8 +47,37 @@ except ImportError:  # not a POSIX system
 
 DATASET_TYPE = "nsn-dataset"
 MODEL_TYPE = "nsn-model"
-ENCODING_VERSION = "1"
-SUPPORTED_VERSIONS = {"1"}
+#: Each file type's format version (the root ``encoding-version``) and the oldest this nsn
+#: reads; tests/data holds a file of every version (tests/test_formats.py loads them).
+#: Data set 1: the layout above. Model 1: layers, config, zca, and in later files optional
+#: /top, /calibration, memorisation and per-layer patches/chunk attributes; model 2: the same
+#: keys, bumped so that an nsn reading only version 1 refuses a model whose /calibration it
+#: would ignore (its samples would differ from this nsn's without a word).
+FORMAT_VERSIONS = {DATASET_TYPE: 1, MODEL_TYPE: 2}
+OLDEST_VERSIONS = {DATASET_TYPE: 1, MODEL_TYPE: 1}
+
+
+def check_version(where: str, what: str, found: object, oldest: int, current: int, older_hint: str) -> int:
+    """``found`` (a version attribute as stored, or None) as an int in ``oldest..current``; any
+    other value is one clear error: a newer version says to upgrade nsn, an older one gives
+    ``older_hint`` (what to re-run)."""
+    if found is None:
+        raise NsnError(f"{where}: no {what} attribute; the file is damaged or not nsn's")
+    text = found.decode() if isinstance(found, bytes) else str(found)
+    try:
+        version = int(text)
+    except ValueError:
+        version = None
+    if version is None or version < 0:
+        raise NsnError(f"{where}: {what} '{text}' is not a version nsn {__version__} reads "
+                       f"(versions {oldest} to {current}); the file is damaged or not nsn's")
+    if version > current:
+        raise NsnError(f"{where}: {what} {version} was written by a newer nsn; nsn {__version__} reads "
+                       f"versions {oldest} to {current}: upgrade nsn to read it")
+    if version < oldest:
+        raise NsnError(f"{where}: {what} {version} is older than nsn {__version__} reads "
+                       f"(versions {oldest} to {current}); {older_hint}")
+    return version
 
 
 def now_iso() -> str:
@@ -419,7 +448,7 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
 def stamp(handle: h5py.File, encoding_type: str, source: str) -> None:
     """Write the root attributes every nsn file carries."""
     handle.attrs["encoding-type"] = encoding_type
-    handle.attrs["encoding-version"] = ENCODING_VERSION
+    handle.attrs["encoding-version"] = str(FORMAT_VERSIONS[encoding_type])
     handle.attrs["nsn-version"] = __version__
     handle.attrs["created"] = now_iso()
     handle.attrs["source"] = source
@@ -449,12 +478,9 @@ def open_nsn_file(path: str | os.PathLike, expected_type: str) -> Iterator[h5py.
         if found != expected_type:
             what = f"'{found}'" if found else "no encoding-type attribute"
             raise NsnError(f"{path}: not an {expected_type} file (root attribute encoding-type: {what})")
-        version = _attr_str(handle, "encoding-version")
-        if version not in SUPPORTED_VERSIONS:
-            raise NsnError(
-                f"{path}: encoding-version '{version}' is not supported by nsn {__version__} "
-                f"(supported: {', '.join(sorted(SUPPORTED_VERSIONS))})"
-            )
+        check_version(str(path), "encoding-version", _attr_str(handle, "encoding-version"),
+                      OLDEST_VERSIONS[expected_type], FORMAT_VERSIONS[expected_type],
+                      "re-run nsn prep" if expected_type == DATASET_TYPE else "train it again")
         yield handle
 
 

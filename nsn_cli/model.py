@@ -1,6 +1,6 @@
 """An NSN: its layers, encode (up) and decode (down), and its versioned model file.
 
-Model file layout (``encoding-type = "nsn-model"``, version 1)::
+Model file layout (``encoding-type = "nsn-model"``, version 2; version 1 files load too)::
 
     attrs: encoding-type, encoding-version, nsn-version, created, source,
            arch, activation, image-shape (H, W, C), layers-complete, dataset-fingerprint

@@ -32,6 +32,7 @@ from nsn_cli.engine.em import moments
 from nsn_cli.engine.similarity import best_filter
 from nsn_cli.engine.threads import single_blas
 from nsn_cli.errors import NsnError
+from nsn_cli.files import check_version
 
 COMPONENTS = 10
 MAX_MEMBERS = 4096
@@ -43,8 +44,9 @@ NEIGHBOUR_BLOCK = 128
 NEIGHBOUR_PAIRS_PER_CALL = 64
 
 
-#: The version attribute of ``/top``.
-TOP_VERSION = 1
+#: The version attribute of ``/top``: 1 may lack ``member_neighbours`` (files written before
+#: the ``knn`` prior), 2 always has it.
+TOP_VERSION = 2
 
 
 @dataclass
@@ -99,11 +101,12 @@ class TopStats:
         if "top" not in handle:
             return None
         top = handle["top"]
+        version = check_version(where, "/top version", top.attrs.get("version", 0), 1, TOP_VERSION, "train it again")
         arrays = {}
         for key in cls.STORED:
             if key in top:
                 arrays[key] = top[key][()]
-            elif key != "member_neighbours":
+            elif key != "member_neighbours" or version >= 2:
                 raise NsnError(f"{where}: missing HDF5 key /top/{key}")
         return cls(**arrays)
 
