@@ -39,6 +39,7 @@ import numpy as np
 
 from nsn_cli import __version__, interrupts
 from nsn_cli.errors import WRITE_FAILURES, NsnError, WriteError, write_reason
+from nsn_cli.zca import Zca
 
 try:
     import resource
@@ -497,64 +498,6 @@ def file_kind(path: str | os.PathLike) -> str:
     if kind not in (DATASET_TYPE, MODEL_TYPE):
         raise NsnError(f"{path}: not an nsn file (root attribute encoding-type: {kind!r})")
     return kind
-
-
-# --------------------------------------------------------------------------- ZCA
-
-
-@dataclass
-class Zca:
-    """Channel-wise ZCA: per channel, ``white = (x - mean) @ whiten``; ``x = white @ unwhiten + mean``.
-
-    ``mean`` has shape ``(C, H*W)``; ``whiten`` and ``unwhiten`` ``(C, H*W, H*W)`` (symmetric).
-    """
-
-    mean: np.ndarray
-    whiten: np.ndarray
-    unwhiten: np.ndarray
-    eps: float
-
-    def apply(self, images: np.ndarray) -> np.ndarray:
-        """Whiten ``(N, H, W, C)`` images."""
-        return self._transform(images, self.whiten, subtract=True)
-
-    def invert(self, images: np.ndarray) -> np.ndarray:
-        """Undo :meth:`apply` on ``(N, H, W, C)`` images."""
-        return self._transform(images, self.unwhiten, subtract=False)
-
-    def _transform(self, images: np.ndarray, matrix: np.ndarray, subtract: bool) -> np.ndarray:
-        n, h, w, c = images.shape
-        if c != self.mean.shape[0] or h * w != self.mean.shape[1]:
-            raise NsnError(
-                f"ZCA was fitted on {self.mean.shape[0]}-channel images of {self.mean.shape[1]} "
-                f"pixels; these are {h}x{w}x{c} (a whitened model needs inputs of its training size)"
-            )
-        out = np.empty((n, h, w, c), dtype=np.float32)
-        for ch in range(c):
-            x = images[..., ch].reshape(n, h * w).astype(np.float64)
-            if subtract:
-                y = (x - self.mean[ch]) @ matrix[ch]
-            else:
-                y = x @ matrix[ch] + self.mean[ch]
-            out[..., ch] = y.reshape(n, h, w)
-        return out
-
-    def write(self, group: h5py.Group) -> None:
-        zca = group.create_group("zca")
-        zca.attrs["eps"] = self.eps
-        zca.create_dataset("mean", data=self.mean)
-        zca.create_dataset("whiten", data=self.whiten)
-        zca.create_dataset("unwhiten", data=self.unwhiten)
-
-    @classmethod
-    def read(cls, group: h5py.Group, where: str) -> Zca | None:
-        if "zca" not in group:
-            return None
-        zca = group["zca"]
-        for key in ("mean", "whiten", "unwhiten"):
-            if key not in zca:
-                raise NsnError(f"{where}: missing HDF5 key {zca.name}/{key}")
-        return cls(zca["mean"][()], zca["whiten"][()], zca["unwhiten"][()], float(zca.attrs.get("eps", 0.0)))
 
 
 # --------------------------------------------------------------------------- data sets

@@ -35,9 +35,10 @@ from nsn_cli.engine.geometry import LayerShape, arch_string, map_sizes, parse_ar
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import similarity
 from nsn_cli.errors import NsnError
-from nsn_cli.files import MODEL_TYPE, Zca, atomic_h5, open_nsn_file, stamp
+from nsn_cli.files import MODEL_TYPE, atomic_h5, open_nsn_file, stamp
 from nsn_cli.streams import decode_stream
 from nsn_cli.top import TopStats
+from nsn_cli.zca import Zca
 
 HISTORY_KEYS = ("filters", "created", "dropped", "merged", "changed", "mean_sim", "seconds")
 NOISE_LAYERS = ("all", "pixel")

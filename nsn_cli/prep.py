@@ -13,8 +13,9 @@ import numpy as np
 
 from nsn_cli import config
 from nsn_cli.errors import NsnError
-from nsn_cli.files import DATASET_TYPE, Zca, atomic_h5, check_output_path, output_lock, stamp
+from nsn_cli.files import DATASET_TYPE, atomic_h5, check_output_path, output_lock, stamp
 from nsn_cli.readers import ImageSource, concat_sources, open_source, read_labels
+from nsn_cli.zca import ZcaAccumulator
 
 # ITU-R 601-2 luma, the weights Pillow's convert("L") uses.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -78,52 +79,6 @@ def majority_channels(source: ImageSource) -> int:
     sample = range(0, n, step)
     rgb = sum(source.channels(i) == 3 for i in sample)
     return 3 if rgb * 2 >= len(sample) else 1
-
-
-@dataclass
-class ZcaAccumulator:
-    """Running per-channel sums for the covariance ``X^T X / N - m m^T`` (float64)."""
-
-    total: np.ndarray
-    outer: np.ndarray
-    count: int = 0
-
-    @classmethod
-    def empty(cls, pixels: int, channels: int) -> ZcaAccumulator:
-        return cls(np.zeros((channels, pixels)), np.zeros((channels, pixels, pixels)))
-
-    def add(self, images: np.ndarray) -> None:
-        n, h, w, c = images.shape
-        for ch in range(c):
-            x = images[..., ch].reshape(n, h * w).astype(np.float64)
-            self.total[ch] += x.sum(axis=0)
-            self.outer[ch] += x.T @ x
-        self.count += n
-
-    def finish(self, eps: float) -> Zca:
-        return fit_zca_from_moments(self.total / self.count, self.outer / self.count, eps)
-
-
-def fit_zca_from_moments(mean: np.ndarray, second: np.ndarray, eps: float) -> Zca:
-    """Channel-wise ZCA from per-channel means ``(C, P)`` and second moments ``(C, P, P)``:
-    ``cov = E[x x^T] - m m^T = U diag(lambda) U^T``; ``W = U diag(1/sqrt(lambda+eps)) U^T``."""
-    channels, pixels = mean.shape
-    whiten = np.empty((channels, pixels, pixels))
-    unwhiten = np.empty((channels, pixels, pixels))
-    for ch in range(channels):
-        cov = second[ch] - np.outer(mean[ch], mean[ch])
-        lam, vec = np.linalg.eigh((cov + cov.T) / 2)
-        lam = np.clip(lam, 0.0, None)
-        whiten[ch] = (vec / np.sqrt(lam + eps)) @ vec.T
-        unwhiten[ch] = (vec * np.sqrt(lam + eps)) @ vec.T
-    return Zca(mean=mean, whiten=whiten, unwhiten=unwhiten, eps=eps)
-
-
-def fit_zca(images: np.ndarray, eps: float = config.ZCA_EPS) -> Zca:
-    """Fit channel-wise ZCA on ``(N, H, W, C)`` images held in memory."""
-    acc = ZcaAccumulator.empty(images.shape[1] * images.shape[2], images.shape[3])
-    acc.add(images)
-    return acc.finish(eps)
 
 
 def crop_source(source: ImageSource, size: tuple[int, int], per_image: int, seed: int) -> ImageSource:

@@ -11,8 +11,9 @@ from PIL import Image
 
 from nsn_cli.errors import NsnError
 from nsn_cli.files import load_images, open_dataset
-from nsn_cli.prep import fit_zca, parse_size, prep, resize_image
+from nsn_cli.prep import parse_size, prep, resize_image
 from nsn_cli.readers import open_source, read_idx, read_labels
+from nsn_cli.zca import fit_zca
 
 from .conftest import FACES, MNIST_IMAGES, MNIST_LABELS
 
