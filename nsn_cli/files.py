@@ -7,7 +7,8 @@ an interrupted or failed job never leaves a half-written file, and an existing o
 unless ``force`` is given; a temporary file whose writer was killed is removed by the next
 writer. A job that writes a file for long holds :func:`output_lock` on it.
 
-Data set layout (``encoding-type = "nsn-dataset"``, version 1, :data:`FORMAT_VERSIONS`)::
+Data set layout (``encoding-type = "nsn-dataset"``, version 1, :data:`FORMAT_VERSIONS`), written
+by :func:`dataset_output` only::
 
     /images            (N, H, W, C) float32, chunked, gzip; [0, 1], or ZCA-whitened
     /labels            (N,) int64, optional
@@ -501,6 +502,67 @@ def file_kind(path: str | os.PathLike) -> str:
 
 
 # --------------------------------------------------------------------------- data sets
+
+#: Floats per /images chunk: a few chunks per read of a chunked pass, gzip level 4 with the
+#: byte shuffle (what every data set writer uses, so reads cost the same whoever wrote it).
+DATASET_CHUNK_FLOATS = 65536
+
+
+@dataclass
+class DatasetOutput:
+    """An nsn data set being written by :func:`dataset_output`: ``/images`` is made on the
+    first :meth:`write` (so a writer that learns the image shape from its first batch needs
+    no other call), ``/labels`` and ``/zca`` by :meth:`set_labels` and :meth:`set_zca`."""
+
+    out: H5Output
+    count: int
+    images: h5py.Dataset | None = None
+
+    def write(self, start: int, images: np.ndarray) -> None:
+        """Write images (n, H, W, C) in [0, 1] (or whitened) as rows ``start .. start + n - 1``;
+        a failed write or a Ctrl-C held so far is raised here, not after the whole pass."""
+        if self.images is None:
+            shape = tuple(int(s) for s in images.shape[1:])
+            rows = min(self.count, max(1, DATASET_CHUNK_FLOATS // int(np.prod(shape))))
+            self.images = self.out.file.create_dataset(
+                "images", shape=(self.count, *shape), dtype=np.float32, chunks=(rows, *shape),
+                compression="gzip", compression_opts=4, shuffle=True)
+        self.images[start : start + len(images)] = images
+        self.out.check()
+
+    def set_labels(self, labels: np.ndarray) -> None:
+        """``/labels`` (count,) int64."""
+        labels = np.asarray(labels)
+        if labels.shape != (self.count,):
+            raise ValueError(f"labels have shape {labels.shape}, expected ({self.count},)")
+        self.out.file.create_dataset("labels", data=labels.astype(np.int64))
+
+    def set_zca(self, zca: Zca) -> None:
+        """``/zca``: the whitening the stored images went through."""
+        zca.write(self.out.file)
+
+
+@contextlib.contextmanager
+def dataset_output(path: str | os.PathLike, count: int, source: str) -> Iterator[DatasetOutput]:
+    """Write an nsn data set of ``count`` images to ``path``: atomically (:func:`atomic_h5`),
+    stamped with ``source``, in the layout of the module's docstring. Every writer of data
+    sets (prep, sample, the benchmarks) goes through here."""
+    if count < 1:
+        raise ValueError(f"a data set holds at least one image, got {count}")
+    with atomic_h5(path) as out:
+        stamp(out.file, DATASET_TYPE, source)
+        dataset = DatasetOutput(out, count)
+        yield dataset
+        if dataset.images is None or dataset.images.shape[0] != count:
+            raise ValueError(f"{path}: no images were written")
+
+
+def write_dataset(path: str | os.PathLike, images: np.ndarray, source: str, labels: np.ndarray | None = None) -> None:
+    """Write images (N, H, W, C) held in memory (and labels) as an nsn data set."""
+    with dataset_output(path, len(images), source) as out:
+        out.write(0, images)
+        if labels is not None:
+            out.set_labels(labels)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import numpy as np
 
 from nsn_cli import config
 from nsn_cli.errors import NsnError
-from nsn_cli.files import DATASET_TYPE, atomic_h5, check_output_path, output_lock, stamp
+from nsn_cli.files import check_output_path, dataset_output, output_lock
 from nsn_cli.readers import ImageSource, concat_sources, open_source, read_labels
 from nsn_cli.zca import ZcaAccumulator
 
@@ -180,18 +180,7 @@ def prep(
             raise NsnError(f"--zca on {height}x{width} images needs {height * width}^2 covariances; use --size 128 or less")
         advance = progress(count, 2 if zca else 1) if progress else (lambda n: None)
 
-        with atomic_h5(output) as out:
-            handle = out.file
-            stamp(handle, DATASET_TYPE, source.description)
-            data = handle.create_dataset(
-                "images",
-                shape=(count, height, width, channels),
-                dtype=np.float32,
-                chunks=(min(count, max(1, 65536 // (height * width * channels))), height, width, channels),
-                compression="gzip",
-                compression_opts=4,
-                shuffle=True,
-            )
+        with dataset_output(output, count, source.description) as out:
             acc = ZcaAccumulator.empty(height * width, channels) if zca else None
             for start in range(0, count, chunk):
                 stop = min(count, start + chunk)
@@ -201,19 +190,17 @@ def prep(
                     raise NsnError(
                         f"images differ in size ({images.shape[1]}x{images.shape[2]} vs {height}x{width}); give --size"
                     )
-                data[start:stop] = images
-                out.check()
+                out.write(start, images)
                 if acc is not None:
                     acc.add(images)
                 advance(stop - start)
             if labels is not None:
-                handle.create_dataset("labels", data=labels.astype(np.int64))
+                out.set_labels(labels)
             if acc is not None:
                 fitted = acc.finish(zca_eps)
                 for start in range(0, count, chunk):
                     stop = min(count, start + chunk)
-                    data[start:stop] = fitted.apply(data[start:stop])
-                    out.check()
+                    out.write(start, fitted.apply(out.images[start:stop]))
                     advance(stop - start)
-                fitted.write(handle)
+                out.set_zca(fitted)
     return PrepResult(output, (count, height, width, channels), labels is not None, zca, notes)

@@ -273,7 +273,7 @@ def write_images(images: np.ndarray, output: str | os.PathLike, *, columns: int 
     (a path ending in ``/`` or an existing folder). Every file is written atomically; a folder
     write that fails (a full disk, Ctrl-C) removes the PNGs it had added. ``inputs``: files
     the output must not be (see :func:`check_images_output`)."""
-    from nsn_cli.files import atomic_h5, atomic_path
+    from nsn_cli.files import atomic_path
 
     check_images_output(output, force, inputs, len(images))
     if is_folder_output(output):
@@ -281,11 +281,9 @@ def write_images(images: np.ndarray, output: str | os.PathLike, *, columns: int 
     output = Path(output)
     suffix = output.suffix.lower()
     if suffix in H5_SUFFIXES:
-        from nsn_cli.files import DATASET_TYPE, stamp
+        from nsn_cli.files import write_dataset
 
-        with atomic_h5(output) as out:
-            stamp(out.file, DATASET_TYPE, "nsn sample")
-            out.file.create_dataset("images", data=images, compression="gzip", compression_opts=4)
+        write_dataset(output, images, "nsn sample")
         return Written(output, "nsn data set", len(images))
     with atomic_path(output) as temp:
         if suffix in GRID_SUFFIXES:
@@ -364,20 +362,9 @@ def stream_to_h5(output: str | os.PathLike, n: int, force: bool, generate_into: 
 
     ``generate_into(sink)`` must call ``sink(first_index, images)`` for consecutive batches.
     """
-    from nsn_cli.files import DATASET_TYPE, atomic_h5, check_output_path, output_lock, stamp
+    from nsn_cli.files import check_output_path, dataset_output, output_lock
 
     output = check_output_path(output, force, inputs)
-    with output_lock(output), atomic_h5(output) as out:
-        stamp(out.file, DATASET_TYPE, "nsn sample")
-        state: dict = {}
-
-        def sink(first: int, images: np.ndarray) -> None:
-            if "data" not in state:
-                state["data"] = out.file.create_dataset(
-                    "images", shape=(n,) + images.shape[1:], dtype=np.float32,
-                    chunks=(min(n, 256),) + images.shape[1:], compression="gzip", compression_opts=4)
-            state["data"][first : first + len(images)] = images
-            out.check()  # a full disk or Ctrl-C stops here, not after every batch is generated
-
-        generate_into(sink)
+    with output_lock(output), dataset_output(output, n, "nsn sample") as out:
+        generate_into(out.write)  # a full disk or Ctrl-C stops at the batch that meets it
     return Written(output, "nsn data set (streamed)", n)
