@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 import h5py
 import numpy as np
 
-from nsn_cli import streams
+from nsn_cli import config, streams
 from nsn_cli.errors import NsnError
 from nsn_cli.files import check_version
 
@@ -33,7 +33,7 @@ CALIBRATION_VERSION = 1
 #: Knots of the map: the quantiles at QUANTILES evenly spaced probabilities.
 QUANTILES = 1025
 #: Images NSN-Gen draws for the fit, and the seed (its own random streams, see sample.py).
-FIT_SAMPLES = 4096
+FIT_SAMPLES = config.CALIBRATION_SAMPLES
 FIT_SEED = 0x5EED
 #: Pixel values per channel the fit keeps of each side (a seeded subsample beyond that).
 MAX_VALUES = 1 << 21

@@ -67,6 +67,10 @@ INPAINT_ROUNDS = 1
 SAMPLE_DELTA1 = 100.0
 SAMPLE_DELTA3 = DELTA3
 SAMPLE_DRAWS = (0, 0)
+#: Images NSN-Gen draws for a model's pixel calibration (train's and ``nsn calibrate``'s).
+CALIBRATION_SAMPLES = 4096
+#: ``nsn score -n``: samples drawn from each model, at most this many images of other inputs.
+SCORE_SAMPLES = 10000
 #: ``--memory`` is the whole ``train`` process's budget; this much of it is set aside for the
 #: interpreter, numba's compiled kernels and thread pools, h5py and small working blocks
 #: (measured on a tiny data set, 2 cores: 188 MB resident with numba's cache warm, 241 MB on

@@ -389,6 +389,12 @@ def test_generation_defaults_have_one_home():
     assert {k: signature[k].default for k in layers} == layers
     signature = inspect.signature(style).parameters
     assert (signature["layer"].default, signature["variants"].default) == (config.STYLE_LAYER, config.STYLE_VARIANTS)
+    # calibration and score: the CLI and the library functions
+    from nsn_cli.calibrate import FIT_SAMPLES
+    from nsn_cli.score import ScoreOptions
+
+    assert {p.name: p.default for p in command.commands["calibrate"].params}["samples"] == FIT_SAMPLES == config.CALIBRATION_SAMPLES
+    assert {p.name: p.default for p in command.commands["score"].params}["n"] == ScoreOptions().n == config.SCORE_SAMPLES
 
 
 def test_top_stats_round_trip_through_a_file(tmp_path, tiny_model):
