@@ -32,7 +32,7 @@ from nsn_cli.files import check_version
 CALIBRATION_VERSION = 1
 #: Knots of the map: the quantiles at QUANTILES evenly spaced probabilities.
 QUANTILES = 1025
-#: Images NSN-Gen draws for the fit, and the seed (its own random streams, see sample.py).
+#: Images NSN-Gen draws for the fit, and the seed (its own random streams, see streams.py).
 FIT_SAMPLES = config.CALIBRATION_SAMPLES
 FIT_SEED = 0x5EED
 #: Pixel values per channel the fit keeps of each side (a seeded subsample beyond that).
