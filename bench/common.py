@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from nsn_cli.files import DATASET_TYPE, stamp
+from nsn_cli import files
 from nsn_cli.readers import read_idx, read_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +23,5 @@ def write_dataset(images: np.ndarray, name: str) -> Path:
     """Write images as an nsn data set under bench/results/; return its path."""
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / name
-    with h5py.File(path, "w") as handle:
-        stamp(handle, DATASET_TYPE, "bench")
-        handle.create_dataset("images", data=images)
+    files.write_dataset(path, images, "bench")
     return path

@@ -23,12 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 from common import bundled_digits  # noqa: E402
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-from nsn_cli.files import DATASET_TYPE, atomic_path, stamp
+from nsn_cli.files import dataset_output
 
 #: Images deformed per step: bounds the float64 displacement fields (~3 x 12.5 MB at 1,000).
 CHUNK = 1000
@@ -67,20 +66,13 @@ def make(scale: int, output: Path, sigma: float = 4.0, alpha: float = ALPHA, shi
     output.parent.mkdir(parents=True, exist_ok=True)
     source = (f"bench/make_synthetic.py: {n} bundled digits x{scale} (every copy: shift +-{shift} px, "
               f"elastic sigma {sigma:g} alpha {alpha:g}, seed = copy index 1..{scale})")
-    with atomic_path(output) as temp, h5py.File(temp, "w") as handle:
-        stamp(handle, DATASET_TYPE, source)
-        # the chunking and compression nsn prep uses (nsn_cli/prep.py), so reads cost the same
-        data = handle.create_dataset(
-            "images", shape=(count, h, w, c), dtype=np.float32,
-            chunks=(min(count, max(1, 65536 // (h * w * c))), h, w, c),
-            compression="gzip", compression_opts=4, shuffle=True,
-        )
+    with dataset_output(output, count, source) as out:
         for copy in range(scale):
             rng = np.random.default_rng(copy + 1)
             for start in range(0, n, CHUNK):
                 stop = min(n, start + CHUNK)
-                data[copy * n + start : copy * n + stop] = deform(base[start:stop], rng, shift, sigma, alpha)[..., None]
-        handle.create_dataset("labels", data=np.tile(labels.astype(np.int64), scale))
+                out.write(copy * n + start, deform(base[start:stop], rng, shift, sigma, alpha)[..., None])
+        out.set_labels(np.tile(labels.astype(np.int64), scale))
     checked = subprocess.run([str(NSN), "info", "--json", str(output)], capture_output=True, text=True)
     if checked.returncode != 0:
         raise SystemExit(f"{output}: nsn info refused the written data set: {checked.stderr.strip()}")

@@ -25,13 +25,15 @@ from typing import Callable, Iterable
 import h5py
 import numpy as np
 
+from nsn_cli import config, streams
 from nsn_cli.errors import NsnError
+from nsn_cli.files import check_version
 
 CALIBRATION_VERSION = 1
 #: Knots of the map: the quantiles at QUANTILES evenly spaced probabilities.
 QUANTILES = 1025
-#: Images NSN-Gen draws for the fit, and the seed (its own random streams, see sample.py).
-FIT_SAMPLES = 4096
+#: Images NSN-Gen draws for the fit, and the seed (its own random streams, see streams.py).
+FIT_SAMPLES = config.CALIBRATION_SAMPLES
 FIT_SEED = 0x5EED
 #: Pixel values per channel the fit keeps of each side (a seeded subsample beyond that).
 MAX_VALUES = 1 << 21
@@ -69,10 +71,8 @@ class Calibration:
         if "calibration" not in handle:
             return None
         group = handle["calibration"]
-        version = int(group.attrs.get("version", 0))
-        if version != CALIBRATION_VERSION:
-            raise NsnError(f"{where}: /calibration has version {version}, this nsn reads {CALIBRATION_VERSION}; "
-                           "refit it with nsn calibrate")
+        check_version(where, "/calibration version", group.attrs.get("version", 0), CALIBRATION_VERSION,
+                      CALIBRATION_VERSION, "refit it with nsn calibrate")
         for key in ("source", "target"):
             if key not in group:
                 raise NsnError(f"{where}: missing HDF5 key /calibration/{key}")
@@ -96,7 +96,7 @@ class ValueReservoir:
     parts: list[np.ndarray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.rng = np.random.default_rng([self.seed, 13])
+        self.rng = np.random.default_rng([self.seed, streams.CALIBRATION_VALUES])
         self.keep = min(1.0, self.limit / max(1, self.expected_values))
 
     def add(self, images: np.ndarray) -> None:
@@ -191,14 +191,15 @@ def calibrate_model(model, data_path, *, samples: int = FIT_SAMPLES,
     """Fit a complete model's pixel calibration against its training data set: NSN-Gen with the
     sampling defaults (default prior, :meth:`~nsn_cli.model.DecodeParams.for_sampling`) and the
     calibration's own seed, raw pixels (de-whitened for ZCA models, before any clipping)."""
+    from nsn_cli import priors
     from nsn_cli.model import DecodeParams
-    from nsn_cli.sample import DENSITY_PRIORS, default_prior, generate
+    from nsn_cli.sample import generate
 
     if not model.complete:
         raise NsnError(f"calibration needs a complete model ({len(model.layers)} of {len(model.arch)} layers trained)")
     height, width, channels = model.image_shape
-    prior = default_prior(model, len(model.layers))
-    params = DecodeParams.for_sampling().resolved(density_prior=prior in DENSITY_PRIORS)
+    prior = priors.default_prior(model, len(model.layers))
+    params = DecodeParams.for_sampling().resolved(density_prior=priors.get(prior).density)
     chunks, count = data_pixel_chunks(data_path)
 
     def generate_raw(first: int, n: int) -> np.ndarray:

@@ -33,6 +33,27 @@ REFERENCE_IMAGES = 4000
 ITERATIONS = 10
 #: The sigma floor is ``sigma_new / SIGMA_FLOOR_DIVISOR`` (SPEC.md).
 SIGMA_FLOOR_DIVISOR = 32.0
+#: NSN-Gen's defaults (paper section 4.2, SPEC.md "Defaults that gave the best digits"): what
+#: DecodeParams, ``nsn style`` and ``nsn inpaint --method layers`` use.
+DELTA1 = 100.0
+DELTA2 = 0.0
+DELTA3 = 1.0
+DRAWS = 1
+NOISE_LAYERS = "all"
+NOISE_SCALE = "rms"
+#: ``nsn style``: encode to this layer, decode this many variants.
+STYLE_LAYER = 1
+STYLE_VARIANTS = 4
+#: ``nsn inpaint`` (SPEC "Inpaint"): ``posterior`` averages the CANDIDATES nearest decoded
+#: members plus the half-way mixes of every pair of the PAIRS nearest, weighted with
+#: temperature TEMPERATURE, the known residual fading over BOUNDARY pixels; ``layers``
+#: averages DRAWS decodings, re-encoding ROUNDS times.
+INPAINT_CANDIDATES = 20
+INPAINT_PAIRS = 10
+INPAINT_TEMPERATURE = 0.1
+INPAINT_BOUNDARY = 1.0
+INPAINT_DRAWS = 8
+INPAINT_ROUNDS = 1
 #: NSN-Gen defaults for ``nsn sample``, chosen with the CNN judge on held-out digits
 #: (bench/bench_quality.py; two models, on 3,000 and 3,500 training digits, two sample seeds
 #: each, calibration fitted per setting; README). After a top-density prior SAMPLE_DRAWS gives
@@ -48,8 +69,12 @@ SIGMA_FLOOR_DIVISOR = 32.0
 #: near-copies 5.3% -> 3.6%, IS 8.33 -> 8.34; 400 and 1,000 sit on the same plateau (FID 46,
 #: IS 8.25-8.3, copies 2.4-2.9%); 150 in between (FID 47.5, copies 4%).
 SAMPLE_DELTA1 = 200.0
-SAMPLE_DELTA3 = 1.0
+SAMPLE_DELTA3 = DELTA3
 SAMPLE_DRAWS = (0, 0)
+#: Images NSN-Gen draws for a model's pixel calibration (train's and ``nsn calibrate``'s).
+CALIBRATION_SAMPLES = 4096
+#: ``nsn score -n``: samples drawn from each model, at most this many images of other inputs.
+SCORE_SAMPLES = 10000
 #: ``--memory`` is the whole ``train`` process's budget; this much of it is set aside for the
 #: interpreter, numba's compiled kernels and thread pools, h5py and small working blocks
 #: (measured on a tiny data set, 2 cores: 188 MB resident with numba's cache warm, 241 MB on

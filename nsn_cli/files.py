@@ -7,7 +7,8 @@ an interrupted or failed job never leaves a half-written file, and an existing o
 unless ``force`` is given; a temporary file whose writer was killed is removed by the next
 writer. A job that writes a file for long holds :func:`output_lock` on it.
 
-Data set layout (``encoding-type = "nsn-dataset"``, version 1)::
+Data set layout (``encoding-type = "nsn-dataset"``, version 1, :data:`FORMAT_VERSIONS`), written
+by :func:`dataset_output` only::
 
     /images            (N, H, W, C) float32, chunked, gzip; [0, 1], or ZCA-whitened
     /labels            (N,) int64, optional
@@ -15,7 +16,7 @@ Data set layout (``encoding-type = "nsn-dataset"``, version 1)::
     /zca/whiten        (C, H*W, H*W) float64; attribute ``eps``
     /zca/unwhiten      (C, H*W, H*W) float64
 
-Model layout (``encoding-type = "nsn-model"``, version 1): see :mod:`nsn_cli.model`.
+Model layout (``encoding-type = "nsn-model"``, version 2): see :mod:`nsn_cli.model`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import numpy as np
 
 from nsn_cli import __version__, interrupts
 from nsn_cli.errors import WRITE_FAILURES, NsnError, WriteError, write_reason
+from nsn_cli.zca import Zca
 
 try:
     import resource
@@ -47,8 +49,37 @@ except ImportError:  # not a POSIX system
 
 DATASET_TYPE = "nsn-dataset"
 MODEL_TYPE = "nsn-model"
-ENCODING_VERSION = "1"
-SUPPORTED_VERSIONS = {"1"}
+#: Each file type's format version (the root ``encoding-version``) and the oldest this nsn
+#: reads; tests/data holds a file of every version (tests/test_formats.py loads them).
+#: Data set 1: the layout above. Model 1: layers, config, zca, and in later files optional
+#: /top, /calibration, memorisation and per-layer patches/chunk attributes; model 2: the same
+#: keys, bumped so that an nsn reading only version 1 refuses a model whose /calibration it
+#: would ignore (its samples would differ from this nsn's without a word).
+FORMAT_VERSIONS = {DATASET_TYPE: 1, MODEL_TYPE: 2}
+OLDEST_VERSIONS = {DATASET_TYPE: 1, MODEL_TYPE: 1}
+
+
+def check_version(where: str, what: str, found: object, oldest: int, current: int, older_hint: str) -> int:
+    """``found`` (a version attribute as stored, or None) as an int in ``oldest..current``; any
+    other value is one clear error: a newer version says to upgrade nsn, an older one gives
+    ``older_hint`` (what to re-run)."""
+    if found is None:
+        raise NsnError(f"{where}: no {what} attribute; the file is damaged or not nsn's")
+    text = found.decode() if isinstance(found, bytes) else str(found)
+    try:
+        version = int(text)
+    except ValueError:
+        version = None
+    if version is None or version < 0:
+        raise NsnError(f"{where}: {what} '{text}' is not a version nsn {__version__} reads "
+                       f"(versions {oldest} to {current}); the file is damaged or not nsn's")
+    if version > current:
+        raise NsnError(f"{where}: {what} {version} was written by a newer nsn; nsn {__version__} reads "
+                       f"versions {oldest} to {current}: upgrade nsn to read it")
+    if version < oldest:
+        raise NsnError(f"{where}: {what} {version} is older than nsn {__version__} reads "
+                       f"(versions {oldest} to {current}); {older_hint}")
+    return version
 
 
 def now_iso() -> str:
@@ -419,7 +450,7 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
 def stamp(handle: h5py.File, encoding_type: str, source: str) -> None:
     """Write the root attributes every nsn file carries."""
     handle.attrs["encoding-type"] = encoding_type
-    handle.attrs["encoding-version"] = ENCODING_VERSION
+    handle.attrs["encoding-version"] = str(FORMAT_VERSIONS[encoding_type])
     handle.attrs["nsn-version"] = __version__
     handle.attrs["created"] = now_iso()
     handle.attrs["source"] = source
@@ -449,12 +480,9 @@ def open_nsn_file(path: str | os.PathLike, expected_type: str) -> Iterator[h5py.
         if found != expected_type:
             what = f"'{found}'" if found else "no encoding-type attribute"
             raise NsnError(f"{path}: not an {expected_type} file (root attribute encoding-type: {what})")
-        version = _attr_str(handle, "encoding-version")
-        if version not in SUPPORTED_VERSIONS:
-            raise NsnError(
-                f"{path}: encoding-version '{version}' is not supported by nsn {__version__} "
-                f"(supported: {', '.join(sorted(SUPPORTED_VERSIONS))})"
-            )
+        check_version(str(path), "encoding-version", _attr_str(handle, "encoding-version"),
+                      OLDEST_VERSIONS[expected_type], FORMAT_VERSIONS[expected_type],
+                      "re-run nsn prep" if expected_type == DATASET_TYPE else "train it again")
         yield handle
 
 
@@ -473,65 +501,68 @@ def file_kind(path: str | os.PathLike) -> str:
     return kind
 
 
-# --------------------------------------------------------------------------- ZCA
+# --------------------------------------------------------------------------- data sets
+
+#: Floats per /images chunk: a few chunks per read of a chunked pass, gzip level 4 with the
+#: byte shuffle (what every data set writer uses, so reads cost the same whoever wrote it).
+DATASET_CHUNK_FLOATS = 65536
 
 
 @dataclass
-class Zca:
-    """Channel-wise ZCA: per channel, ``white = (x - mean) @ whiten``; ``x = white @ unwhiten + mean``.
+class DatasetOutput:
+    """An nsn data set being written by :func:`dataset_output`: ``/images`` is made on the
+    first :meth:`write` (so a writer that learns the image shape from its first batch needs
+    no other call), ``/labels`` and ``/zca`` by :meth:`set_labels` and :meth:`set_zca`."""
 
-    ``mean`` has shape ``(C, H*W)``; ``whiten`` and ``unwhiten`` ``(C, H*W, H*W)`` (symmetric).
-    """
+    out: H5Output
+    count: int
+    images: h5py.Dataset | None = None
 
-    mean: np.ndarray
-    whiten: np.ndarray
-    unwhiten: np.ndarray
-    eps: float
+    def write(self, start: int, images: np.ndarray) -> None:
+        """Write images (n, H, W, C) in [0, 1] (or whitened) as rows ``start .. start + n - 1``;
+        a failed write or a Ctrl-C held so far is raised here, not after the whole pass."""
+        if self.images is None:
+            shape = tuple(int(s) for s in images.shape[1:])
+            rows = min(self.count, max(1, DATASET_CHUNK_FLOATS // int(np.prod(shape))))
+            self.images = self.out.file.create_dataset(
+                "images", shape=(self.count, *shape), dtype=np.float32, chunks=(rows, *shape),
+                compression="gzip", compression_opts=4, shuffle=True)
+        self.images[start : start + len(images)] = images
+        self.out.check()
 
-    def apply(self, images: np.ndarray) -> np.ndarray:
-        """Whiten ``(N, H, W, C)`` images."""
-        return self._transform(images, self.whiten, subtract=True)
+    def set_labels(self, labels: np.ndarray) -> None:
+        """``/labels`` (count,) int64."""
+        labels = np.asarray(labels)
+        if labels.shape != (self.count,):
+            raise ValueError(f"labels have shape {labels.shape}, expected ({self.count},)")
+        self.out.file.create_dataset("labels", data=labels.astype(np.int64))
 
-    def invert(self, images: np.ndarray) -> np.ndarray:
-        """Undo :meth:`apply` on ``(N, H, W, C)`` images."""
-        return self._transform(images, self.unwhiten, subtract=False)
-
-    def _transform(self, images: np.ndarray, matrix: np.ndarray, subtract: bool) -> np.ndarray:
-        n, h, w, c = images.shape
-        if c != self.mean.shape[0] or h * w != self.mean.shape[1]:
-            raise NsnError(
-                f"ZCA was fitted on {self.mean.shape[0]}-channel images of {self.mean.shape[1]} "
-                f"pixels; these are {h}x{w}x{c} (a whitened model needs inputs of its training size)"
-            )
-        out = np.empty((n, h, w, c), dtype=np.float32)
-        for ch in range(c):
-            x = images[..., ch].reshape(n, h * w).astype(np.float64)
-            if subtract:
-                y = (x - self.mean[ch]) @ matrix[ch]
-            else:
-                y = x @ matrix[ch] + self.mean[ch]
-            out[..., ch] = y.reshape(n, h, w)
-        return out
-
-    def write(self, group: h5py.Group) -> None:
-        zca = group.create_group("zca")
-        zca.attrs["eps"] = self.eps
-        zca.create_dataset("mean", data=self.mean)
-        zca.create_dataset("whiten", data=self.whiten)
-        zca.create_dataset("unwhiten", data=self.unwhiten)
-
-    @classmethod
-    def read(cls, group: h5py.Group, where: str) -> Zca | None:
-        if "zca" not in group:
-            return None
-        zca = group["zca"]
-        for key in ("mean", "whiten", "unwhiten"):
-            if key not in zca:
-                raise NsnError(f"{where}: missing HDF5 key {zca.name}/{key}")
-        return cls(zca["mean"][()], zca["whiten"][()], zca["unwhiten"][()], float(zca.attrs.get("eps", 0.0)))
+    def set_zca(self, zca: Zca) -> None:
+        """``/zca``: the whitening the stored images went through."""
+        zca.write(self.out.file)
 
 
-# --------------------------------------------------------------------------- data sets
+@contextlib.contextmanager
+def dataset_output(path: str | os.PathLike, count: int, source: str) -> Iterator[DatasetOutput]:
+    """Write an nsn data set of ``count`` images to ``path``: atomically (:func:`atomic_h5`),
+    stamped with ``source``, in the layout of the module's docstring. Every writer of data
+    sets (prep, sample, the benchmarks) goes through here."""
+    if count < 1:
+        raise ValueError(f"a data set holds at least one image, got {count}")
+    with atomic_h5(path) as out:
+        stamp(out.file, DATASET_TYPE, source)
+        dataset = DatasetOutput(out, count)
+        yield dataset
+        if dataset.images is None or dataset.images.shape[0] != count:
+            raise ValueError(f"{path}: no images were written")
+
+
+def write_dataset(path: str | os.PathLike, images: np.ndarray, source: str, labels: np.ndarray | None = None) -> None:
+    """Write images (N, H, W, C) held in memory (and labels) as an nsn data set."""
+    with dataset_output(path, len(images), source) as out:
+        out.write(0, images)
+        if labels is not None:
+            out.set_labels(labels)
 
 
 @dataclass

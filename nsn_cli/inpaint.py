@@ -5,13 +5,13 @@ Two methods (``--method``):
 ``posterior`` (default): the top layer of a trained NSN stores its training images' ``F[L-1]``
 maps (the members of :mod:`nsn_cli.top`); NSN-Gen decodes each member to a whole image (once per
 model, expected weights, calibrated). For an occluded image the candidates are its
-``CANDIDATES`` members nearest on the known pixels plus the decoded half-way mixes of every
-pair of its ``PAIRS`` nearest (the top density's own ``mix`` prior, aimed at this image); the
+``candidates`` members nearest on the known pixels plus the decoded half-way mixes of every
+pair of its ``pairs`` nearest (the top density's own ``mix`` prior, aimed at this image); the
 fill is their posterior mean on the hole, with weights ``exp(-d / (2 t^2))`` of their mean
-squared distance ``d`` on the known pixels (``t = TEMPERATURE``), or with ``sample`` one
+squared distance ``d`` on the known pixels (``t = temperature``), or with ``sample`` one
 candidate drawn by those weights (a plausible fill rather than the best in PSNR). Last, the
 residual on the known pixels is carried into the hole by biharmonic extension, faded out
-over ``BOUNDARY`` pixels from the hole's edge, so strokes and edges meet the known part.
+over ``boundary`` pixels from the hole's edge, so strokes and edges meet the known part.
 Held-out digits (model and exemplars on 3,500 others; hole PSNR, 300 digits): centre 10x10
 11.4 dB, four 5x5 blocks 13.9 dB, bottom half 14.0 dB, against 10.9 / 12.7 / 14.3 dB for the
 mean of the 5 training images nearest on the known pixels and 9.1 / 11.6 / 11.7 dB for the
@@ -25,6 +25,7 @@ at least 30% known take their masked encoding); ``draws`` decodings are averaged
 Known pixels are always kept exactly. Images of another size than the model's are brought to
 it for the ``posterior`` method (Pillow LANCZOS; a model pixel is a hole if any part of it is),
 filled, and the fill is resized back (:func:`to_model_size`, :func:`from_model_size`).
+The options' defaults are ``config.INPAINT_*``.
 """
 
 from __future__ import annotations
@@ -34,15 +35,11 @@ from typing import Callable
 
 import numpy as np
 
-from nsn_cli import interrupts
+from nsn_cli import config, interrupts
 from nsn_cli.errors import NsnError, ParameterError
 from nsn_cli.model import DecodeParams, NSNModel
 
 METHODS = ("posterior", "layers")
-CANDIDATES = 20
-PAIRS = 10
-TEMPERATURE = 0.1
-BOUNDARY = 1.0
 #: Images filled together: their candidate mixes are decoded in one engine call.
 BATCH = 64
 
@@ -54,10 +51,10 @@ class InpaintOptions:
     sample: bool = False
     seed: int = 0
     calibrate: bool = True
-    candidates: int = CANDIDATES
-    pairs: int = PAIRS
-    temperature: float = TEMPERATURE
-    boundary: float = BOUNDARY
+    candidates: int = config.INPAINT_CANDIDATES
+    pairs: int = config.INPAINT_PAIRS
+    temperature: float = config.INPAINT_TEMPERATURE
+    boundary: float = config.INPAINT_BOUNDARY
 
     def validate(self) -> InpaintOptions:
         if self.candidates < 1:
@@ -83,7 +80,7 @@ def member_images(model: NSNModel, calibrate: bool = True) -> np.ndarray:
     cache = model.cache.setdefault("member_images", {})
     if calibrate not in cache:
         h, w, c = model.map_shape(len(model.layers) - 1)
-        members = model.top["members"]
+        members = model.top.members
         cache[calibrate] = np.concatenate([
             _decode_top_maps(model, members[a : a + 1024].astype(np.float32).reshape(-1, h, w, c), calibrate)
             for a in range(0, len(members), 1024)])
@@ -132,7 +129,7 @@ def _posterior_batch(model: NSNModel, images: np.ndarray, holes: np.ndarray, fir
     pairs = np.transpose(np.triu_indices(min(options.pairs, nearest.shape[1]), 1))
     mixes = np.empty((len(images), len(pairs), *decoded.shape[1:]), dtype=np.float32)
     if len(pairs):
-        members = model.top["members"]
+        members = model.top.members
         a, b = nearest[:, pairs[:, 0]], nearest[:, pairs[:, 1]]
         maps = 0.5 * (members[a.ravel()].astype(np.float32) + members[b.ravel()].astype(np.float32))
         mixes = _decode_top_maps(model, maps.reshape(-1, h, w, c), options.calibrate).reshape(mixes.shape)

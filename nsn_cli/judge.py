@@ -37,6 +37,7 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from nsn_cli import streams
 from nsn_cli.engine.patches import extract_patches, fold_patches
 
 #: Bumped whenever the architecture, the training recipe or its defaults change: cached
@@ -92,7 +93,7 @@ def _he(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
 def initial_weights(shape: tuple[int, int, int], classes: int, seed: int) -> dict[str, np.ndarray]:
     """He-normal weights and zero biases for images ``shape`` (H, W, C) and ``classes`` outputs."""
     height, width, channels = shape
-    rng = np.random.default_rng([seed, 11])
+    rng = np.random.default_rng([seed, streams.JUDGE_WEIGHTS])
     flat = _flat_size(height, width)
     return {
         "conv1": _he(rng, KERNEL * KERNEL * channels, CONV1), "conv1_b": np.zeros(CONV1, np.float32),
@@ -323,7 +324,7 @@ def fit_judge(
         raise ValueError("the judge needs labels of at least two classes")
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
-    rng = np.random.default_rng([seed, 12])
+    rng = np.random.default_rng([seed, streams.JUDGE_SPLIT])
     order = rng.permutation(len(images))
     cut = max(1, int(round(HOLD_OUT * len(images))))
     test, train = order[:cut], order[cut:]

@@ -1,6 +1,6 @@
 """An NSN: its layers, encode (up) and decode (down), and its versioned model file.
 
-Model file layout (``encoding-type = "nsn-model"``, version 1)::
+Model file layout (``encoding-type = "nsn-model"``, version 2; version 1 files load too)::
 
     attrs: encoding-type, encoding-version, nsn-version, created, source,
            arch, activation, image-shape (H, W, C), layers-complete, dataset-fingerprint
@@ -12,7 +12,7 @@ Model file layout (``encoding-type = "nsn-model"``, version 1)::
                            chunk if trained streamed under --memory, 0 if in memory)
     /layers/<l>/history/*  per EM iteration: filters, created, dropped, merged, changed, mean_sim, seconds
     /zca/{mean,whiten,unwhiten}   the data set's preprocessing, so outputs are de-whitened
-    /top/...               optional top-layer statistics for the diverse priors (see top.py),
+    /top/...               optional top-layer statistics for the density priors (top.TopStats),
                            uncompressed (see NSNModel.save)
     /calibration/...       optional pixel calibration of NSN-Gen's output (see calibrate.py)
 """
@@ -28,13 +28,17 @@ from typing import Callable
 import h5py
 import numpy as np
 
+from nsn_cli import config
 from nsn_cli.calibrate import Calibration
 from nsn_cli.engine.generate import decode_maps
 from nsn_cli.engine.geometry import LayerShape, arch_string, map_sizes, parse_arch
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import similarity
 from nsn_cli.errors import NsnError, ParameterError
-from nsn_cli.files import MODEL_TYPE, Zca, atomic_h5, open_nsn_file, stamp
+from nsn_cli.files import MODEL_TYPE, atomic_h5, open_nsn_file, stamp
+from nsn_cli.streams import decode_stream
+from nsn_cli.top import TopStats
+from nsn_cli.zca import Zca
 
 HISTORY_KEYS = ("filters", "created", "dropped", "merged", "changed", "mean_sim", "seconds")
 NOISE_LAYERS = ("all", "pixel")
@@ -80,27 +84,23 @@ class DecodeParams:
     vectors, style) one draw everywhere, the multinomial then being what makes samples differ;
     see :meth:`resolved` and config.SAMPLE_DRAWS."""
 
-    delta1: float = 100.0
-    delta2: float = 0.0
-    delta3: float = 1.0
-    draws: int | None = 1
-    noise_layers: str = "all"
-    noise_scale: str = "rms"
+    delta1: float = config.DELTA1
+    delta2: float = config.DELTA2
+    delta3: float = config.DELTA3
+    draws: int | None = config.DRAWS
+    noise_layers: str = config.NOISE_LAYERS
+    noise_scale: str = config.NOISE_SCALE
     pixel_draws: int | None = None
 
     @classmethod
     def for_sampling(cls, **overrides) -> DecodeParams:
         """The measured defaults of ``nsn sample`` (config.SAMPLE_*), with overrides."""
-        from nsn_cli import config
-
         return cls(**{"delta1": config.SAMPLE_DELTA1, "delta3": config.SAMPLE_DELTA3, "draws": None, **overrides})
 
     def resolved(self, density_prior: bool = False) -> DecodeParams:
         """``draws = None`` made concrete (see the class), ``pixel_draws = None`` too."""
-        from nsn_cli import config
-
         if self.draws is None:
-            hidden, pixel = config.SAMPLE_DRAWS if density_prior else (1, 1)
+            hidden, pixel = config.SAMPLE_DRAWS if density_prior else (config.DRAWS, config.DRAWS)
             return replace(self, draws=hidden, pixel_draws=pixel if self.pixel_draws is None else self.pixel_draws)
         return self if self.pixel_draws is not None else replace(self, pixel_draws=self.draws)
 
@@ -139,7 +139,7 @@ class NSNModel:
     config: dict = field(default_factory=dict)
     source: str = ""
     fingerprint: str = ""
-    top: dict | None = None
+    top: TopStats | None = None
     calibration: Calibration | None = None
     #: ``train``'s memorisation check: near-copy fractions of samples and of real images
     memorisation: dict | None = None
@@ -243,7 +243,7 @@ class NSNModel:
         """Decode ``F[from_layer]`` down to ``F[to_layer]`` (raw maps; pixels need :meth:`finish_images`)."""
         for layer in range(from_layer, to_layer, -1):
             maps = self.decode_layer(maps, layer, params, seed=seed, first_sample=first_sample,
-                                     stream=stream * 64 + layer)
+                                     stream=decode_stream(layer, stream))
         return maps
 
     # ------------------------------------------------------------------ files
@@ -277,15 +277,7 @@ class NSNModel:
             if self.memorisation is not None:
                 handle.attrs["memorisation"] = json.dumps(self.memorisation, sort_keys=True)
             if self.top is not None:
-                top = handle.create_group("top")
-                top.attrs["version"] = 1
-                for key, value in self.top.items():
-                    if key.endswith("_f32"):
-                        continue
-                    # uncompressed: gzip took 1.6 s of train's final save for the 4,000 digits'
-                    # 48 MB of members and components (to 30 MB), and 0.37 s of every loading
-                    # (0.04 s raw), on a path with nothing else running
-                    top.create_dataset(key, data=value)
+                self.top.to_h5(handle)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NSNModel:
@@ -322,9 +314,7 @@ class NSNModel:
                     history=history, seconds=float(g.attrs.get("seconds", 0.0)),
                     patches=int(g.attrs.get("patches", 0)), chunk=int(g.attrs.get("chunk", 0)),
                 ))
-            top = None
-            if "top" in handle:
-                top = {k: handle["top"][k][()] for k in handle["top"]}
+            top = TopStats.from_h5(handle, where)
             model = cls(
                 arch=arch, image_shape=image_shape, activation=activation, layers=layers,
                 zca=Zca.read(handle, where), config=config, source=str(handle.attrs.get("source", "")),

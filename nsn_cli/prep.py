@@ -13,8 +13,9 @@ import numpy as np
 
 from nsn_cli import config
 from nsn_cli.errors import NsnError
-from nsn_cli.files import DATASET_TYPE, Zca, atomic_h5, check_output_path, output_lock, stamp
+from nsn_cli.files import check_output_path, dataset_output, output_lock
 from nsn_cli.readers import ImageSource, concat_sources, open_source, read_labels
+from nsn_cli.zca import ZcaAccumulator
 
 # ITU-R 601-2 luma, the weights Pillow's convert("L") uses.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -78,52 +79,6 @@ def majority_channels(source: ImageSource) -> int:
     sample = range(0, n, step)
     rgb = sum(source.channels(i) == 3 for i in sample)
     return 3 if rgb * 2 >= len(sample) else 1
-
-
-@dataclass
-class ZcaAccumulator:
-    """Running per-channel sums for the covariance ``X^T X / N - m m^T`` (float64)."""
-
-    total: np.ndarray
-    outer: np.ndarray
-    count: int = 0
-
-    @classmethod
-    def empty(cls, pixels: int, channels: int) -> ZcaAccumulator:
-        return cls(np.zeros((channels, pixels)), np.zeros((channels, pixels, pixels)))
-
-    def add(self, images: np.ndarray) -> None:
-        n, h, w, c = images.shape
-        for ch in range(c):
-            x = images[..., ch].reshape(n, h * w).astype(np.float64)
-            self.total[ch] += x.sum(axis=0)
-            self.outer[ch] += x.T @ x
-        self.count += n
-
-    def finish(self, eps: float) -> Zca:
-        return fit_zca_from_moments(self.total / self.count, self.outer / self.count, eps)
-
-
-def fit_zca_from_moments(mean: np.ndarray, second: np.ndarray, eps: float) -> Zca:
-    """Channel-wise ZCA from per-channel means ``(C, P)`` and second moments ``(C, P, P)``:
-    ``cov = E[x x^T] - m m^T = U diag(lambda) U^T``; ``W = U diag(1/sqrt(lambda+eps)) U^T``."""
-    channels, pixels = mean.shape
-    whiten = np.empty((channels, pixels, pixels))
-    unwhiten = np.empty((channels, pixels, pixels))
-    for ch in range(channels):
-        cov = second[ch] - np.outer(mean[ch], mean[ch])
-        lam, vec = np.linalg.eigh((cov + cov.T) / 2)
-        lam = np.clip(lam, 0.0, None)
-        whiten[ch] = (vec / np.sqrt(lam + eps)) @ vec.T
-        unwhiten[ch] = (vec * np.sqrt(lam + eps)) @ vec.T
-    return Zca(mean=mean, whiten=whiten, unwhiten=unwhiten, eps=eps)
-
-
-def fit_zca(images: np.ndarray, eps: float = config.ZCA_EPS) -> Zca:
-    """Fit channel-wise ZCA on ``(N, H, W, C)`` images held in memory."""
-    acc = ZcaAccumulator.empty(images.shape[1] * images.shape[2], images.shape[3])
-    acc.add(images)
-    return acc.finish(eps)
 
 
 def crop_source(source: ImageSource, size: tuple[int, int], per_image: int, seed: int) -> ImageSource:
@@ -225,18 +180,7 @@ def prep(
             raise NsnError(f"--zca on {height}x{width} images needs {height * width}^2 covariances; use --size 128 or less")
         advance = progress(count, 2 if zca else 1) if progress else (lambda n: None)
 
-        with atomic_h5(output) as out:
-            handle = out.file
-            stamp(handle, DATASET_TYPE, source.description)
-            data = handle.create_dataset(
-                "images",
-                shape=(count, height, width, channels),
-                dtype=np.float32,
-                chunks=(min(count, max(1, 65536 // (height * width * channels))), height, width, channels),
-                compression="gzip",
-                compression_opts=4,
-                shuffle=True,
-            )
+        with dataset_output(output, count, source.description) as out:
             acc = ZcaAccumulator.empty(height * width, channels) if zca else None
             for start in range(0, count, chunk):
                 stop = min(count, start + chunk)
@@ -246,19 +190,17 @@ def prep(
                     raise NsnError(
                         f"images differ in size ({images.shape[1]}x{images.shape[2]} vs {height}x{width}); give --size"
                     )
-                data[start:stop] = images
-                out.check()
+                out.write(start, images)
                 if acc is not None:
                     acc.add(images)
                 advance(stop - start)
             if labels is not None:
-                handle.create_dataset("labels", data=labels.astype(np.int64))
+                out.set_labels(labels)
             if acc is not None:
                 fitted = acc.finish(zca_eps)
                 for start in range(0, count, chunk):
                     stop = min(count, start + chunk)
-                    data[start:stop] = fitted.apply(data[start:stop])
-                    out.check()
+                    out.write(start, fitted.apply(out.images[start:stop]))
                     advance(stop - start)
-                fitted.write(handle)
+                out.set_zca(fitted)
     return PrepResult(output, (count, height, width, channels), labels is not None, zca, notes)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nsn_cli import config
 from nsn_cli.engine.geometry import exact_input_size
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import masked_similarity
@@ -21,6 +22,7 @@ from nsn_cli.errors import NsnError, ParameterError
 from nsn_cli.model import DecodeParams, NSNModel
 from nsn_cli.prep import to_channels
 from nsn_cli.readers import load_image
+from nsn_cli.streams import restore_stream
 
 
 @dataclass
@@ -91,7 +93,7 @@ def load_for_model(path: str | os.PathLike, model: NSNModel, layer: int) -> Prep
     return prepared
 
 
-def style(model: NSNModel, image: np.ndarray, *, layer: int = 1, variants: int = 4,
+def style(model: NSNModel, image: np.ndarray, *, layer: int = config.STYLE_LAYER, variants: int = config.STYLE_VARIANTS,
           params: DecodeParams | None = None, seed: int = 0, calibrate: bool = True) -> np.ndarray:
     """``variants`` restyled versions (variants, H, W, C) of one image (H, W, C) in [0, 1]."""
     params = (params or DecodeParams()).validate()
@@ -159,7 +161,8 @@ def masked_first_layer(model: NSNModel, image: np.ndarray, known: np.ndarray) ->
     return maps.reshape(1, h, w, -1), enough.reshape(h, w)
 
 
-def inpaint(model: NSNModel, image: np.ndarray, hole: np.ndarray, *, draws: int = 8, rounds: int = 1,
+def inpaint(model: NSNModel, image: np.ndarray, hole: np.ndarray, *, draws: int = config.INPAINT_DRAWS,
+            rounds: int = config.INPAINT_ROUNDS,
             params: DecodeParams | None = None, seed: int = 0) -> np.ndarray:
     """Fill ``hole`` (H, W) bool of ``image`` (H, W, C) in [0, 1]; known pixels are kept exactly.
 
@@ -188,7 +191,7 @@ def inpaint(model: NSNModel, image: np.ndarray, hole: np.ndarray, *, draws: int 
         maps = np.repeat(encoded[top], draws, axis=0)
         for layer in range(top, 0, -1):
             below = model.decode_layer(maps, layer, params, seed=seed, first_sample=0,
-                                       stream=(round_index * 64 + layer) * 2)
+                                       stream=restore_stream(layer, round_index))
             maps = np.where(conditioned[layer - 1], encoded[layer - 1], below) if layer > 1 else below
         filled = model.finish_images(maps).mean(axis=0)
         current = np.where(known, image, filled)

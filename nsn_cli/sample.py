@@ -1,14 +1,5 @@
-"""``nsn sample``: NSN-Gen from any layer, with the paper's priors and controls (section 6.3).
-
-Priors for the top vector ``F[k]`` (1 x 1 x N_k):
-
-- ``normal``: ``z ~ N(0, 1)`` (the paper);
-- ``counts``: a filter drawn in proportion to its training count, as a one-hot vector;
-- ``mix`` (top layer only, needs top statistics): a filter drawn by count, then ``F[L-1]`` is a
-  random convex combination of stored member maps of that filter (see :mod:`nsn_cli.top`);
-- ``pca`` (same): ``F[L-1]`` from the filter's Gaussian over its leading principal components;
-- ``knn`` (same): a member mixed with one of its nearest members, across top filters.
-"""
+"""``nsn sample``: NSN-Gen from any layer, with the priors of :mod:`nsn_cli.priors` and the
+paper's controls (section 6.3)."""
 
 from __future__ import annotations
 
@@ -21,49 +12,14 @@ from typing import Callable
 
 import numpy as np
 
-from nsn_cli import interrupts
-from nsn_cli.engine.generate import normal_draws, uniform_draws
+from nsn_cli import interrupts, priors
 from nsn_cli.errors import NsnError, ParameterError
 from nsn_cli.model import DecodeParams, NSNModel
 
-PRIORS = ("normal", "counts", "mix", "pca", "knn")
-#: Priors that draw F[L-1] from the top-layer density (the rest draw a top vector).
-DENSITY_PRIORS = ("mix", "pca", "knn")
-#: Random streams: separate for the prior draw and the decoding of each layer.
-PRIOR_STREAM = 1 << 20
 #: Samples decoded per batch; the same seed gives the same images whatever this is. Small
 #: enough that a batch's maps stay in cache and their buffers are reused from the heap, not
 #: mapped afresh (one-thread CPU for 8,192 samples: 1.6 s at 256, 2.1 s at 4,096).
 BATCH = 256
-
-
-def _one_hot(index: np.ndarray, width: int) -> np.ndarray:
-    out = np.zeros((index.size, 1, 1, width), dtype=np.float32)
-    out[np.arange(index.size), 0, 0, index] = 1.0
-    return out
-
-
-def pick_by_counts(counts: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
-    """Filter indices drawn in proportion to ``counts`` by inverse CDF of ``uniforms``."""
-    cdf = np.cumsum(counts, dtype=np.float64)
-    return np.minimum(np.searchsorted(cdf / cdf[-1], uniforms, side="right"), counts.size - 1)
-
-
-def default_prior(model: NSNModel, layer: int) -> str:
-    """``mix`` where it applies (best FID and recall of the priors measured), else ``counts``."""
-    return "mix" if model.top is not None and model.complete and layer == len(model.arch) else "counts"
-
-
-def top_vectors(model: NSNModel, layer: int, prior: str, seed: int, first: int, count: int) -> np.ndarray:
-    """Top maps ``F[layer]`` (count, 1, 1, N_layer) for the ``normal`` and ``counts`` priors."""
-    width = model.layers[layer - 1].filters
-    if prior == "normal":
-        z = normal_draws(seed, first, count, width, PRIOR_STREAM)
-        return z.astype(np.float32).reshape(count, 1, 1, width)
-    if prior == "counts":
-        u = uniform_draws(seed, first, count, 1, PRIOR_STREAM)[:, 0]
-        return _one_hot(pick_by_counts(model.layers[layer - 1].counts, u), width)
-    raise NsnError(f"--prior {prior} is not a top-vector prior")
 
 
 def generate(
@@ -95,29 +51,17 @@ def generate(
     params = (params or DecodeParams.for_sampling()).validate()
     layer = len(model.layers) if layer is None else layer
     if prior is None:
-        prior = default_prior(model, layer)
+        prior = priors.default_prior(model, layer)
     model.check_layer(layer)
     if n < 1:
         raise ParameterError("n", f"must be at least 1, got {n}", flag="-n")
-    if prior not in PRIORS:
-        raise ParameterError("prior", f"must be one of {', '.join(PRIORS)}, got {prior!r}")
-    params = params.resolved(density_prior=prior in DENSITY_PRIORS)
+    params = params.resolved(density_prior=priors.get(prior).density)
     out = None
     for offset in range(0, n, batch):
         interrupts.check()  # a Ctrl-C held while numba loaded its kernels (see nsn_cli.interrupts)
         count = min(batch, n - offset)
         index = first + offset  # the sample index: it keys the random streams
-        if prior in DENSITY_PRIORS:
-            from nsn_cli.top import sample_top_maps
-
-            if layer != len(model.arch) or not model.complete:
-                raise ParameterError("prior", f"{{name}} {prior} samples the top layer of a complete model; use normal or "
-                                     f"counts for {{layer}} {layer}", others=("layer",))
-            maps = sample_top_maps(model, prior, seed, index, count)
-            start = layer - 1
-        else:
-            maps = top_vectors(model, layer, prior, seed, index, count)
-            start = layer
+        maps, start = priors.draw(model, prior, layer, seed, index, count)
         images = model.finish_images(model.decode(maps, start, params, seed=seed, first_sample=index),
                                      calibrate=calibrate, raw=raw)
         if sink is not None:
@@ -329,7 +273,7 @@ def write_images(images: np.ndarray, output: str | os.PathLike, *, columns: int 
     (a path ending in ``/`` or an existing folder). Every file is written atomically; a folder
     write that fails (a full disk, Ctrl-C) removes the PNGs it had added. ``inputs``: files
     the output must not be (see :func:`check_images_output`)."""
-    from nsn_cli.files import atomic_h5, atomic_path
+    from nsn_cli.files import atomic_path
 
     check_images_output(output, force, inputs, len(images))
     if is_folder_output(output):
@@ -337,11 +281,9 @@ def write_images(images: np.ndarray, output: str | os.PathLike, *, columns: int 
     output = Path(output)
     suffix = output.suffix.lower()
     if suffix in H5_SUFFIXES:
-        from nsn_cli.files import DATASET_TYPE, stamp
+        from nsn_cli.files import write_dataset
 
-        with atomic_h5(output) as out:
-            stamp(out.file, DATASET_TYPE, "nsn sample")
-            out.file.create_dataset("images", data=images, compression="gzip", compression_opts=4)
+        write_dataset(output, images, "nsn sample")
         return Written(output, "nsn data set", len(images))
     with atomic_path(output) as temp:
         if suffix in GRID_SUFFIXES:
@@ -420,20 +362,9 @@ def stream_to_h5(output: str | os.PathLike, n: int, force: bool, generate_into: 
 
     ``generate_into(sink)`` must call ``sink(first_index, images)`` for consecutive batches.
     """
-    from nsn_cli.files import DATASET_TYPE, atomic_h5, check_output_path, output_lock, stamp
+    from nsn_cli.files import check_output_path, dataset_output, output_lock
 
     output = check_output_path(output, force, inputs)
-    with output_lock(output), atomic_h5(output) as out:
-        stamp(out.file, DATASET_TYPE, "nsn sample")
-        state: dict = {}
-
-        def sink(first: int, images: np.ndarray) -> None:
-            if "data" not in state:
-                state["data"] = out.file.create_dataset(
-                    "images", shape=(n,) + images.shape[1:], dtype=np.float32,
-                    chunks=(min(n, 256),) + images.shape[1:], compression="gzip", compression_opts=4)
-            state["data"][first : first + len(images)] = images
-            out.check()  # a full disk or Ctrl-C stops here, not after every batch is generated
-
-        generate_into(sink)
+    with output_lock(output), dataset_output(output, n, "nsn sample") as out:
+        generate_into(out.write)  # a full disk or Ctrl-C stops at the batch that meets it
     return Written(output, "nsn data set (streamed)", n)

@@ -18,7 +18,7 @@ import numba
 import numpy as np
 
 from nsn_cli import config as defaults
-from nsn_cli import interrupts
+from nsn_cli import interrupts, streams
 from nsn_cli.calibrate import FIT_SAMPLES, calibrate_model
 from nsn_cli.engine.em import FilterCapError, LayerFit, StepStats, fit_layer, fit_layer_to_count, reference_scale
 from nsn_cli.engine.geometry import arch_string, check_reaches_one, default_arch, map_sizes, parse_arch, preset_name
@@ -184,7 +184,7 @@ def _choose_patches(n_images: int, positions: int, max_patches: int | None, seed
     total = n_images * positions
     if max_patches is None or max_patches >= total:
         return None, None
-    rng = np.random.default_rng([seed, layer, 1])
+    rng = np.random.default_rng([seed, layer, streams.TRAIN_PATCHES])
     chosen = np.sort(rng.choice(total, size=max_patches, replace=False))
     return chosen // positions, chosen % positions
 

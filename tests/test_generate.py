@@ -8,9 +8,10 @@ import pytest
 from nsn_cli.errors import NsnError
 from nsn_cli.files import load_images
 from nsn_cli.model import DecodeParams, NSNModel
+from nsn_cli.priors import PRIORS
 from nsn_cli.restore import hole_maps, inpaint, style
 from nsn_cli.sample import arithmetic, generate, interpolate, one_filter
-from nsn_cli.top import compute_top_stats, sample_top_maps
+from nsn_cli.top import TopStats, compute_top_stats
 
 
 def test_same_seed_same_images_across_batch_sizes(tiny_model):
@@ -70,14 +71,14 @@ def test_top_stats_match_numpy(rng):
     stored = flat.astype(np.float16).astype(np.float64)  # members are kept as they are stored
     d2 = ((flat[:, None, :] - mu[None]) ** 2).sum(-1)
     labels = d2.argmin(axis=1)
-    assert np.array_equal(stats["member_filter"], labels)
+    assert np.array_equal(stats.member_filter, labels)
     for j in range(3):
         mean = flat[labels == j].mean(axis=0)
-        assert stats["image_counts"][j] == np.sum(labels == j)
-        assert np.allclose(stats["mean"][j], mean, atol=1e-6)
+        assert stats.image_counts[j] == np.sum(labels == j)
+        assert np.allclose(stats.mean[j], mean, atol=1e-6)
         centred = stored[labels == j] - mean
         eig = np.sort(np.linalg.eigvalsh(centred.T @ centred / len(centred)))[::-1][:10]
-        assert np.allclose(stats["variances"][j][: len(eig)], eig[: stats["variances"].shape[1]], atol=1e-5)
+        assert np.allclose(stats.variances[j][: len(eig)], eig[: stats.variances.shape[1]], atol=1e-5)
 
 
 @pytest.mark.parametrize("m, d", [(40, 300), (300, 12), (5, 5)])
@@ -121,13 +122,13 @@ def test_top_stats_from_chunks_and_a_member_subsample(rng):
     mu, sigma = below[:4].reshape(4, -1), np.full(4, 0.6)
     whole = compute_top_stats([below], 300, mu, sigma, seed=3)
     chunked = compute_top_stats((below[a : a + 64] for a in range(0, 300, 64)), 300, mu, sigma, seed=3)
-    for key in whole:
-        assert np.allclose(whole[key], chunked[key], rtol=1e-6, atol=1e-7), key
+    for key in TopStats.STORED:
+        assert np.allclose(getattr(whole, key), getattr(chunked, key), rtol=1e-6, atol=1e-7), key
     few = compute_top_stats([below], 300, mu, sigma, seed=3, max_members=50)
-    assert few["members"].shape == (50, 8) and np.array_equal(few["image_counts"], whole["image_counts"])
-    assert np.allclose(few["mean"], whole["mean"])
-    rows = [np.flatnonzero((below.reshape(300, -1).astype(np.float16) == m).all(axis=1))[0] for m in few["members"]]
-    assert len(set(rows)) == 50 and np.array_equal(few["member_filter"], whole["member_filter"][rows])
+    assert few.members.shape == (50, 8) and np.array_equal(few.image_counts, whole.image_counts)
+    assert np.allclose(few.mean, whole.mean)
+    rows = [np.flatnonzero((below.reshape(300, -1).astype(np.float16) == m).all(axis=1))[0] for m in few.members]
+    assert len(set(rows)) == 50 and np.array_equal(few.member_filter, whole.member_filter[rows])
     with pytest.raises(ValueError, match="expected 301"):
         compute_top_stats([below], 301, mu, sigma, seed=3)
 
@@ -143,10 +144,11 @@ def test_pca_samples_have_stored_mean_and_variance(rng):
     components[0] = q[:COMPONENTS]
     variances = np.linspace(0.004, 0.0004, COMPONENTS, dtype=np.float32)[None]
     mean = np.full((1, d), 0.5, np.float32)  # far from the clip at 0 and 1
-    top = {"mean": mean, "components": components, "variances": variances, "image_counts": np.array([5])}
+    top = TopStats(mean=mean, components=components, variances=variances, image_counts=np.array([5]),
+                   members=np.zeros((0, d), np.float16), member_filter=np.zeros(0, np.int64))
     fake = SimpleNamespace(top=top, layers=[None, None], map_shape=lambda level: (1, 1, d))
     n = 40000
-    maps = sample_top_maps(fake, "pca", seed=0, first=0, count=n).reshape(n, d)
+    maps = PRIORS["pca"].draw(fake, 2, seed=0, first=0, count=n).reshape(n, d)
     proj = (maps - mean[0]) @ components[0].T
     se = np.sqrt(variances[0] / n)
     assert np.all(np.abs(proj.mean(axis=0)) < 4 * se)  # mean along each component
@@ -155,16 +157,17 @@ def test_pca_samples_have_stored_mean_and_variance(rng):
 
 def test_mix_samples_lie_in_the_members_hull(tiny_model):
     _, model = tiny_model
-    maps = sample_top_maps(model, "mix", seed=1, first=0, count=500).reshape(500, -1)
-    members = model.top["members"].astype(np.float32)
+    maps = PRIORS["mix"].draw(model, 3, seed=1, first=0, count=500).reshape(500, -1)
+    members = model.top.members.astype(np.float32)
     # every sample lies between the per-element min and max of its filter's members
     from nsn_cli.engine.generate import uniform_draws
-    from nsn_cli.top import PRIOR_STREAM, _pick_filters
+    from nsn_cli.priors import pick_by_counts
+    from nsn_cli.streams import DENSITY_PICK
 
-    counts = np.bincount(model.top["member_filter"], minlength=model.top["mean"].shape[0])
-    picked = _pick_filters(counts, uniform_draws(1, 0, 500, 3, PRIOR_STREAM)[:, 0])
+    counts = np.bincount(model.top.member_filter, minlength=model.top.mean.shape[0])
+    picked = pick_by_counts(counts, uniform_draws(1, 0, 500, 3, DENSITY_PICK)[:, 0])
     for i in range(500):
-        own = members[model.top["member_filter"] == picked[i]]
+        own = members[model.top.member_filter == picked[i]]
         assert np.all(maps[i] >= own.min(axis=0) - 1e-5) and np.all(maps[i] <= own.max(axis=0) + 1e-5)
 
 
@@ -263,9 +266,9 @@ def test_nearest_members_match_brute_force(rng):
 
 def test_knn_samples_lie_between_a_member_and_its_neighbour(tiny_model):
     _, model = tiny_model
-    maps = sample_top_maps(model, "knn", seed=2, first=0, count=50).reshape(50, -1)
-    members = model.top["members"].astype(np.float32)
-    neighbours = model.top["member_neighbours"]
+    maps = PRIORS["knn"].draw(model, 3, seed=2, first=0, count=50).reshape(50, -1)
+    members = model.top.members.astype(np.float32)
+    neighbours = model.top.member_neighbours
     for sample in maps:
         # some member a and neighbour b give sample = t a + (1 - t) b with t in [0.2, 0.8]
         d = members - sample
@@ -301,3 +304,125 @@ def test_streamed_npy_output_equals_in_memory(cli, tmp_path, tiny_model):
     code, _, err = cli("sample", "-m", path, "-n", 5, "-o", tmp_path / "big.npy", "-q")
     assert code == 2 and "already exists" in err
     assert np.array_equal(np.load(tmp_path / "big.npy"), expected)
+
+
+def test_random_stream_ids_are_distinct_and_clear_of_the_decode_streams():
+    from nsn_cli import streams
+
+    ids = list(streams.SAMPLE_STREAMS.values())
+    assert len(set(ids)) == len(ids) and min(ids) >= streams.DECODE_LIMIT
+    # every module-level stream constant is in its table (a new one cannot be left out)
+    named = {k: v for k, v in vars(streams).items() if k.isupper() and isinstance(v, int)}
+    tables = {**streams.SAMPLE_STREAMS, **streams.GENERATOR_TAGS}
+    assert {k: v for k, v in named.items() if k not in ("LAYERS_PER_ROUND", "DECODE_LIMIT")} == tables
+    tags = list(streams.GENERATOR_TAGS.values())
+    assert len(set(tags)) == len(tags)
+    # decode streams: distinct per (round, layer), and below the prior streams for 1,000 rounds
+    decode = {streams.decode_stream(layer, r) for r in range(1000) for layer in range(1, streams.LAYERS_PER_ROUND)}
+    assert len(decode) == 1000 * (streams.LAYERS_PER_ROUND - 1)
+    assert max(streams.restore_stream(layer, 999) for layer in range(1, 64)) < streams.DECODE_LIMIT
+
+
+def test_priors_table_drives_sampling_help_and_validation(cli, tmp_path, tiny_model, monkeypatch):
+    """Every prior in the table samples (same seed, same bits; density priors only from the
+    top), is listed in --prior's help, and a prior added to the table alone is usable."""
+    from dataclasses import replace
+
+    from nsn_cli import priors
+
+    path, model = tiny_model
+    for name, prior in PRIORS.items():
+        assert f"{name}: {prior.help}" in priors.cli_help()
+        a = generate(model, 4, prior=name, seed=8)
+        assert np.array_equal(a, generate(model, 4, prior=name, seed=8)), name
+        if prior.density:
+            with pytest.raises(NsnError, match="samples the top layer"):
+                generate(model, 2, layer=2, prior=name)
+    assert priors.DENSITY_PRIORS == ("mix", "pca", "knn")
+    assert priors.default_prior(model, 3) == "mix" and priors.default_prior(model, 2) == "counts"
+    # a new prior: one entry in the table; its maps are what the decoder starts from
+    ones = replace(PRIORS["normal"], name="ones", help="all ones",
+                   draw=lambda m, layer, seed, first, count: np.ones((count, 1, 1, m.layers[layer - 1].filters), np.float32))
+    monkeypatch.setitem(PRIORS, "ones", ones)
+    params = DecodeParams.for_sampling().resolved()
+    expected = model.finish_images(model.decode(np.ones((3, 1, 1, model.layers[2].filters), np.float32), 3, params, seed=1))
+    assert np.array_equal(generate(model, 3, prior="ones", seed=1), expected)
+    code, _, err = cli("sample", "-m", path, "-n", 3, "--prior", "ones", "-o", tmp_path / "o.npz", "-q")
+    assert code == 0, err
+    # a misspelt prior is refused before the model is read (the model path does not exist)
+    code, _, err = cli("sample", "-m", tmp_path / "missing.h5", "--prior", "uniform", "-o", tmp_path / "x.png")
+    assert code == 2 and "--prior must be one of normal, counts, mix, pca, knn, ones" in err
+
+
+def test_generation_defaults_have_one_home():
+    """The CLI's NSN-Gen and inpaint defaults, DecodeParams', InpaintOptions' and the library
+    functions' are the values in nsn_cli.config (a literal left in one of them fails here once
+    config changes)."""
+    import inspect
+    from dataclasses import fields
+
+    import typer
+
+    from nsn_cli import config
+    from nsn_cli.cli import app
+    from nsn_cli.inpaint import InpaintOptions
+    from nsn_cli.restore import inpaint as inpaint_layers
+
+    command = typer.main.get_command(app)
+    defaults = {name: {p.name: p.default for p in command.commands[name].params} for name in ("sample", "style", "inpaint")}
+    gen = {"delta1": config.DELTA1, "delta2": config.DELTA2, "delta3": config.DELTA3, "draws": config.DRAWS,
+           "noise_layers": config.NOISE_LAYERS, "noise_scale": config.NOISE_SCALE}
+    assert {f.name: f.default for f in fields(DecodeParams) if f.name in gen} == gen
+    assert {k: defaults["style"][k] for k in gen} == gen
+    assert (defaults["style"]["layer"], defaults["style"]["variants"]) == (config.STYLE_LAYER, config.STYLE_VARIANTS)
+    assert {k: defaults["inpaint"][k] for k in ("delta1", "delta2", "delta3")} == {k: gen[k] for k in ("delta1", "delta2", "delta3")}
+    assert defaults["sample"]["delta1"] == config.SAMPLE_DELTA1 and defaults["sample"]["delta3"] == config.SAMPLE_DELTA3
+    assert {k: defaults["sample"][k] for k in ("delta2", "noise_layers", "noise_scale")} == {
+        k: gen[k] for k in ("delta2", "noise_layers", "noise_scale")}
+    posterior = {"candidates": config.INPAINT_CANDIDATES, "pairs": config.INPAINT_PAIRS,
+                 "temperature": config.INPAINT_TEMPERATURE, "boundary": config.INPAINT_BOUNDARY}
+    assert {f.name: f.default for f in fields(InpaintOptions) if f.name in posterior} == posterior
+    assert {k: defaults["inpaint"][k] for k in posterior} == posterior
+    layers = {"draws": config.INPAINT_DRAWS, "rounds": config.INPAINT_ROUNDS}
+    assert {k: defaults["inpaint"][k] for k in layers} == layers
+    signature = inspect.signature(inpaint_layers).parameters
+    assert {k: signature[k].default for k in layers} == layers
+    signature = inspect.signature(style).parameters
+    assert (signature["layer"].default, signature["variants"].default) == (config.STYLE_LAYER, config.STYLE_VARIANTS)
+    # calibration and score: the CLI and the library functions
+    from nsn_cli.calibrate import FIT_SAMPLES
+    from nsn_cli.score import ScoreOptions
+
+    assert {p.name: p.default for p in command.commands["calibrate"].params}["samples"] == FIT_SAMPLES == config.CALIBRATION_SAMPLES
+    assert {p.name: p.default for p in command.commands["score"].params}["n"] == ScoreOptions().n == config.SCORE_SAMPLES
+
+
+def test_top_stats_round_trip_through_a_file(tmp_path, tiny_model):
+    """TopStats writes exactly its stored arrays (never the float32 cache) and reads them back;
+    a file without member_neighbours finds them on first use; a missing array is one error."""
+    import h5py
+
+    from nsn_cli.top import nearest_members
+
+    _, model = tiny_model
+    top = model.top
+    assert top.members_f32().dtype == np.float32 and np.array_equal(top.members_f32(), top.members.astype(np.float32))
+    with h5py.File(tmp_path / "t.h5", "w") as handle:
+        top.to_h5(handle)
+    with h5py.File(tmp_path / "t.h5", "r") as handle:
+        assert sorted(handle["top"]) == sorted(TopStats.STORED) and handle["top"].attrs["version"] >= 1
+        assert handle["top/members"].dtype == np.float16 and handle["top/members"].compression is None
+        back = TopStats.from_h5(handle, "t.h5")
+    for key in TopStats.STORED:
+        assert np.array_equal(getattr(back, key), getattr(top, key)) and getattr(back, key).dtype == getattr(top, key).dtype
+    with h5py.File(tmp_path / "t.h5", "a") as handle:
+        del handle["top/member_neighbours"]
+        handle["top"].attrs["version"] = 1  # written before the knn prior
+    with h5py.File(tmp_path / "t.h5", "r") as handle:
+        old = TopStats.from_h5(handle, "t.h5")
+    assert old.member_neighbours is None
+    assert np.array_equal(old.neighbours(), nearest_members(top.members)) and old.member_neighbours is not None
+    with h5py.File(tmp_path / "t.h5", "a") as handle:
+        del handle["top/variances"]
+    with h5py.File(tmp_path / "t.h5", "r") as handle, pytest.raises(NsnError, match="missing HDF5 key /top/variances"):
+        TopStats.from_h5(handle, "t.h5")

@@ -11,8 +11,9 @@ from PIL import Image
 
 from nsn_cli.errors import NsnError
 from nsn_cli.files import load_images, open_dataset
-from nsn_cli.prep import fit_zca, parse_size, prep, resize_image
+from nsn_cli.prep import parse_size, prep, resize_image
 from nsn_cli.readers import open_source, read_idx, read_labels
+from nsn_cli.zca import fit_zca
 
 from .conftest import FACES, MNIST_IMAGES, MNIST_LABELS
 
@@ -143,7 +144,7 @@ def test_dataset_reader_names_bad_key(tmp_path):
         load_images(path)
     with h5py.File(path, "a") as handle:
         handle.attrs["encoding-version"] = "99"
-    with pytest.raises(NsnError, match="encoding-version '99' is not supported"):
+    with pytest.raises(NsnError, match="encoding-version 99 was written by a newer nsn.*upgrade nsn"):
         load_images(path)
 
 
@@ -217,3 +218,32 @@ def test_nan_late_in_a_big_array_is_still_refused(tmp_path, monkeypatch):
     np.save(tmp_path / "x.npy", images)
     with pytest.raises(NsnError, match=r"\[0.5, 1.5\]"):
         open_source(tmp_path / "x.npy")
+
+
+def test_every_data_set_writer_writes_one_layout(tmp_path):
+    """prep, sample's .h5 (whole and streamed) and the benchmarks all write through
+    files.dataset_output: the same chunking and compression, the images and labels given."""
+    from nsn_cli.files import DATASET_CHUNK_FLOATS, dataset_output, write_dataset
+    from nsn_cli.sample import stream_to_h5, write_images
+
+    images = np.random.default_rng(0).random((300, 28, 28, 1), dtype=np.float32)
+    labels = np.arange(300) % 10
+    prep([MNIST_IMAGES], tmp_path / "prep.h5", limit=300)
+    write_dataset(tmp_path / "whole.h5", images, "test", labels)
+    write_images(images, tmp_path / "sample.h5")
+    stream_to_h5(tmp_path / "stream.h5", 300, False, lambda sink: [sink(a, images[a : a + 128]) for a in range(0, 300, 128)])
+    for name in ("prep", "whole", "sample", "stream"):
+        with open_dataset(tmp_path / f"{name}.h5") as dataset:
+            assert dataset.images.chunks == (DATASET_CHUNK_FLOATS // 784, 28, 28, 1), name
+            assert (dataset.images.compression, dataset.images.shuffle) == ("gzip", True), name
+            assert dataset.attrs["encoding-version"] == "1"
+        if name != "prep":
+            read, read_labels_, _ = load_images(tmp_path / f"{name}.h5")
+            assert np.array_equal(read, images), name
+            assert (read_labels_ is not None) == (name == "whole")
+    assert np.array_equal(load_images(tmp_path / "whole.h5")[1], labels)
+    with pytest.raises(ValueError, match="labels have shape"):
+        write_dataset(tmp_path / "bad.h5", images, "test", labels[:10])
+    with pytest.raises(ValueError, match="no images were written"), dataset_output(tmp_path / "empty.h5", 3, "test"):
+        pass
+    assert not (tmp_path / "bad.h5").exists() and not (tmp_path / "empty.h5").exists()

@@ -179,15 +179,15 @@ def test_train_with_tiny_memory_streams_every_layer(cli, tmp_path, mnist_small):
     maps = load_images(mnist_small)[0]
     for level in range(1, 3):
         maps = model.encode_layer(maps, level)
-    members = len(model.top["members"])
+    members = len(model.top.members)
     assert members < 600
     expected = compute_top_stats([maps], 600, model.layers[2].flat_mu, model.layers[2].sigma, seed=1,
                                  max_members=members)
     for key in ("image_counts", "member_filter"):
-        assert np.array_equal(model.top[key], expected[key]), key
+        assert np.array_equal(getattr(model.top, key), getattr(expected, key)), key
     # encoding 20 images at a time or 600 rounds a few float32 sums differently
-    assert np.allclose(model.top["members"], expected["members"], atol=2e-3)
-    assert np.allclose(model.top["mean"], expected["mean"], atol=1e-5)
+    assert np.allclose(model.top.members, expected.members, atol=2e-3)
+    assert np.allclose(model.top.mean, expected.mean, atol=1e-5)
     # a generous budget is the in-memory path, bit for bit
     plain = train(mnist_small, tmp_path / "p.h5", TrainOptions(iterations=3, seed=1))
     code, _, err = cli("train", mnist_small, "-o", tmp_path / "g.h5", "-q", "--memory", "2G", "--iterations", "3",
@@ -449,7 +449,7 @@ def test_holding_the_input_maps_does_not_change_the_model(tmp_path, mnist_small,
     assert [lay.chunk for lay in other.layers] == [lay.chunk for lay in natural.layers]
     for a, b in zip(natural.layers, other.layers, strict=True):
         assert np.array_equal(a.mu, b.mu) and np.array_equal(a.sigma, b.sigma) and np.array_equal(a.counts, b.counts)
-    assert np.array_equal(natural.top["mean"], other.top["mean"])
+    assert np.array_equal(natural.top.mean, other.top.mean)
 
 
 def test_a_dask_worker_encodes_each_chunk_once_per_layer(rng, monkeypatch):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from nsn_cli import config
 from nsn_cli.cli._common import app, console, console_err, progress_bar, task_advancer
 from nsn_cli.errors import NsnError
 
@@ -14,7 +15,7 @@ from nsn_cli.errors import NsnError
 def calibrate_cli(
     model_path: Path = typer.Argument(..., help="A complete model file (rewritten atomically)."),
     data: Path | None = typer.Option(None, "--data", help="Its training data set (default: the one the model was trained on)."),
-    samples: int = typer.Option(4096, "--samples", min=1, help="Images NSN-Gen draws for the fit."),
+    samples: int = typer.Option(config.CALIBRATION_SAMPLES, "--samples", min=1, help="Images NSN-Gen draws for the fit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Fit the model's pixel calibration: a monotone map per channel from NSN-Gen's pixel

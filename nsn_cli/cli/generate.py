@@ -7,7 +7,7 @@ from typing import List
 
 import typer
 
-from nsn_cli import config
+from nsn_cli import config, priors
 from nsn_cli.cli._common import app, console, console_err, default_model_path, progress_bar, task_advancer
 from nsn_cli.errors import Interrupted, NsnError
 from nsn_cli.model import DecodeParams, load_model
@@ -28,6 +28,7 @@ from nsn_cli.sample import (
 )
 
 _GEN = "NSN-Gen"
+_DENSITY = ", ".join(priors.DENSITY_PRIORS[:-1]) + " and " + priors.DENSITY_PRIORS[-1]
 #: Help of the NSN-Gen options shared by sample, style and inpaint (defaults differ).
 _GEN_HELP = {
     "delta1": "Sharpness of softmax(delta1 * v).",
@@ -51,18 +52,18 @@ def sample_cli(
     n: int = typer.Option(64, "-n", help="Number of samples."),
     layer: int | None = typer.Option(None, "--layer", help="Start from layer k (1..L, default L): patches of its receptive field."),
     output: str = typer.Option("samples.png", "-o", "--output", help=".png grid, .npz/.npy/.h5 arrays, or a folder/ of PNGs."),
-    prior: str | None = typer.Option(None, "--prior", help="normal (paper), counts, mix, pca or knn. Default: mix where the model has top statistics, else counts."),
+    prior: str | None = typer.Option(None, "--prior", help=priors.cli_help()),
     delta1: float = typer.Option(config.SAMPLE_DELTA1, "--delta1", help=_GEN_HELP["delta1"], rich_help_panel=_GEN),
-    delta2: float = typer.Option(0.0, "--delta2", help=_GEN_HELP["delta2"], rich_help_panel=_GEN),
+    delta2: float = typer.Option(config.DELTA2, "--delta2", help=_GEN_HELP["delta2"], rich_help_panel=_GEN),
     delta3: float = typer.Option(config.SAMPLE_DELTA3, "--delta3", help=_GEN_HELP["delta3"], rich_help_panel=_GEN),
     draws: int | None = typer.Option(
-        None, "--draws", help=_GEN_HELP["draws"] + " Default: 0 after the mix, pca and knn priors, else 1.",
+        None, "--draws", help=_GEN_HELP["draws"] + f" Default: 0 after the {_DENSITY} priors, else 1.",
         rich_help_panel=_GEN),
     pixel_draws: int | None = typer.Option(
         None, "--pixel-draws", help="Draws at layer 1, the step that writes pixels (default: as --draws).",
         rich_help_panel=_GEN),
-    noise_layers: str = typer.Option("all", "--noise-layers", help=_GEN_HELP["noise_layers"], rich_help_panel=_GEN),
-    noise_scale: str = typer.Option("rms", "--noise-scale", help=_GEN_HELP["noise_scale"], rich_help_panel=_GEN),
+    noise_layers: str = typer.Option(config.NOISE_LAYERS, "--noise-layers", help=_GEN_HELP["noise_layers"], rich_help_panel=_GEN),
+    noise_scale: str = typer.Option(config.NOISE_SCALE, "--noise-scale", help=_GEN_HELP["noise_scale"], rich_help_panel=_GEN),
     no_calibrate: bool = typer.Option(False, "--no-calibrate", help=_GEN_HELP["calibrate"], rich_help_panel=_GEN),
     filter_index: int | None = typer.Option(None, "--filter", help="Sample from one top filter (one-hot top vector)."),
     interpolate_pair: str | None = typer.Option(None, "--interpolate", help="i:j - interpolate between top filters i and j."),
@@ -77,6 +78,8 @@ def sample_cli(
     params = _params(delta1, delta2, delta3, draws, noise_layers, noise_scale, pixel_draws)
     if n < 1:
         raise NsnError(f"-n must be at least 1, got {n}")
+    if prior is not None:
+        priors.get(prior)  # a misspelt prior is refused before the model is read
     chosen = [o for o in (filter_index, interpolate_pair, arithmetic_expr) if o is not None]
     if len(chosen) > 1:
         raise NsnError("give at most one of --filter, --interpolate, --arithmetic")
@@ -157,14 +160,14 @@ def style_cli(
     image: Path = typer.Argument(..., help="Content image (any size for models without ZCA)."),
     model_path: Path | None = typer.Option(None, "-m", "--model", help="Model file (default $NSN_MODEL or model.h5)."),
     output: str = typer.Option("styled.png", "-o", "--output", help="Output: .png strip (original + variants), .npz, or folder/."),
-    layer: int = typer.Option(1, "--layer", help="Encode up to this layer, then decode back down."),
-    variants: int = typer.Option(4, "--variants", help="How many styled versions."),
-    delta1: float = typer.Option(100.0, "--delta1", help=_GEN_HELP["delta1"], rich_help_panel=_GEN),
-    delta2: float = typer.Option(0.0, "--delta2", help=_GEN_HELP["delta2"], rich_help_panel=_GEN),
-    delta3: float = typer.Option(1.0, "--delta3", help=_GEN_HELP["delta3"], rich_help_panel=_GEN),
-    draws: int = typer.Option(1, "--draws", help=_GEN_HELP["draws"], rich_help_panel=_GEN),
-    noise_layers: str = typer.Option("all", "--noise-layers", help=_GEN_HELP["noise_layers"], rich_help_panel=_GEN),
-    noise_scale: str = typer.Option("rms", "--noise-scale", help=_GEN_HELP["noise_scale"], rich_help_panel=_GEN),
+    layer: int = typer.Option(config.STYLE_LAYER, "--layer", help="Encode up to this layer, then decode back down."),
+    variants: int = typer.Option(config.STYLE_VARIANTS, "--variants", help="How many styled versions."),
+    delta1: float = typer.Option(config.DELTA1, "--delta1", help=_GEN_HELP["delta1"], rich_help_panel=_GEN),
+    delta2: float = typer.Option(config.DELTA2, "--delta2", help=_GEN_HELP["delta2"], rich_help_panel=_GEN),
+    delta3: float = typer.Option(config.DELTA3, "--delta3", help=_GEN_HELP["delta3"], rich_help_panel=_GEN),
+    draws: int = typer.Option(config.DRAWS, "--draws", help=_GEN_HELP["draws"], rich_help_panel=_GEN),
+    noise_layers: str = typer.Option(config.NOISE_LAYERS, "--noise-layers", help=_GEN_HELP["noise_layers"], rich_help_panel=_GEN),
+    noise_scale: str = typer.Option(config.NOISE_SCALE, "--noise-scale", help=_GEN_HELP["noise_scale"], rich_help_panel=_GEN),
     seed: int = typer.Option(0, "--seed", help=_GEN_HELP["seed"]),
     no_calibrate: bool = typer.Option(False, "--no-calibrate", help=_GEN_HELP["calibrate"], rich_help_panel=_GEN),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
@@ -225,15 +228,15 @@ def inpaint_cli(
     output: str | None = typer.Option(None, "-o", "--output", help="One image: a .png (default inpainted.png) or a folder/; several, or a folder: a folder, made if missing (default inpainted/)."),
     method: str = typer.Option("posterior", "--method", help="posterior: the mean of decoded training members (and their mixes) weighted by how well they fit the known pixels; layers: the paper's conditioning of NSN-Gen at every layer."),
     sample: bool = typer.Option(False, "--sample", help="posterior: one plausible fill drawn by the weights, instead of their mean (the best PSNR)."),
-    candidates: int = typer.Option(20, "--candidates", help="posterior: members (and mixes) the fill averages."),
-    pairs: int = typer.Option(10, "--pairs", help="posterior: mixes of every pair of this many nearest members join the candidates (0: none)."),
-    temperature: float = typer.Option(0.1, "--temperature", help="posterior: weights exp(-d / (2 t^2)) of the mean squared distance d on the known pixels."),
-    boundary: float = typer.Option(1.0, "--boundary", help="posterior: pixels over which the known residual fades into the hole (0: none)."),
-    draws: int = typer.Option(8, "--draws", help="layers: decodings averaged per image."),
-    rounds: int = typer.Option(1, "--rounds", help="layers: re-encode the filled image and fill again this many times."),
-    delta1: float = typer.Option(100.0, "--delta1", help=_GEN_HELP["delta1"], rich_help_panel=_GEN),
-    delta2: float = typer.Option(0.0, "--delta2", help=_GEN_HELP["delta2"], rich_help_panel=_GEN),
-    delta3: float = typer.Option(1.0, "--delta3", help=_GEN_HELP["delta3"], rich_help_panel=_GEN),
+    candidates: int = typer.Option(config.INPAINT_CANDIDATES, "--candidates", help="posterior: members (and mixes) the fill averages."),
+    pairs: int = typer.Option(config.INPAINT_PAIRS, "--pairs", help="posterior: mixes of every pair of this many nearest members join the candidates (0: none)."),
+    temperature: float = typer.Option(config.INPAINT_TEMPERATURE, "--temperature", help="posterior: weights exp(-d / (2 t^2)) of the mean squared distance d on the known pixels."),
+    boundary: float = typer.Option(config.INPAINT_BOUNDARY, "--boundary", help="posterior: pixels over which the known residual fades into the hole (0: none)."),
+    draws: int = typer.Option(config.INPAINT_DRAWS, "--draws", help="layers: decodings averaged per image."),
+    rounds: int = typer.Option(config.INPAINT_ROUNDS, "--rounds", help="layers: re-encode the filled image and fill again this many times."),
+    delta1: float = typer.Option(config.DELTA1, "--delta1", help=_GEN_HELP["delta1"], rich_help_panel=_GEN),
+    delta2: float = typer.Option(config.DELTA2, "--delta2", help=_GEN_HELP["delta2"], rich_help_panel=_GEN),
+    delta3: float = typer.Option(config.DELTA3, "--delta3", help=_GEN_HELP["delta3"], rich_help_panel=_GEN),
     seed: int = typer.Option(0, "--seed", help=_GEN_HELP["seed"]),
     no_calibrate: bool = typer.Option(False, "--no-calibrate", help=_GEN_HELP["calibrate"], rich_help_panel=_GEN),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
@@ -248,7 +251,7 @@ def inpaint_cli(
         raise NsnError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     options = InpaintOptions(sample=sample, seed=seed, calibrate=not no_calibrate, candidates=candidates,
                              pairs=pairs, temperature=temperature, boundary=boundary).validate()
-    params = _params(delta1, delta2, delta3, 1, "all", "rms")
+    params = _params(delta1, delta2, delta3, config.DRAWS, config.NOISE_LAYERS, config.NOISE_SCALE)
     if draws < 1 or rounds < 1:
         raise NsnError(f"--draws and --rounds must be at least 1, got {draws} and {rounds}")
     model_file = default_model_path(str(model_path) if model_path else None)

@@ -13,6 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from nsn_cli import config
 from nsn_cli.cli._common import app, console, console_err, progress_bar
 from nsn_cli.files import atomic_path, check_output_path
 from nsn_cli.readers import SkippedFilesWarning
@@ -81,7 +82,7 @@ def score_cli(
     ref: Path = typer.Option(..., "--ref", help="Reference nsn data set (.h5); with labels it also gives IS and FID."),
     metrics: str = typer.Option(",".join(METRICS), "--metrics", help=f"Comma-separated, from {','.join(METRICS)}."),
     n: int = typer.Option(
-        10000, "-n",
+        config.SCORE_SAMPLES, "-n",
         help=f"Samples drawn from each model; at most this many images read from other inputs. Read in chunks "
         f"of {CHUNK:,} (memory does not grow with -n); SWD, Parzen and memorisation use at most "
         f"{SUBSET_MAX:,} of them (a subset chosen by --seed when there are more)."),

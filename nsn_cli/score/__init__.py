@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nsn_cli import interrupts
+from nsn_cli import config, interrupts
 from nsn_cli.errors import NsnError, ParameterError
 from nsn_cli.readers import ImageSource
 from nsn_cli.score import plugins as _plugins
@@ -156,7 +156,7 @@ class ScoreOptions:
     whether other sizes and channels are resized to the reference's."""
 
     metrics: tuple[str, ...] = METRICS
-    n: int = 10000
+    n: int = config.SCORE_SAMPLES
     seed: int = 0
     train: str | os.PathLike | None = None
     cache: Path | None = None  # None: cache_dir()
