@@ -207,8 +207,12 @@ def to_model_size(image: np.ndarray, hole: np.ndarray, model: NSNModel, where: s
     if image.shape[:2] == (height, width):
         return Resized(image, hole, image, hole)
     from PIL import Image
+    from skimage.restoration import inpaint_biharmonic
 
-    small = resize_image(image.astype(np.float32), (height, width))
+    # LANCZOS reaches a few pixels across the hole's edge: whatever the hole holds (zeros, say)
+    # would leak into the known pixels the fill is fitted to; a smooth guess leaks nothing odd
+    guess = inpaint_biharmonic(image, hole, channel_axis=-1) if hole.any() and not hole.all() else image
+    small = resize_image(np.asarray(guess, dtype=np.float32), (height, width))
     box = np.asarray(Image.fromarray(hole.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BOX))
     note = (f"{where}{image.shape[0]}x{image.shape[1]} brought to the model's {height}x{width} to fill, "
             "the fill resized back; known pixels kept exactly")

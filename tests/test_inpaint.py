@@ -95,6 +95,12 @@ def test_other_sizes_go_through_the_model_size_and_back(tiny_model, mnist_small)
     assert filled.shape == digit.shape and np.array_equal(filled[~hole], digit[~hole])
     with pytest.raises(NsnError, match="must be the model's"):
         inpaint_posterior(model, digit[None], hole[None])
+    # the fill does not depend on what the hole holds: resizing reaches across its edge, and
+    # zeros there once darkened the known pixels the fill is fitted to (faces: 16.2 -> 18.8 dB)
+    blanked = np.where(hole[..., None], 0.0, digit).astype(np.float32)
+    blank = to_model_size(blanked, hole, model)
+    again = from_model_size(inpaint_posterior(model, blank.image[None], blank.hole[None])[0], blank)
+    assert np.array_equal(again, filled)
 
 
 def test_inpaint_command_on_folders(cli, tmp_path, tiny_model, mnist_small):
