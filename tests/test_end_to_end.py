@@ -48,6 +48,7 @@ def test_zca_faces_train_sample_inpaint(cli, tmp_path):
     assert iio.imread(tmp_path / "st.png").shape[0] == 1 + 25 + 1  # the strip, at the face's own size
 
 
+@pytest.mark.slow
 def test_rgb_texture_model_styles_a_gray_image(cli, tmp_path):
     import imageio.v3 as iio
 

@@ -302,6 +302,7 @@ def test_ctrl_c_at_random_moments_of_a_streamed_write(tmp_path, inputs):
 # --------------------------------------------------------------------------- kill -9
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_a_temporary_the_next_writer_removes(tmp_path, inputs):
     out = tmp_path / "s.h5"
     proc = start("sample", "-m", inputs / "model.h5", "-n", "300000", "-o", out, "-q", cwd=tmp_path)
@@ -472,6 +473,7 @@ def test_two_trains_to_one_output_one_is_refused(tmp_path, inputs):
 
 @pytest.mark.parametrize("other", ["train", pytest.param("prep", marks=pytest.mark.slow),
                                    pytest.param("sample", marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_a_running_writer_refuses_a_second_one(tmp_path, inputs, other):
     out = tmp_path / "s.h5"
     first = start("sample", "-m", inputs / "model.h5", "-n", "300000", "-o", out, "-q", cwd=tmp_path)

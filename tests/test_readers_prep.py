@@ -148,6 +148,7 @@ def test_dataset_reader_names_bad_key(tmp_path):
         load_images(path)
 
 
+@pytest.mark.slow
 def test_prep_crops_are_seeded_windows_of_the_image(tmp_path):
     from .conftest import DATA
 

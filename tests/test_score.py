@@ -86,6 +86,7 @@ def _noise(n: int = 200) -> np.ndarray:
 # --------------------------------------------------------------------------- sample metrics
 
 
+@pytest.mark.slow
 def test_reference_against_itself(scorer, reference):
     row = scorer.score(SampleSet.of("ref", reference.images))
     assert abs(row["frechet_distance"]) < 1e-3
@@ -352,6 +353,7 @@ def test_parzen_picks_sigma_on_validation_and_reports_the_entropy():
 # --------------------------------------------------------------------------- memorisation
 
 
+@pytest.mark.slow
 def test_memorisation_flags_a_copied_training_set(reference, held_out):
     train, ref = reference.images[:400], Reference("held", reference.images[400:], reference.labels[400:])
     scorer = Scorer(ref, ("memo",), train=train)

@@ -161,6 +161,7 @@ def test_working_memory_sets_the_process_reserve_aside():
         working_memory(MIN_MEMORY - 1)
 
 
+@pytest.mark.slow
 def test_train_with_tiny_memory_streams_every_layer(cli, tmp_path, mnist_small):
     from nsn_cli.train import TrainOptions, train
 
