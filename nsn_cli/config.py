@@ -48,6 +48,12 @@ STYLE_VARIANTS = 4
 #: members plus the half-way mixes of every pair of the PAIRS nearest, weighted with
 #: temperature TEMPERATURE, the known residual fading over BOUNDARY pixels; ``layers``
 #: averages DRAWS decodings, re-encoding ROUNDS times.
+#: The posterior fill decodes its candidates (training members) with this softmax sharpness:
+#: a reconstruction of known content, where a softer blend of filter means is the better
+#: estimate. Hole PSNR on held-out digits 3,000-3,499 (3,000-digit model), centre / bottom
+#: half: delta1 30 -> 10.2 / 13.2 dB, 45 -> 11.3 / 13.9, 60 -> 11.4 / 14.0, 100 -> 11.2 /
+#: 13.9, 200 (sampling's) -> 11.0 / 13.8.
+INPAINT_DELTA1 = 60.0
 INPAINT_CANDIDATES = 20
 INPAINT_PAIRS = 10
 INPAINT_TEMPERATURE = 0.1

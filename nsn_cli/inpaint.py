@@ -72,10 +72,9 @@ def _decode_top_maps(model: NSNModel, maps: np.ndarray, calibrate: bool) -> np.n
     """Images (n, H, W, C) from ``F[L-1]`` maps (n, h, w, c): NSN-Gen with the expected weights
     (deterministic) and, if asked, the model's pixel calibration.
 
-    The paper's delta1 (config.DELTA1), not sampling's sharper one: a fill reconstructs known
-    content, as style does. On 500 held-out digits (3,000-digit model) hole PSNR was 11.22 /
-    13.89 dB (centre / bottom half) at 100 against 11.01 / 13.81 at sampling's 200."""
-    params = DecodeParams.for_sampling(draws=0, delta1=config.DELTA1)
+    ``config.INPAINT_DELTA1``, not sampling's sharper softmax: a fill reconstructs known
+    content, where a softer blend of filter means is the better estimate (measured there)."""
+    params = DecodeParams.for_sampling(draws=0, delta1=config.INPAINT_DELTA1)
     return model.finish_images(model.decode(maps, len(model.layers) - 1, params, seed=0), calibrate)
 
 
