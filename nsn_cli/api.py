@@ -273,7 +273,7 @@ class NSN:
         filters = model.layers[layer - 1].filters
         if maps.ndim != 4 or maps.shape[-1] != filters:
             raise ValueError(f"maps must be (N, h, w, {filters}) for layer {layer}, got shape {maps.shape}")
-        return model.finish_images(model.decode(maps, layer, params, seed=seed), calibrate)
+        return model.finish_images(model.decode(maps, layer, params, seed=seed, calibrate=calibrate), calibrate)
 
     def style(self, image, layer: int = 1, variants: int = 4, seed: int = 0, calibrate: bool = True,
               **decode) -> np.ndarray:

@@ -29,7 +29,18 @@ from nsn_cli import config, streams
 from nsn_cli.errors import NsnError
 from nsn_cli.files import check_version
 
-CALIBRATION_VERSION = 1
+#: 2: adds the map of layer-1 maps (``maps_source``/``maps_target``); 1 (pixels only) still loads.
+CALIBRATION_VERSION = 2
+OLDEST_CALIBRATION_VERSION = 1
+#: The layer whose decoded maps are calibrated (against the training images' encoded maps)
+#: before the last NSN-Gen step. Measured on held-out digits (3,000-digit model, CNN judge,
+#: 2 x 2,000 samples, pixel map refitted each time): pixels alone FID 50.6, IS 8.27; with
+#: F[1] 35.9, IS 8.40 (precision 0.81 -> 0.82, recall 0.80 -> 0.82, near-copies 4.1 -> 5.0%);
+#: F[2] alone 49.4; F[2] and F[1] 36.1. Kept: F[1] and pixels.
+MAP_LAYER = 1
+#: Knots of a map's per-channel map, and its values kept per channel (a layer has ~100 channels).
+MAP_QUANTILES = 257
+MAP_VALUES = 1 << 16
 #: Knots of the map: the quantiles at QUANTILES evenly spaced probabilities.
 QUANTILES = 1025
 #: Images NSN-Gen draws for the fit, and the seed (its own random streams, see streams.py).
@@ -48,16 +59,19 @@ class Calibration:
     samples: int = FIT_SAMPLES
     seed: int = FIT_SEED
     sampler: dict = field(default_factory=dict)
+    maps_source: np.ndarray | None = None  # (K, Q') float32: decoded F[MAP_LAYER] values, per channel
+    maps_target: np.ndarray | None = None  # (K, Q') float32: the training images' encoded F[MAP_LAYER]
 
     def apply(self, images: np.ndarray) -> np.ndarray:
         """Map images (N, H, W, C) channel by channel; float32, same shape."""
-        images = np.asarray(images, dtype=np.float32)
-        if images.shape[-1] != self.source.shape[0]:
-            raise ValueError(f"calibration of {self.source.shape[0]} channels, images have {images.shape[-1]}")
-        out = np.empty_like(images)
-        for c in range(images.shape[-1]):
-            out[..., c] = np.interp(images[..., c], self.source[c], self.target[c])
-        return out
+        return _map_channels(images, self.source, self.target, "images")
+
+    def apply_maps(self, maps: np.ndarray) -> np.ndarray:
+        """Map decoded ``F[MAP_LAYER]`` maps (N, h, w, K) channel by channel (unchanged when this
+        calibration has no map of them, as version 1 had not)."""
+        if self.maps_source is None:
+            return maps
+        return _map_channels(maps, self.maps_source, self.maps_target, "maps")
 
     def write(self, handle: h5py.File) -> None:
         group = handle.create_group("calibration")
@@ -65,13 +79,17 @@ class Calibration:
                            sampler=json.dumps(self.sampler, sort_keys=True))
         group.create_dataset("source", data=self.source.astype(np.float32))
         group.create_dataset("target", data=self.target.astype(np.float32))
+        if self.maps_source is not None:
+            group.attrs["map-layer"] = MAP_LAYER
+            group.create_dataset("maps_source", data=self.maps_source.astype(np.float32))
+            group.create_dataset("maps_target", data=self.maps_target.astype(np.float32))
 
     @classmethod
     def read(cls, handle: h5py.File, where: str) -> Calibration | None:
         if "calibration" not in handle:
             return None
         group = handle["calibration"]
-        check_version(where, "/calibration version", group.attrs.get("version", 0), CALIBRATION_VERSION,
+        check_version(where, "/calibration version", group.attrs.get("version", 0), OLDEST_CALIBRATION_VERSION,
                       CALIBRATION_VERSION, "refit it with nsn calibrate")
         for key in ("source", "target"):
             if key not in group:
@@ -79,8 +97,23 @@ class Calibration:
         source, target = group["source"][()], group["target"][()]
         if source.shape != target.shape or source.ndim != 2 or not np.all(np.diff(source, axis=1) > 0):
             raise NsnError(f"{where}: /calibration is damaged (source {source.shape}, target {target.shape})")
+        maps = [group[key][()] if key in group else None for key in ("maps_source", "maps_target")]
+        if (maps[0] is None) != (maps[1] is None) or (
+                maps[0] is not None and (maps[0].shape != maps[1].shape or not np.all(np.diff(maps[0], axis=1) > 0))):
+            raise NsnError(f"{where}: /calibration's map of layer-{MAP_LAYER} maps is damaged")
         return cls(source, target, int(group.attrs.get("samples", 0)), int(group.attrs.get("seed", 0)),
-                   json.loads(group.attrs.get("sampler", "{}")))
+                   json.loads(group.attrs.get("sampler", "{}")), *maps)
+
+
+def _map_channels(values: np.ndarray, source: np.ndarray, target: np.ndarray, what: str) -> np.ndarray:
+    """``np.interp(values[..., c], source[c], target[c])`` for every channel c; float32."""
+    values = np.asarray(values, dtype=np.float32)
+    if values.shape[-1] != source.shape[0]:
+        raise ValueError(f"calibration of {source.shape[0]} channels, {what} have {values.shape[-1]}")
+    out = np.empty_like(values)
+    for c in range(values.shape[-1]):
+        out[..., c] = np.interp(values[..., c], source[c], target[c])
+    return out
 
 
 @dataclass
@@ -188,9 +221,12 @@ def data_pixel_chunks(path, chunk: int = 1024) -> tuple[Iterable[np.ndarray], in
 
 def calibrate_model(model, data_path, *, samples: int = FIT_SAMPLES,
                     progress: Callable[[int], None] | None = None) -> Calibration:
-    """Fit a complete model's pixel calibration against its training data set: NSN-Gen with the
+    """Fit a complete model's calibration against its training data set: NSN-Gen with the
     sampling defaults (default prior, :meth:`~nsn_cli.model.DecodeParams.for_sampling`) and the
-    calibration's own seed, raw pixels (de-whitened for ZCA models, before any clipping)."""
+    calibration's own seed. First the map of decoded ``F[MAP_LAYER]`` maps onto the training
+    images' encoded ones (for models of more than MAP_LAYER layers), then, with it applied, the
+    map of raw pixels (de-whitened for ZCA models, before any clipping) onto the training
+    pixels. ``progress(n)`` counts generated images (twice ``samples`` with the maps' fit)."""
     from nsn_cli import priors
     from nsn_cli.model import DecodeParams
     from nsn_cli.sample import generate
@@ -200,11 +236,49 @@ def calibrate_model(model, data_path, *, samples: int = FIT_SAMPLES,
     height, width, channels = model.image_shape
     prior = priors.default_prior(model, len(model.layers))
     params = DecodeParams.for_sampling().resolved(density_prior=priors.get(prior).density)
-    chunks, count = data_pixel_chunks(data_path)
-
-    def generate_raw(first: int, n: int) -> np.ndarray:
-        return generate(model, n, prior=prior, params=params, seed=FIT_SEED, first=first, raw=True)
-
     sampler = {"prior": prior, **{k: getattr(params, k) for k in ("delta1", "delta2", "delta3", "draws", "pixel_draws")}}
-    return fit_calibration(generate_raw, chunks, count, channels, height * width, samples=samples,
-                           sampler=sampler, progress=progress)
+    maps = _fit_map_calibration(model, data_path, prior, params, samples, progress) \
+        if len(model.layers) > MAP_LAYER else (None, None)
+    previous = model.calibration
+    # the pixel map is fitted on what NSN-Gen gives with the map of F[MAP_LAYER] applied
+    model.calibration = Calibration(np.zeros((channels, 2), np.float32), np.zeros((channels, 2), np.float32),
+                                    maps_source=maps[0], maps_target=maps[1])
+    try:
+        chunks, count = data_pixel_chunks(data_path)
+
+        def generate_raw(first: int, n: int) -> np.ndarray:
+            return generate(model, n, prior=prior, params=params, seed=FIT_SEED, first=first, raw=True)
+
+        fitted = fit_calibration(generate_raw, chunks, count, channels, height * width, samples=samples,
+                                 sampler=sampler, progress=progress)
+    finally:
+        model.calibration = previous
+    fitted.maps_source, fitted.maps_target = maps
+    return fitted
+
+
+def generated_images(model, samples: int = FIT_SAMPLES) -> int:
+    """Images :func:`calibrate_model` generates (its progress total)."""
+    return samples * (2 if len(model.layers) > MAP_LAYER else 1)
+
+
+def _fit_map_calibration(model, data_path, prior: str, params, samples: int,
+                         progress: Callable[[int], None] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Knots (K, Q') mapping NSN-Gen's decoded ``F[MAP_LAYER]`` onto the training images'
+    encoded ``F[MAP_LAYER]``, channel by channel (quantile matching, as the pixels)."""
+    from nsn_cli import priors
+
+    h, w, k = model.map_shape(MAP_LAYER)
+    chunks, count = data_pixel_chunks(data_path)
+    data = ValueReservoir(k, count * h * w, limit=MAP_VALUES, seed=FIT_SEED)
+    for chunk in chunks:
+        data.add(model.encode(chunk, upto=MAP_LAYER)[MAP_LAYER])
+    generated = ValueReservoir(k, samples * h * w, limit=MAP_VALUES, seed=FIT_SEED + 1)
+    top = len(model.layers)
+    for first in range(0, samples, 1024):
+        n = min(1024, samples - first)
+        drawn, start = priors.draw(model, prior, top, FIT_SEED, first, n)
+        generated.add(model.decode(drawn, start, params, seed=FIT_SEED, first_sample=first, to_layer=MAP_LAYER))
+        if progress is not None:
+            progress(n)
+    return quantile_map(generated.values(), data.values(), knots=MAP_QUANTILES)

@@ -75,7 +75,8 @@ def _decode_top_maps(model: NSNModel, maps: np.ndarray, calibrate: bool) -> np.n
     ``config.INPAINT_DELTA1``, not sampling's sharper softmax: a fill reconstructs known
     content, where a softer blend of filter means is the better estimate (measured there)."""
     params = DecodeParams.for_sampling(draws=0, delta1=config.INPAINT_DELTA1)
-    return model.finish_images(model.decode(maps, len(model.layers) - 1, params, seed=0), calibrate)
+    return model.finish_images(model.decode(maps, len(model.layers) - 1, params, seed=0, calibrate=calibrate),
+                               calibrate)
 
 
 def member_images(model: NSNModel, calibrate: bool = True) -> np.ndarray:

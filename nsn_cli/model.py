@@ -239,11 +239,19 @@ class NSNModel:
         first_sample: int = 0,
         stream: int = 0,
         to_layer: int = 0,
+        calibrate: bool = False,
     ) -> np.ndarray:
-        """Decode ``F[from_layer]`` down to ``F[to_layer]`` (raw maps; pixels need :meth:`finish_images`)."""
+        """Decode ``F[from_layer]`` down to ``F[to_layer]`` (raw maps; pixels need :meth:`finish_images`).
+
+        calibrate: apply the calibration's map of decoded ``F[1]`` maps (if the model has one)
+        where the decoding passes through them, as sampling does (see calibrate.py)."""
+        from nsn_cli.calibrate import MAP_LAYER
+
         for layer in range(from_layer, to_layer, -1):
             maps = self.decode_layer(maps, layer, params, seed=seed, first_sample=first_sample,
                                      stream=decode_stream(layer, stream))
+            if calibrate and layer - 1 == MAP_LAYER and self.calibration is not None:
+                maps = self.calibration.apply_maps(maps)
         return maps
 
     # ------------------------------------------------------------------ files

@@ -62,7 +62,7 @@ def generate(
         count = min(batch, n - offset)
         index = first + offset  # the sample index: it keys the random streams
         maps, start = priors.draw(model, prior, layer, seed, index, count)
-        images = model.finish_images(model.decode(maps, start, params, seed=seed, first_sample=index),
+        images = model.finish_images(model.decode(maps, start, params, seed=seed, first_sample=index, calibrate=calibrate),
                                      calibrate=calibrate, raw=raw)
         if sink is not None:
             sink(offset, images)
@@ -81,7 +81,7 @@ def from_top(model: NSNModel, vectors: np.ndarray, params: DecodeParams, seed: i
              calibrate: bool = True) -> np.ndarray:
     """Decode given top vectors (m, N_L) to images."""
     maps = vectors.astype(np.float32).reshape(vectors.shape[0], 1, 1, -1)
-    return model.finish_images(model.decode(maps, len(model.layers), params, seed=seed), calibrate)
+    return model.finish_images(model.decode(maps, len(model.layers), params, seed=seed, calibrate=calibrate), calibrate)
 
 
 def check_filter(model: NSNModel, index: int) -> None:
@@ -112,7 +112,7 @@ def interpolate(model: NSNModel, a: int, b: int, steps: int, params: DecodeParam
     vectors[:, b] += t[:, 0]
     # every step shares the seed's first stream, so the strip changes only through the vector
     maps = vectors.reshape(vectors.shape[0], 1, 1, -1)
-    out = [model.finish_images(model.decode(maps[i : i + 1], len(model.layers), params, seed=seed), calibrate)
+    out = [model.finish_images(model.decode(maps[i : i + 1], len(model.layers), params, seed=seed, calibrate=calibrate), calibrate)
            for i in range(len(maps))]
     return np.concatenate(out)
 
@@ -140,10 +140,10 @@ def arithmetic(model: NSNModel, text: str, n: int, params: DecodeParams, seed: i
         vectors = np.zeros((n, 1, 1, model.layers[-1].filters), dtype=np.float32)
         vectors[..., index] = 1.0
         below = model.decode(vectors, top, params, seed=seed, to_layer=top - 1)
-        rows.append(model.finish_images(model.decode(below, top - 1, params, seed=seed), calibrate))
+        rows.append(model.finish_images(model.decode(below, top - 1, params, seed=seed, calibrate=calibrate), calibrate))
         combined = sign * below if combined is None else combined + sign * below
     combined = np.clip(combined, 0.0, 1.0)  # both activations lie in [0, 1]
-    rows.append(model.finish_images(model.decode(combined, top - 1, params, seed=seed), calibrate))
+    rows.append(model.finish_images(model.decode(combined, top - 1, params, seed=seed, calibrate=calibrate), calibrate))
     return np.concatenate(rows)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from nsn_cli import config as defaults
 from nsn_cli import interrupts, streams
-from nsn_cli.calibrate import FIT_SAMPLES, calibrate_model
+from nsn_cli.calibrate import calibrate_model, generated_images
 from nsn_cli.engine.em import FilterCapError, LayerFit, StepStats, fit_layer, fit_layer_to_count, reference_scale
 from nsn_cli.engine.geometry import arch_string, check_reaches_one, default_arch, map_sizes, parse_arch, preset_name
 from nsn_cli.engine.patches import extract_patches
@@ -379,7 +379,7 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
             def advance(count: int) -> None:
                 interrupts.check()
                 done[0] += count
-                reporter.step(CALIBRATION_STEP, done[0], FIT_SAMPLES)
+                reporter.step(CALIBRATION_STEP, done[0], generated_images(model))
 
             model.calibration = calibrate_model(model, data_path, progress=advance)
             check = check_model(model, data_path)
@@ -399,7 +399,7 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
 #: and the pixel calibration under.
 TOP_STEP = "top statistics"
 SAVE_STEP = "saving the model"
-CALIBRATION_STEP = "pixel calibration"
+CALIBRATION_STEP = "calibration"
 
 
 def _kept(output: Path, saved: int, layers: int) -> str:

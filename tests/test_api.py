@@ -237,7 +237,7 @@ def test_decode_and_style_equal_the_engine_calls(fitted, digits):
 
     maps = fitted.encode(digits[:3], layer=2)
     model = fitted.model_
-    expected = model.finish_images(model.decode(maps, 2, DecodeParams(draws=0), seed=1))
+    expected = model.finish_images(model.decode(maps, 2, DecodeParams(draws=0), seed=1, calibrate=True))
     assert np.array_equal(fitted.decode(maps, layer=2, seed=1, draws=0), expected)
     image = digits[5].astype(np.float32)[..., None] / 255.0
     assert np.array_equal(fitted.style(digits[5], layer=1, variants=3, seed=2),

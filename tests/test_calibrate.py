@@ -103,3 +103,31 @@ def test_calibrate_command_refits_and_refuses_other_data(cli, tmp_path, tiny_mod
     prep([tmp_path / "flipped.npy"], other)
     code, _, err = cli("calibrate", path, "--data", other)
     assert code == 2 and "not the data set" in err
+
+
+def test_layer1_maps_are_calibrated_onto_the_training_images_encoded_maps(tiny_model, mnist_small):
+    """The calibration's map of decoded F[1] maps: on samples it was not fitted on (another
+    seed), each channel's decoded values, mapped, have the training images' encoded F[1]
+    quantiles; sampling applies it (with calibrate) and --no-calibrate does not."""
+    from nsn_cli import priors
+    from nsn_cli.calibrate import MAP_LAYER, OLDEST_CALIBRATION_VERSION
+    from nsn_cli.model import DecodeParams
+
+    _, model = tiny_model
+    calibration = model.calibration
+    assert calibration.maps_source.shape[0] == model.layers[MAP_LAYER - 1].filters and OLDEST_CALIBRATION_VERSION == 1
+    params = DecodeParams.for_sampling().resolved(density_prior=True)
+    drawn, start = priors.draw(model, "mix", 3, 77, 0, 600)
+    decoded = model.decode(drawn, start, params, seed=77, to_layer=MAP_LAYER)
+    mapped = calibration.apply_maps(decoded).reshape(-1, decoded.shape[-1])
+    real = model.encode(load_images(mnist_small)[0], upto=MAP_LAYER)[MAP_LAYER].reshape(-1, decoded.shape[-1])
+    levels = np.linspace(0.1, 0.9, 9)
+    before = np.abs(np.quantile(decoded.reshape(mapped.shape), levels, axis=0) - np.quantile(real, levels, axis=0))
+    after = np.abs(np.quantile(mapped, levels, axis=0) - np.quantile(real, levels, axis=0))
+    assert after.mean() < 0.02 and after.mean() < before.mean() / 3, (after.mean(), before.mean())
+    with_map = model.decode(drawn[:4], start, params, seed=77, calibrate=True)
+    without = model.decode(drawn[:4], start, params, seed=77)
+    assert not np.array_equal(with_map, without)
+    five, _ = priors.draw(model, "mix", 3, 5, 0, 4)
+    raw = model.finish_images(model.decode(five, start, params, seed=5), calibrate=False)
+    assert np.array_equal(generate(model, 4, seed=5, calibrate=False), raw)

@@ -92,7 +92,7 @@ def _newest_model(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("where, attribute, version", [
     ("/", "encoding-version", str(FORMAT_VERSIONS[MODEL_TYPE] + 1)),
     ("top", "version", TOP_VERSION + 1),
-    ("calibration", "version", 2),
+    ("calibration", "version", 3),
 ])
 def test_a_model_from_a_newer_nsn_is_one_line_asking_to_upgrade(tmp_path, where, attribute, version):
     path = _newest_model(tmp_path)

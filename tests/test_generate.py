@@ -345,7 +345,8 @@ def test_priors_table_drives_sampling_help_and_validation(cli, tmp_path, tiny_mo
                    draw=lambda m, layer, seed, first, count: np.ones((count, 1, 1, m.layers[layer - 1].filters), np.float32))
     monkeypatch.setitem(PRIORS, "ones", ones)
     params = DecodeParams.for_sampling().resolved()
-    expected = model.finish_images(model.decode(np.ones((3, 1, 1, model.layers[2].filters), np.float32), 3, params, seed=1))
+    expected = model.finish_images(model.decode(np.ones((3, 1, 1, model.layers[2].filters), np.float32), 3, params, seed=1,
+                                                calibrate=True))
     assert np.array_equal(generate(model, 3, prior="ones", seed=1), expected)
     code, _, err = cli("sample", "-m", path, "-n", 3, "--prior", "ones", "-o", tmp_path / "o.npz", "-q")
     assert code == 0, err

@@ -20,7 +20,7 @@ def calibrate_cli(
 ) -> None:
     """Fit the model's pixel calibration: a monotone map per channel from NSN-Gen's pixel
     distribution (default sampler) to the training data's; sample, style and inpaint apply it."""
-    from nsn_cli.calibrate import calibrate_model
+    from nsn_cli.calibrate import calibrate_model, generated_images
     from nsn_cli.files import fingerprint, open_dataset
     from nsn_cli.model import load_model
 
@@ -32,9 +32,9 @@ def calibrate_cli(
         if model.fingerprint and fingerprint(dataset.images) != model.fingerprint:
             raise NsnError(f"{data_path}: not the data set {model_path} was trained on (fingerprints differ)")
     with progress_bar(quiet) as progress:
-        model.calibration = calibrate_model(model, data_path, samples=samples,
-                                            progress=task_advancer(progress, "pixel calibration")(samples, 1))
+        advance = task_advancer(progress, "calibration")(generated_images(model, samples), 1)
+        model.calibration = calibrate_model(model, data_path, samples=samples, progress=advance)
     model.save(model_path)
     if model.calibration.sampler:
         console_err.print(f"[yellow]note:[/] fitted with the sampler {model.calibration.sampler}", highlight=False)
-    console.print(f"wrote {model_path}: pixel calibration from {samples} samples", highlight=False)
+    console.print(f"wrote {model_path}: calibration from {samples} samples", highlight=False)
