@@ -107,13 +107,12 @@ class Calibration:
 
 def _map_channels(values: np.ndarray, source: np.ndarray, target: np.ndarray, what: str) -> np.ndarray:
     """``np.interp(values[..., c], source[c], target[c])`` for every channel c; float32."""
+    from nsn_cli.engine.lut import interp_channels
+
     values = np.asarray(values, dtype=np.float32)
     if values.shape[-1] != source.shape[0]:
         raise ValueError(f"calibration of {source.shape[0]} channels, {what} have {values.shape[-1]}")
-    out = np.empty_like(values)
-    for c in range(values.shape[-1]):
-        out[..., c] = np.interp(values[..., c], source[c], target[c])
-    return out
+    return interp_channels(values, source, target)
 
 
 @dataclass

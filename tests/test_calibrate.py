@@ -131,3 +131,19 @@ def test_layer1_maps_are_calibrated_onto_the_training_images_encoded_maps(tiny_m
     five, _ = priors.draw(model, "mix", 3, 5, 0, 4)
     raw = model.finish_images(model.decode(five, start, params, seed=5), calibrate=False)
     assert np.array_equal(generate(model, 4, seed=5, calibrate=False), raw)
+
+
+def test_channel_maps_are_np_interp_bit_for_bit(rng):
+    """The parallel kernel behind every calibration map gives np.interp's values exactly:
+    inside the knots, on them, and clamped outside."""
+    from nsn_cli.engine.lut import interp_channels
+
+    channels = 7
+    source = np.cumsum(rng.random((channels, 33)) + 1e-3, axis=1).astype(np.float32)
+    source /= source[:, -1:]
+    target = np.sort(rng.random((channels, 33)), axis=1).astype(np.float32)
+    values = (rng.random((5, 9, 11, channels)) * 1.4 - 0.2).astype(np.float32)
+    values[0, 0, 0] = source[:, 5]  # exactly on a knot
+    expected = np.stack([np.interp(values[..., c], source[c], target[c]) for c in range(channels)], axis=-1)
+    got = interp_channels(values, source, target)
+    assert got.dtype == np.float32 and np.array_equal(got, expected.astype(np.float32))
