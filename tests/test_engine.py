@@ -140,15 +140,6 @@ def _creation_case(rng, m, dims, duplicates, thinned, existing):
     return x, may_start, old
 
 
-def _creation_case(rng, m, dims, duplicates, thinned, existing):
-    x = rng.random((m, dims), dtype=np.float32)
-    if duplicates:  # exact repeats: distance 0, ties between seeds
-        x = x[rng.integers(0, max(1, m // 4), size=m)]
-    may_start = rng.random(m) < 0.3 if thinned else None
-    old = rng.random((7, dims), dtype=np.float32) if existing else None
-    return x, may_start, old
-
-
 @pytest.mark.parametrize("block", [1, 5, 64, 2048])
 @pytest.mark.parametrize("duplicates, thinned, existing", [(False, False, False), (True, False, False),
                                                           (False, True, False), (True, True, True),
