@@ -240,8 +240,8 @@ def calibrate_model(model, data_path, *, samples: int = FIT_SAMPLES,
         if len(model.layers) > MAP_LAYER else (None, None)
     previous = model.calibration
     # the pixel map is fitted on what NSN-Gen gives with the map of F[MAP_LAYER] applied
-    model.calibration = Calibration(np.zeros((channels, 2), np.float32), np.zeros((channels, 2), np.float32),
-                                    maps_source=maps[0], maps_target=maps[1])
+    identity = np.tile(np.array([0.0, 1.0], np.float32), (channels, 1))  # not applied: the fit reads raw pixels
+    model.calibration = Calibration(identity, identity, maps_source=maps[0], maps_target=maps[1])
     try:
         chunks, count = data_pixel_chunks(data_path)
 

@@ -14,7 +14,7 @@ Model file layout (``encoding-type = "nsn-model"``, version 2; version 1 files l
     /zca/{mean,whiten,unwhiten}   the data set's preprocessing, so outputs are de-whitened
     /top/...               optional top-layer statistics for the density priors (top.TopStats),
                            uncompressed (see NSNModel.save)
-    /calibration/...       optional pixel calibration of NSN-Gen's output (see calibrate.py)
+    /calibration/...       optional calibration of NSN-Gen's layer-1 maps and pixels (see calibrate.py)
 """
 
 from __future__ import annotations

@@ -413,7 +413,7 @@ def _kept(output: Path, saved: int, layers: int) -> str:
     with contextlib.suppress(OSError):  # the file is the truth: what its last checkpoint holds
         with h5py.File(output, "r") as handle:
             if "top" in handle:
-                missing = "the pixel calibration"
+                missing = "the calibration"
     return f"{output} keeps all {layers} layers but not {missing}; finish with the same command and --resume"
 
 

@@ -1,4 +1,4 @@
-"""``nsn calibrate``: fit (or refit) a model's pixel calibration against its training data."""
+"""``nsn calibrate``: fit (or refit) a model's calibration against its training data."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ def calibrate_cli(
     samples: int = typer.Option(config.CALIBRATION_SAMPLES, "--samples", min=1, help="Images NSN-Gen draws for the fit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
-    """Fit the model's pixel calibration: a monotone map per channel from NSN-Gen's pixel
-    distribution (default sampler) to the training data's; sample, style and inpaint apply it."""
+    """Fit the model's calibration: monotone maps per channel from NSN-Gen's decoded layer-1
+    maps and pixels (default sampler) to the training data's encoded maps and pixels; sample,
+    style and inpaint apply them."""
     from nsn_cli.calibrate import calibrate_model, generated_images
     from nsn_cli.files import fingerprint, open_dataset
     from nsn_cli.model import load_model
