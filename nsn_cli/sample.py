@@ -261,10 +261,16 @@ def check_room(output: str | os.PathLike, n: int, shape: tuple[int, int, int], h
 
 def encode_image(image: np.ndarray, suffix: str = ".png") -> bytes:
     """An image file's bytes, made in memory: the file itself is written in one plain write,
-    so a failed write is one OSError (imageio writing the file would fail again on closing)."""
+    so a failed write is one OSError (imageio writing the file would fail again on closing).
+
+    Ctrl-C waits for the encoder to finish, then is raised: one arriving inside it left a
+    half-made imageio plugin whose destructor printed a traceback at exit."""
     import imageio.v3 as iio
 
-    return iio.imwrite("<bytes>", image, extension=suffix)
+    with interrupts.held():
+        data = iio.imwrite("<bytes>", image, extension=suffix)
+    interrupts.check()
+    return data
 
 
 def write_images(images: np.ndarray, output: str | os.PathLike, *, columns: int | None = None,
