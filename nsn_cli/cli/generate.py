@@ -7,7 +7,7 @@ from typing import List
 
 import typer
 
-from nsn_cli import config, priors
+from nsn_cli import config, interrupts, priors
 from nsn_cli.cli._common import app, console, console_err, default_model_path, progress_bar, task_advancer
 from nsn_cli.errors import Interrupted, NsnError
 from nsn_cli.model import DecodeParams, load_model
@@ -276,8 +276,10 @@ def inpaint_cli(
     def write(target: Path, filled) -> None:
         nonlocal written
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_images(filled[None], target, columns=1, force=force, inputs=inputs)
-        written += 1
+        with interrupts.held():  # a Ctrl-C between the file's rename and the count would miscount
+            write_images(filled[None], target, columns=1, force=force, inputs=inputs)
+            written += 1
+        interrupts.check()
         console.print(f"wrote {target}", highlight=False)
 
     try:
