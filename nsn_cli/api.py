@@ -295,7 +295,7 @@ class NSN:
         """Fill the ``hole`` (bool, True = unknown) of an image (H, W[, C]), or of each of a batch
         (N, H, W[, C]) with holes (N, H, W), as ``nsn inpaint``; known pixels are kept exactly.
         Images of another size are brought to the model's and the fill back. method
-        ``posterior`` (options: sample, candidates, pairs, temperature, boundary) or ``layers``
+        ``posterior`` (options: sample, candidates, pairs, temperature, boundary, focus, mix_penalty) or ``layers``
         (options: draws, rounds and NSN-Gen's parameters)."""
         from nsn_cli.inpaint import METHODS, InpaintOptions, from_model_size, inpaint_posterior, to_model_size
 

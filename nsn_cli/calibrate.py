@@ -13,7 +13,13 @@ was drawn in or on ``-n``. ZCA models are calibrated in pixel space, after de-wh
 File layout (``/calibration``, attribute ``version = 1``): ``source`` and ``target`` (C, Q)
 float32, the knots of the map per channel (``source`` strictly increasing); attributes
 ``samples`` (images the fit drew), ``seed``, ``sampler`` (JSON of the prior and NSN-Gen
-settings it was fitted with).
+settings it was fitted with). Version 2 adds ``maps_source``/``maps_target`` (the map of
+layer-1 maps), version 3 ``fill_kernel`` (C, T) and ``fill_bias`` (C,) (the fill filter below).
+
+The fill filter: the posterior fill of ``nsn inpaint`` decodes the top layer's members (the
+training images' ``F[L-1]`` maps) to whole images, and NSN-Gen's reconstructions are soft.
+A linear (2 FILL_RADIUS + 1)^2 filter and a bias per channel, fitted by least squares from the
+model's decodings of training images' ``F[L-1]`` to the images themselves, sharpens them.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from nsn_cli import config, streams
 from nsn_cli.errors import NsnError
 from nsn_cli.files import check_version
 
-#: 2: adds the map of layer-1 maps (``maps_source``/``maps_target``); 1 (pixels only) still loads.
-CALIBRATION_VERSION = 2
+#: 2: adds the map of layer-1 maps (``maps_source``/``maps_target``); 3: the fill filter
+#: (``fill_kernel``/``fill_bias``). Older versions still load (without what they lack).
+CALIBRATION_VERSION = 3
 OLDEST_CALIBRATION_VERSION = 1
 #: The layer whose decoded maps are calibrated (against the training images' encoded maps)
 #: before the last NSN-Gen step. Measured on held-out digits (3,000-digit model, CNN judge,
@@ -48,6 +55,12 @@ FIT_SAMPLES = config.CALIBRATION_SAMPLES
 FIT_SEED = 0x5EED
 #: Pixel values per channel the fit keeps of each side (a seeded subsample beyond that).
 MAX_VALUES = 1 << 21
+#: The fill filter's half-width, and the training images (a seeded subsample) it is fitted on.
+#: Measured on held-out digits (2,500-digit models, two splits): members' reconstruction PSNR
+#: 18.1 -> 18.6 dB at radius 1, 18.7 at 2, 18.7 at 3; radius 2 with a quadratic term or a
+#: per-pixel bias gained under 0.1 dB more.
+FILL_RADIUS = 2
+FILL_IMAGES = 1024
 
 
 @dataclass
@@ -61,6 +74,8 @@ class Calibration:
     sampler: dict = field(default_factory=dict)
     maps_source: np.ndarray | None = None  # (K, Q') float32: decoded F[MAP_LAYER] values, per channel
     maps_target: np.ndarray | None = None  # (K, Q') float32: the training images' encoded F[MAP_LAYER]
+    fill_kernel: np.ndarray | None = None  # (C, T) float32: the fill filter's weights, T = (2 FILL_RADIUS + 1)^2
+    fill_bias: np.ndarray | None = None  # (C,) float32
 
     def apply(self, images: np.ndarray) -> np.ndarray:
         """Map images (N, H, W, C) channel by channel; float32, same shape."""
@@ -73,6 +88,13 @@ class Calibration:
             return maps
         return _map_channels(maps, self.maps_source, self.maps_target, "maps")
 
+    def apply_fill(self, images: np.ndarray) -> np.ndarray:
+        """The fill filter on decoded members (N, H, W, C) (unchanged when this calibration has
+        none, as versions 1 and 2 had not); float32, not clipped."""
+        if self.fill_kernel is None:
+            return images
+        return apply_fill_filter(images, self.fill_kernel, self.fill_bias)
+
     def write(self, handle: h5py.File) -> None:
         group = handle.create_group("calibration")
         group.attrs.update(version=CALIBRATION_VERSION, samples=self.samples, seed=self.seed,
@@ -83,6 +105,9 @@ class Calibration:
             group.attrs["map-layer"] = MAP_LAYER
             group.create_dataset("maps_source", data=self.maps_source.astype(np.float32))
             group.create_dataset("maps_target", data=self.maps_target.astype(np.float32))
+        if self.fill_kernel is not None:
+            group.create_dataset("fill_kernel", data=self.fill_kernel.astype(np.float32))
+            group.create_dataset("fill_bias", data=self.fill_bias.astype(np.float32))
 
     @classmethod
     def read(cls, handle: h5py.File, where: str) -> Calibration | None:
@@ -101,8 +126,13 @@ class Calibration:
         if (maps[0] is None) != (maps[1] is None) or (
                 maps[0] is not None and (maps[0].shape != maps[1].shape or not np.all(np.diff(maps[0], axis=1) > 0))):
             raise NsnError(f"{where}: /calibration's map of layer-{MAP_LAYER} maps is damaged")
+        fill = [group[key][()] if key in group else None for key in ("fill_kernel", "fill_bias")]
+        if (fill[0] is None) != (fill[1] is None) or (fill[0] is not None and (
+                fill[0].ndim != 2 or fill[0].shape[0] != source.shape[0] or fill[1].shape != (source.shape[0],)
+                or round(np.sqrt(fill[0].shape[1])) ** 2 != fill[0].shape[1] or not np.isfinite(fill[0]).all())):
+            raise NsnError(f"{where}: /calibration's fill filter is damaged")
         return cls(source, target, int(group.attrs.get("samples", 0)), int(group.attrs.get("seed", 0)),
-                   json.loads(group.attrs.get("sampler", "{}")), *maps)
+                   json.loads(group.attrs.get("sampler", "{}")), *maps, *fill)
 
 
 def _map_channels(values: np.ndarray, source: np.ndarray, target: np.ndarray, what: str) -> np.ndarray:
@@ -113,6 +143,48 @@ def _map_channels(values: np.ndarray, source: np.ndarray, target: np.ndarray, wh
     if values.shape[-1] != source.shape[0]:
         raise ValueError(f"calibration of {source.shape[0]} channels, {what} have {values.shape[-1]}")
     return interp_channels(values, source, target)
+
+
+def filter_windows(images: np.ndarray, radius: int) -> np.ndarray:
+    """Every pixel's (2 radius + 1)^2 neighbourhood, edges repeated: (N, H, W, C, T), a view."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    side = 2 * radius + 1
+    padded = np.pad(np.asarray(images, dtype=np.float32), ((0, 0), (radius, radius), (radius, radius), (0, 0)),
+                    mode="edge")
+    windows = sliding_window_view(padded, (side, side), axis=(1, 2))  # (N, H, W, C, side, side)
+    return windows.reshape(windows.shape[:4] + (side * side,))
+
+
+def apply_fill_filter(images: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """``sum_t kernel[c, t] * window[t] + bias[c]`` at every pixel of images (N, H, W, C)."""
+    radius = (round(np.sqrt(kernel.shape[1])) - 1) // 2
+    out = np.einsum("nhwct,ct->nhwc", filter_windows(images, radius), kernel.astype(np.float32), optimize=True)
+    return (out + bias.astype(np.float32)).astype(np.float32, copy=False)
+
+
+def fit_fill_filter(pairs: Iterable[tuple[np.ndarray, np.ndarray]], channels: int,
+                    radius: int = FILL_RADIUS) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares ``(kernel (C, T), bias (C,))`` taking the first image of each pair
+    (N, H, W, C) to the second, channel by channel, from normal equations summed over the pairs
+    (memory for one pair at a time)."""
+    taps = (2 * radius + 1) ** 2
+    gram = np.zeros((channels, taps + 1, taps + 1))
+    right = np.zeros((channels, taps + 1))
+    for decoded, images in pairs:
+        windows = filter_windows(decoded, radius)
+        for c in range(channels):
+            rows = windows[..., c, :].reshape(-1, taps).astype(np.float64)
+            rows = np.concatenate([rows, np.ones((len(rows), 1))], axis=1)
+            gram[c] += rows.T @ rows
+            right[c] += rows.T @ images[..., c].reshape(-1).astype(np.float64)
+    kernel, bias = np.zeros((channels, taps), np.float32), np.zeros(channels, np.float32)
+    for c in range(channels):
+        # a hair of ridge: a constant channel (or one image) leaves the normal equations singular
+        ridge = 1e-6 * max(np.trace(gram[c]) / (taps + 1), 1e-12) * np.eye(taps + 1)
+        solution = np.linalg.solve(gram[c] + ridge, right[c])
+        kernel[c], bias[c] = solution[:taps], solution[taps]
+    return kernel, bias
 
 
 @dataclass
@@ -250,10 +322,29 @@ def calibrate_model(model, data_path, *, samples: int = FIT_SAMPLES,
 
         fitted = fit_calibration(generate_raw, chunks, count, channels, height * width, samples=samples,
                                  sampler=sampler, progress=progress)
+        fitted.maps_source, fitted.maps_target = maps
+        if len(model.layers) > 1:  # the fill's members are decoded with the maps just fitted
+            model.calibration = fitted
+            fitted.fill_kernel, fitted.fill_bias = fit_fill_filter(_round_trips(model, data_path), channels)
     finally:
         model.calibration = previous
-    fitted.maps_source, fitted.maps_target = maps
     return fitted
+
+
+def _round_trips(model, data_path, images: int = FILL_IMAGES) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    """(decoded, images) pairs: a seeded subsample of about ``images`` training images (pixels)
+    and their ``F[L-1]`` maps decoded as the posterior fill decodes its members (calibrated,
+    without the fill filter)."""
+    from nsn_cli.inpaint import decode_top_maps
+
+    chunks, count = data_pixel_chunks(data_path)
+    rng = np.random.default_rng([FIT_SEED, streams.FILL_IMAGES])
+    keep = min(1.0, images / max(count, 1))
+    top = len(model.layers) - 1
+    for chunk in chunks:
+        chunk = chunk[rng.random(len(chunk)) < keep] if keep < 1.0 else chunk
+        if len(chunk):
+            yield decode_top_maps(model, model.encode(chunk, upto=top)[top], calibrate=True), chunk
 
 
 def generated_images(model, samples: int = FIT_SAMPLES) -> int:

@@ -55,6 +55,8 @@ class InpaintOptions:
     pairs: int = config.INPAINT_PAIRS
     temperature: float = config.INPAINT_TEMPERATURE
     boundary: float = config.INPAINT_BOUNDARY
+    focus: float = config.INPAINT_FOCUS
+    mix_penalty: float = config.INPAINT_MIX_PENALTY
 
     def validate(self) -> InpaintOptions:
         if self.candidates < 1:
@@ -65,18 +67,31 @@ class InpaintOptions:
             raise ParameterError("temperature", f"must be a number > 0, got {self.temperature}")
         if not np.isfinite(self.boundary) or self.boundary < 0:
             raise ParameterError("boundary", f"must be a number >= 0, got {self.boundary}")
+        if not np.isfinite(self.focus) or self.focus < 0:
+            raise ParameterError("focus", f"must be a number >= 0, got {self.focus}")
+        if not np.isfinite(self.mix_penalty) or self.mix_penalty < 0:
+            raise ParameterError("mix_penalty", f"must be a number >= 0, got {self.mix_penalty}")
         return self
 
 
-def _decode_top_maps(model: NSNModel, maps: np.ndarray, calibrate: bool) -> np.ndarray:
+def decode_top_maps(model: NSNModel, maps: np.ndarray, calibrate: bool) -> np.ndarray:
     """Images (n, H, W, C) from ``F[L-1]`` maps (n, h, w, c): NSN-Gen with the expected weights
-    (deterministic) and, if asked, the model's pixel calibration.
+    (deterministic) and, if asked, the model's calibration maps (not its fill filter).
 
     ``config.INPAINT_DELTA1``, not sampling's sharper softmax: a fill reconstructs known
     content, where a softer blend of filter means is the better estimate (measured there)."""
     params = DecodeParams.for_sampling(draws=0, delta1=config.INPAINT_DELTA1)
     return model.finish_images(model.decode(maps, len(model.layers) - 1, params, seed=0, calibrate=calibrate),
                                calibrate)
+
+
+def _candidates(model: NSNModel, maps: np.ndarray, calibrate: bool) -> np.ndarray:
+    """Fill candidates from ``F[L-1]`` maps: :func:`decode_top_maps`, then (calibrated) the
+    model's fill filter, which sharpens reconstructions towards the images they encode."""
+    images = decode_top_maps(model, maps, calibrate)
+    if calibrate and model.calibration is not None:
+        images = np.clip(model.calibration.apply_fill(images), 0.0, 1.0)
+    return images
 
 
 def member_images(model: NSNModel, calibrate: bool = True) -> np.ndarray:
@@ -86,20 +101,47 @@ def member_images(model: NSNModel, calibrate: bool = True) -> np.ndarray:
         h, w, c = model.map_shape(len(model.layers) - 1)
         members = model.top.members
         cache[calibrate] = np.concatenate([
-            _decode_top_maps(model, members[a : a + 1024].astype(np.float32).reshape(-1, h, w, c), calibrate)
+            _candidates(model, members[a : a + 1024].astype(np.float32).reshape(-1, h, w, c), calibrate)
             for a in range(0, len(members), 1024)])
     return cache[calibrate]
 
 
 def known_distances(images: np.ndarray, known: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Mean squared distance (n, M) of each image (n, H, W, C) to each candidate (M, H, W, C)
-    over its known pixels (``known`` (n, H, W) bool), by three matrix products."""
+    """Weighted mean squared distance (n, M) of each image (n, H, W, C) to each candidate
+    (M, H, W, C) over its known pixels: ``known`` (n, H, W) is a bool mask or weights (0 on
+    the hole), by three matrix products."""
     n, channels = len(images), images.shape[-1]
-    k = np.repeat(known[..., None], channels, axis=-1).reshape(n, -1).astype(np.float32)
+    k = np.repeat(np.asarray(known, dtype=np.float32)[..., None], channels, axis=-1).reshape(n, -1)
     x = images.reshape(n, -1).astype(np.float32)
     c = candidates.reshape(len(candidates), -1).astype(np.float32)
     d = k @ (c * c).T - 2.0 * (k * x) @ c.T + np.sum(k * x * x, axis=1, keepdims=True)
-    return np.maximum(d, 0.0) / np.maximum(k.sum(axis=1, keepdims=True), 1.0)
+    return np.maximum(d, 0.0) / np.maximum(k.sum(axis=1, keepdims=True), 1e-12)
+
+
+#: The weight of a known pixel far from the hole, next to 1 for one beside it (see known_weights).
+FOCUS_FLOOR = 0.2
+
+
+def known_weights(holes: np.ndarray, focus: float) -> np.ndarray:
+    """Weights (n, H, W) of the known pixels in the distance that ranks candidates: 0 on the
+    hole, ``exp(-(r - 1) / focus) + FOCUS_FLOOR`` at distance ``r`` pixels from it, so the
+    pixels that continue into the hole count most. ``focus`` 0: every known pixel weighs 1.
+
+    Why: a candidate that matches the known pixels far away but not the stroke entering the
+    hole fills it wrongly. Held-out digits (2,500-digit models, two splits, 500 digits each):
+    hole PSNR centre 10x10 +0.07 / +0.15 dB, bottom half +0.10 / +0.11 dB at focus 3 (2 with
+    floor 0.05: +0.08 / -0.02 on the bottom half)."""
+    known = ~np.asarray(holes, dtype=bool)
+    if focus <= 0:
+        return known.astype(np.float32)
+    from scipy.ndimage import distance_transform_edt
+
+    out = known.astype(np.float32)
+    for i, keep in enumerate(known):
+        if keep.any() and not keep.all():
+            r = distance_transform_edt(keep)  # each known pixel's distance to the nearest hole pixel
+            out[i] = np.where(keep, np.exp(-(r - 1.0) / focus) + FOCUS_FLOOR, 0.0)
+    return out
 
 
 def _nearest(d: np.ndarray, count: int) -> np.ndarray:
@@ -107,6 +149,20 @@ def _nearest(d: np.ndarray, count: int) -> np.ndarray:
     count = min(count, d.shape[1])
     part = np.argpartition(d, count - 1, axis=1)[:, :count]
     return np.take_along_axis(part, np.argsort(np.take_along_axis(d, part, axis=1), axis=1, kind="stable"), axis=1)
+
+
+def mix_penalty(hole: np.ndarray, scale: float) -> float:
+    """What a mix adds to its distance on the known pixels: ``scale * hole / known`` (the
+    fractions of the image's pixels).
+
+    Why: a half-way mix of two members is smoother than either, and on few known pixels a
+    smooth candidate fits them better than a sharp one by chance, then fills the hole with a
+    blend of two different digits. Held-out digits (2,500-digit models, two splits): mixes as
+    equals took the bottom half's PSNR down 0.13 dB against no mixes while adding 0.2-0.3 dB on
+    small blocks; with ``scale`` 0.02 the bottom half gains 0.04 dB over no mixes, and centre
+    and blocks keep their gain."""
+    unknown = float(np.mean(hole))
+    return scale * unknown / max(1.0 - unknown, 1e-6)
 
 
 def boundary_correction(residual: np.ndarray, hole: np.ndarray, width: float) -> np.ndarray:
@@ -127,7 +183,7 @@ def _posterior_batch(model: NSNModel, images: np.ndarray, holes: np.ndarray, fir
                      options: InpaintOptions) -> np.ndarray:
     """Fills (n, H, W, C) for one batch of images; ``first`` is the index of its first image."""
     decoded = member_images(model, options.calibrate)
-    known = ~holes
+    known = known_weights(holes, options.focus)
     nearest = _nearest(known_distances(images, known, decoded), max(options.candidates, options.pairs))
     h, w, c = model.map_shape(len(model.layers) - 1)
     pairs = np.transpose(np.triu_indices(min(options.pairs, nearest.shape[1]), 1))
@@ -136,7 +192,7 @@ def _posterior_batch(model: NSNModel, images: np.ndarray, holes: np.ndarray, fir
         members = model.top.members
         a, b = nearest[:, pairs[:, 0]], nearest[:, pairs[:, 1]]
         maps = 0.5 * (members[a.ravel()].astype(np.float32) + members[b.ravel()].astype(np.float32))
-        mixes = _decode_top_maps(model, maps.reshape(-1, h, w, c), options.calibrate).reshape(mixes.shape)
+        mixes = _candidates(model, maps.reshape(-1, h, w, c), options.calibrate).reshape(mixes.shape)
     out = np.empty_like(images)
     for i in range(len(images)):
         if not known[i].any():  # nothing known: the posterior is the prior, so this is sampling
@@ -146,6 +202,7 @@ def _posterior_batch(model: NSNModel, images: np.ndarray, holes: np.ndarray, fir
             continue
         pool = np.concatenate([decoded[nearest[i, : options.candidates]], mixes[i]])
         d = known_distances(images[i : i + 1], known[i : i + 1], pool)[0]
+        d[len(pool) - len(pairs):] += mix_penalty(holes[i], options.mix_penalty)
         best = _nearest(d[None], options.candidates)[0]
         logits = -(d[best] - d[best[0]]) / (2.0 * options.temperature**2)
         weights = np.exp(logits) / np.exp(logits).sum()

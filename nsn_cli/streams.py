@@ -63,6 +63,8 @@ JUDGE_WEIGHTS = 11
 JUDGE_SPLIT = 12
 #: ``[seed, CALIBRATION_VALUES]``: the pixel values a calibration keeps.
 CALIBRATION_VALUES = 13
+#: ``[seed, FILL_IMAGES]``: the training images the fill filter is fitted on.
+FILL_IMAGES = 14
 
 #: Every named generator tag (tested to be distinct).
 GENERATOR_TAGS = {
@@ -71,4 +73,5 @@ GENERATOR_TAGS = {
     "JUDGE_WEIGHTS": JUDGE_WEIGHTS,
     "JUDGE_SPLIT": JUDGE_SPLIT,
     "CALIBRATION_VALUES": CALIBRATION_VALUES,
+    "FILL_IMAGES": FILL_IMAGES,
 }

@@ -147,3 +147,70 @@ def test_channel_maps_are_np_interp_bit_for_bit(rng):
     expected = np.stack([np.interp(values[..., c], source[c], target[c]) for c in range(channels)], axis=-1)
     got = interp_channels(values, source, target)
     assert got.dtype == np.float32 and np.array_equal(got, expected.astype(np.float32))
+
+
+def _filtered_by_hand(images: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """The fill filter with explicit loops: edges repeated, kernel rows in (dy, dx) order."""
+    n, height, width, channels = images.shape
+    side = round(np.sqrt(kernel.shape[1]))
+    radius = side // 2
+    out = np.empty(images.shape)
+    for i in range(n):
+        for y in range(height):
+            for x in range(width):
+                for c in range(channels):
+                    total = bias[c]
+                    for dy in range(side):
+                        for dx in range(side):
+                            yy = min(max(y + dy - radius, 0), height - 1)
+                            xx = min(max(x + dx - radius, 0), width - 1)
+                            total += kernel[c, dy * side + dx] * images[i, yy, xx, c]
+                    out[i, y, x, c] = total
+    return out
+
+
+def test_fill_filter_by_hand_and_recovered_by_its_fit(rng):
+    from nsn_cli.calibrate import apply_fill_filter, fit_fill_filter
+
+    images = rng.random((5, 6, 7, 2)).astype(np.float32)
+    kernel = rng.normal(size=(2, 25)).astype(np.float32)
+    bias = np.array([0.3, -0.1], np.float32)
+    filtered = apply_fill_filter(images, kernel, bias)
+    assert np.allclose(filtered, _filtered_by_hand(images, kernel, bias), atol=1e-5)
+    # the least-squares fit, given pairs in two chunks, finds the filter that made them
+    pairs = [(images[:2], filtered[:2]), (images[2:], filtered[2:])]
+    fitted_kernel, fitted_bias = fit_fill_filter(pairs, channels=2, radius=2)
+    assert np.allclose(fitted_kernel, kernel, atol=1e-3) and np.allclose(fitted_bias, bias, atol=1e-3)
+
+
+def test_fill_filter_file_round_trip_and_damage(tmp_path):
+    identity = np.array([[0.0, 1.0]], np.float32)
+    kernel = np.zeros((1, 9), np.float32)
+    kernel[0, 4] = 2.0
+    calibration = Calibration(identity, identity, fill_kernel=kernel, fill_bias=np.array([-0.5], np.float32))
+    with h5py.File(tmp_path / "c.h5", "w") as handle:
+        calibration.write(handle)
+    with h5py.File(tmp_path / "c.h5", "r") as handle:
+        again = Calibration.read(handle, "c.h5")
+    images = np.array([0.25, 0.75], np.float32).reshape(1, 1, 2, 1)
+    assert np.allclose(again.apply_fill(images).ravel(), [0.0, 1.0])  # 2 x - 0.5
+    assert np.array_equal(Calibration(identity, identity).apply_fill(images), images)  # none: unchanged
+    with h5py.File(tmp_path / "c.h5", "a") as handle:
+        del handle["calibration/fill_bias"]
+    with h5py.File(tmp_path / "c.h5", "r") as handle, pytest.raises(NsnError, match="fill filter is damaged"):
+        Calibration.read(handle, "c.h5")
+
+
+def test_trained_models_fill_filter_brings_decoded_members_closer_to_their_images(tiny_model, mnist_small):
+    """Fitted in train on training images' round trips: on those images (a least-squares fit
+    cannot do worse there than no filter) and on others it was not fitted on."""
+    from nsn_cli.inpaint import decode_top_maps
+
+    _, model = tiny_model
+    assert model.calibration.fill_kernel.shape == (1, 25)
+    images = load_images(mnist_small)[0]
+    maps = model.encode(images, upto=2)[2]
+    decoded = decode_top_maps(model, maps, calibrate=True)
+    sharpened = np.clip(model.calibration.apply_fill(decoded), 0, 1)
+    before, after = np.mean((decoded - images) ** 2), np.mean((sharpened - images) ** 2)
+    assert after < 0.97 * before, (after, before)

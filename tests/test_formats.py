@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from nsn_cli.errors import NsnError
+from nsn_cli.calibrate import CALIBRATION_VERSION
 from nsn_cli.files import DATASET_TYPE, FORMAT_VERSIONS, MODEL_TYPE, OLDEST_VERSIONS, fingerprint, load_images
 from nsn_cli.model import NSNModel
 from nsn_cli.priors import PRIORS
@@ -92,7 +93,7 @@ def _newest_model(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("where, attribute, version", [
     ("/", "encoding-version", str(FORMAT_VERSIONS[MODEL_TYPE] + 1)),
     ("top", "version", TOP_VERSION + 1),
-    ("calibration", "version", 3),
+    ("calibration", "version", CALIBRATION_VERSION + 1),
 ])
 def test_a_model_from_a_newer_nsn_is_one_line_asking_to_upgrade(tmp_path, where, attribute, version):
     path = _newest_model(tmp_path)

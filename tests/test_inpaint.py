@@ -126,3 +126,16 @@ def test_inpaint_command_on_folders(cli, tmp_path, tiny_model, mnist_small):
     code, _, err = cli("inpaint", tmp_path / "one" / "seven.png", "--mask", tmp_path / "mask.png", "-m", path,
                        "-o", tmp_path / "x.png", "--temperature", "0")
     assert code == 2 and "--temperature must be a number > 0" in err
+
+
+def test_known_weights_by_hand():
+    from nsn_cli.inpaint import FOCUS_FLOOR, known_weights
+
+    holes = np.zeros((2, 1, 6), bool)
+    holes[0, 0, 4:] = True  # a hole at the right end of a row of six
+    weights = known_weights(holes, focus=2.0)
+    distance = np.array([4.0, 3.0, 2.0, 1.0])  # of pixels 0..3 to the hole
+    assert np.allclose(weights[0, 0, :4], np.exp(-(distance - 1) / 2.0) + FOCUS_FLOOR)
+    assert np.all(weights[0, 0, 4:] == 0) and np.all(np.diff(weights[0, 0, :4]) > 0)
+    assert np.all(weights[1] == 1.0)  # nothing to fill: every pixel known, equal weights
+    assert np.array_equal(known_weights(holes, focus=0.0), ~holes)

@@ -232,6 +232,8 @@ def inpaint_cli(
     pairs: int = typer.Option(config.INPAINT_PAIRS, "--pairs", help="posterior: mixes of every pair of this many nearest members join the candidates (0: none)."),
     temperature: float = typer.Option(config.INPAINT_TEMPERATURE, "--temperature", help="posterior: weights exp(-d / (2 t^2)) of the mean squared distance d on the known pixels."),
     boundary: float = typer.Option(config.INPAINT_BOUNDARY, "--boundary", help="posterior: pixels over which the known residual fades into the hole (0: none)."),
+    focus: float = typer.Option(config.INPAINT_FOCUS, "--focus", help="posterior: known pixels within about this many pixels of the hole count most in ranking candidates (0: all equally)."),
+    mix_penalty: float = typer.Option(config.INPAINT_MIX_PENALTY, "--mix-penalty", help="posterior: added to a mix's distance, times the hole's share over the known share (0: mixes rank as members)."),
     draws: int = typer.Option(config.INPAINT_DRAWS, "--draws", help="layers: decodings averaged per image."),
     rounds: int = typer.Option(config.INPAINT_ROUNDS, "--rounds", help="layers: re-encode the filled image and fill again this many times."),
     delta1: float = typer.Option(config.DELTA1, "--delta1", help=_GEN_HELP["delta1"], rich_help_panel=_GEN),
@@ -250,7 +252,8 @@ def inpaint_cli(
     if method not in METHODS:
         raise NsnError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     options = InpaintOptions(sample=sample, seed=seed, calibrate=not no_calibrate, candidates=candidates,
-                             pairs=pairs, temperature=temperature, boundary=boundary).validate()
+                             pairs=pairs, temperature=temperature, boundary=boundary, focus=focus,
+                             mix_penalty=mix_penalty).validate()
     params = _params(delta1, delta2, delta3, config.DRAWS, config.NOISE_LAYERS, config.NOISE_SCALE)
     if draws < 1 or rounds < 1:
         raise NsnError(f"--draws and --rounds must be at least 1, got {draws} and {rounds}")
