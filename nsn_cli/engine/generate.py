@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from nsn_cli.config import JIT, JIT_PARALLEL
+from nsn_cli.engine.lut import ChannelMap, bucket_bounds, interp_value
 from nsn_cli.engine.patches import add_patch, inverse_coverage
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -152,27 +153,65 @@ def _decode_step(maps, mu, var, delta1, delta2, delta3, draws, seed, first_sampl
                                          prob, weight, out[i, r, c])
 
 
+@njit(**JIT)
+def _mapped_candidates(v, delta1, draws, source, target, origin, scale, lower, upper, bound, out):
+    """OUT out (K,) = v mapped channel by channel (the input map, np.interp's values rounded to
+    float32) where the channel may reach the softmax's cutoff at this position, -inf where it
+    cannot: there its weight in :func:`_decode_position` is 0 either way, so the patch is the
+    same to the bit, and only a few of the K channels need the exact map (a binary search).
+
+    A channel cannot when its upper bound is more than the cutoff below the best lower bound:
+    the exact best value is at least that lower bound."""
+    k = v.shape[0]
+    floor = -np.inf
+    for j in range(k):
+        low, bound[j] = bucket_bounds(np.float64(v[j]), j, origin, scale, lower, upper)
+        floor = max(floor, low)
+    cutoff = -EXPECTED_CUTOFF if draws == 0 else -40.0
+    best = delta1 * floor
+    margin = 1e-6 * (1.0 + abs(best))  # far above the rounding of the products and differences
+    for j in range(k):
+        if delta1 * bound[j] - best > cutoff - margin:
+            out[j] = interp_value(np.float64(v[j]), source, target, j)
+        else:
+            out[j] = -np.inf
+
+
 @njit(**JIT_PARALLEL)
 def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_sample, stream, patch, stride,
-                     inverse, out):
+                     inverse, mapped, source, target, origin, scale, lower, upper, out):
     """Like _decode_step, but each patch is added into OUT out (N, H, W, C) at once and the
-    overlaps averaged: no (N, h, w, D) patch array is ever held."""
+    overlaps averaged: no (N, h, w, D) patch array is ever held. With ``mapped``, each
+    position's channel vector goes through the input map first (see _mapped_candidates)."""
     n, h, w, k = maps.shape
     for i in prange(n):
         state = _key(seed, first_sample + i, stream)
         prob = np.empty(k)
         weight = np.empty(k)
+        bound = np.empty(k)
+        v = np.empty(k, dtype=np.float32)
         buffer = np.empty(mu.shape[1], dtype=np.float32)
         out[i] = 0.0
         for r in range(h):
             for c in range(w):
-                state = _decode_position(maps[i, r, c], mu, var, delta1, delta2, delta3, draws, state,
-                                         prob, weight, buffer)
+                if mapped:
+                    _mapped_candidates(maps[i, r, c], delta1, draws, source, target, origin, scale, lower, upper,
+                                       bound, v)
+                    state = _decode_position(v, mu, var, delta1, delta2, delta3, draws, state, prob, weight,
+                                             buffer)
+                else:
+                    state = _decode_position(maps[i, r, c], mu, var, delta1, delta2, delta3, draws, state,
+                                             prob, weight, buffer)
                 add_patch(out[i], buffer, r * stride, c * stride, patch)
         for y in range(out.shape[1]):
             for x in range(out.shape[2]):
                 for ch in range(out.shape[3]):
                     out[i, y, x, ch] *= inverse[y, x]
+
+
+#: The tables passed for "no input map" (numba needs arrays of the same types either way).
+_NO_MAP = ChannelMap(source=np.zeros((1, 2), np.float32), target=np.zeros((1, 2), np.float32), origin=np.zeros(1),
+                     scale=np.zeros(1), lower=np.zeros((1, 1), np.float32), upper=np.zeros((1, 1), np.float32))
 
 
 def _checked(maps: np.ndarray, mu: np.ndarray, draws: int) -> tuple[np.ndarray, np.ndarray]:
@@ -200,16 +239,24 @@ def decode_maps(
     seed: int,
     first_sample: int,
     stream: int,
+    input_map: ChannelMap | None = None,
 ) -> np.ndarray:
     """``F[l-1]`` (N, H, W, channels) from ``F[l]`` (N, h, w, K): :func:`decode_patches` and
-    :func:`~.patches.stitch_patches` fused (same numbers, same random streams)."""
+    :func:`~.patches.stitch_patches` fused (same numbers, same random streams).
+
+    input_map: a map of ``F[l]``'s K channels applied first; the same numbers as decoding
+    ``interp_channels(maps, input_map.source, input_map.target)``, without mapping every value."""
     maps, mu = _checked(maps, mu, draws)
-    n, h, w, _ = maps.shape
+    n, h, w, k = maps.shape
+    if input_map is not None and input_map.source.shape[0] != k:
+        raise ValueError(f"input map of {input_map.source.shape[0]} channels, maps have {k}")
+    table = _NO_MAP if input_map is None else input_map
     height, width = (h - 1) * stride + patch, (w - 1) * stride + patch
     out = np.empty((n, height, width, channels), dtype=np.float32)
     _decode_stitched(maps, mu, np.asarray(sigma, dtype=np.float64) ** 2, float(delta1), float(delta2),
                      float(delta3), int(draws), np.uint64(seed), np.int64(first_sample), np.int64(stream),
-                     patch, stride, inverse_coverage(height, width, patch, stride), out)
+                     patch, stride, inverse_coverage(height, width, patch, stride), input_map is not None,
+                     table.source, table.target, table.origin, table.scale, table.lower, table.upper, out)
     return out
 
 
