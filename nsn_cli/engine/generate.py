@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from nsn_cli.config import JIT, JIT_PARALLEL
-from nsn_cli.engine.lut import ChannelMap, bucket_bounds, interp_value
+from nsn_cli.engine.lut import ChannelMap, bucket_of, interp_between
 from nsn_cli.engine.patches import add_patch, inverse_coverage
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -78,24 +78,28 @@ EXPECTED_CUTOFF = 16.0
 
 
 @njit(**JIT)
-def _draw(state, prob, total):
-    """One inverse-CDF draw of the multinomial ``prob / total``: (new state, filter index)."""
+def _draw(state, prob, count, total):
+    """One inverse-CDF draw of the multinomial ``prob[:count] / total``: (new state, slot);
+    slot ``count`` if rounding left ``u`` past the last cumulative sum."""
     state, u = _uniform(state)
     u *= total
     acc = 0.0
-    for j in range(prob.shape[0]):
-        acc += prob[j]
+    for s in range(count):
+        acc += prob[s]
         if u < acc:
-            return state, j
-    return state, prob.shape[0] - 1
+            return state, s
+    return state, count
 
 
 @njit(**JIT)
-def _decode_position(v, mu, var, delta1, delta2, delta3, draws, state, prob, weight, out):
+def _decode_position(v, mu, var, delta1, delta2, delta3, draws, state, prob, active, weight, picked, out):
     """One position: OUT out (D,) = the generated patch; returns the generator state.
 
     draws >= 1: the paper's ``w = Multinomial(draws, p) / draws``; draws = 0: its limit for
-    many draws, the expected weights ``w = p`` (no random numbers for the weights)."""
+    many draws, the expected weights ``w = p`` (no random numbers for the weights).
+    Scratch (K,): prob, weight, picked (float64), active (int64). Only the filters within the
+    cutoff of the best are visited after the first pass (4-6 of ~100 at sampling's delta1);
+    sums run in filter order, as over every filter (adding a zero weight changes no bit)."""
     k = v.shape[0]
     top = -np.inf
     for j in range(k):
@@ -103,33 +107,44 @@ def _decode_position(v, mu, var, delta1, delta2, delta3, draws, state, prob, wei
     # below e^-40 of the best a filter cannot be drawn in any practical run: skip its exp
     cutoff = -EXPECTED_CUTOFF if draws == 0 else -40.0
     total = 0.0
+    m = 0  # prob[:m] of the filters active[:m], in filter order
     for j in range(k):
         x = delta1 * v[j] - top
-        prob[j] = math.exp(x) if x > cutoff else 0.0
-        total += prob[j]
+        if x > cutoff:
+            prob[m] = math.exp(x)
+            active[m] = j
+            total += prob[m]
+            m += 1
     if draws == 1:  # one filter's mean, weight 1 (the same numbers as below, without the weights)
-        state, pick = _draw(state, prob, total)
+        state, slot = _draw(state, prob, m, total)
+        pick = active[slot] if slot < m else k - 1
         noise_var = var[pick]
         for d in range(out.shape[0]):
             out[d] = mu[pick, d]
     else:
         if draws == 0:  # the expected weights
-            for j in range(k):
-                weight[j] = prob[j] / total
+            for s in range(m):
+                weight[s] = prob[s] / total
         else:
             for j in range(k):
-                weight[j] = 0.0
+                picked[j] = 0.0
             for _ in range(draws):
-                state, pick = _draw(state, prob, total)
-                weight[pick] += 1.0 / draws
+                state, slot = _draw(state, prob, m, total)
+                picked[active[slot] if slot < m else k - 1] += 1.0 / draws
+            m = 0
+            for j in range(k):
+                if picked[j] > 0.0:
+                    active[m] = j
+                    weight[m] = picked[j]
+                    m += 1
         noise_var = 0.0
         for d in range(out.shape[0]):
             out[d] = 0.0
-        for j in range(k):
-            if weight[j] > 0.0:
-                noise_var += weight[j] * weight[j] * var[j]
-                for d in range(out.shape[0]):
-                    out[d] += weight[j] * mu[j, d]
+        for s in range(m):
+            w, row = weight[s], mu[active[s]]
+            noise_var += w * w * var[active[s]]
+            for d in range(out.shape[0]):
+                out[d] += w * row[d]
     scale = delta2 * math.sqrt(noise_var)
     for d in range(out.shape[0]):
         noise = 0.0
@@ -145,63 +160,69 @@ def _decode_step(maps, mu, var, delta1, delta2, delta3, draws, seed, first_sampl
     n, h, w, k = maps.shape
     for i in prange(n):
         state = _key(seed, first_sample + i, stream)
-        prob = np.empty(k)
-        weight = np.empty(k)
+        prob, weight, picked = np.empty(k), np.empty(k), np.empty(k)
+        active = np.empty(k, dtype=np.int64)
         for r in range(h):
             for c in range(w):
                 state = _decode_position(maps[i, r, c], mu, var, delta1, delta2, delta3, draws, state,
-                                         prob, weight, out[i, r, c])
+                                         prob, active, weight, picked, out[i, r, c])
 
 
 @njit(**JIT)
-def _mapped_candidates(v, delta1, draws, source, target, origin, scale, lower, upper, bound, out):
+def _mapped_candidates(v, delta1, draws, source, target, slope, origin, scale, lower, upper, start, stop, bucket, bound,
+                       out):
     """OUT out (K,) = v mapped channel by channel (the input map, np.interp's values rounded to
     float32) where the channel may reach the softmax's cutoff at this position, -inf where it
     cannot: there its weight in :func:`_decode_position` is 0 either way, so the patch is the
-    same to the bit, and only a few of the K channels need the exact map (a binary search).
+    same to the bit, and only a few of the K channels need the exact map.
 
     A channel cannot when its upper bound is more than the cutoff below the best lower bound:
     the exact best value is at least that lower bound."""
-    k = v.shape[0]
+    k, buckets = v.shape[0], lower.shape[1]
+    for j in range(k):  # no branch and no table read: vectorised
+        bucket[j] = bucket_of(np.float64(v[j]), j, origin, scale, buckets)
     floor = -np.inf
     for j in range(k):
-        low, bound[j] = bucket_bounds(np.float64(v[j]), j, origin, scale, lower, upper)
-        floor = max(floor, low)
+        if v[j] == v[j]:
+            bound[j] = upper[j, bucket[j]]
+            floor = max(floor, np.float64(lower[j, bucket[j]]))
+        else:  # NaN: np.interp gives NaN, which no bound holds
+            bound[j] = np.inf
     cutoff = -EXPECTED_CUTOFF if draws == 0 else -40.0
     best = delta1 * floor
     margin = 1e-6 * (1.0 + abs(best))  # far above the rounding of the products and differences
     for j in range(k):
         if delta1 * bound[j] - best > cutoff - margin:
-            out[j] = interp_value(np.float64(v[j]), source, target, j)
+            b = bucket[j]
+            out[j] = interp_between(np.float64(v[j]), source, target, slope, j, start[j, b], stop[j, b])
         else:
             out[j] = -np.inf
 
 
 @njit(**JIT_PARALLEL)
 def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_sample, stream, patch, stride,
-                     inverse, mapped, source, target, origin, scale, lower, upper, out):
+                     inverse, mapped, source, target, slope, origin, scale, lower, upper, start, stop, out):
     """Like _decode_step, but each patch is added into OUT out (N, H, W, C) at once and the
     overlaps averaged: no (N, h, w, D) patch array is ever held. With ``mapped``, each
     position's channel vector goes through the input map first (see _mapped_candidates)."""
     n, h, w, k = maps.shape
     for i in prange(n):
         state = _key(seed, first_sample + i, stream)
-        prob = np.empty(k)
-        weight = np.empty(k)
-        bound = np.empty(k)
+        prob, weight, picked, bound = np.empty(k), np.empty(k), np.empty(k), np.empty(k)
+        active, bucket = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
         v = np.empty(k, dtype=np.float32)
         buffer = np.empty(mu.shape[1], dtype=np.float32)
         out[i] = 0.0
         for r in range(h):
             for c in range(w):
                 if mapped:
-                    _mapped_candidates(maps[i, r, c], delta1, draws, source, target, origin, scale, lower, upper,
-                                       bound, v)
-                    state = _decode_position(v, mu, var, delta1, delta2, delta3, draws, state, prob, weight,
-                                             buffer)
+                    _mapped_candidates(maps[i, r, c], delta1, draws, source, target, slope, origin, scale, lower, upper,
+                                       start, stop, bucket, bound, v)
+                    state = _decode_position(v, mu, var, delta1, delta2, delta3, draws, state, prob, active,
+                                             weight, picked, buffer)
                 else:
                     state = _decode_position(maps[i, r, c], mu, var, delta1, delta2, delta3, draws, state,
-                                             prob, weight, buffer)
+                                             prob, active, weight, picked, buffer)
                 add_patch(out[i], buffer, r * stride, c * stride, patch)
         for y in range(out.shape[1]):
             for x in range(out.shape[2]):
@@ -210,8 +231,10 @@ def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_s
 
 
 #: The tables passed for "no input map" (numba needs arrays of the same types either way).
-_NO_MAP = ChannelMap(source=np.zeros((1, 2), np.float32), target=np.zeros((1, 2), np.float32), origin=np.zeros(1),
-                     scale=np.zeros(1), lower=np.zeros((1, 1), np.float32), upper=np.zeros((1, 1), np.float32))
+_NO_MAP = ChannelMap(source=np.zeros((1, 2), np.float32), target=np.zeros((1, 2), np.float32),
+                     slope=np.zeros((1, 1)), origin=np.zeros(1),
+                     scale=np.zeros(1), lower=np.zeros((1, 1), np.float32), upper=np.zeros((1, 1), np.float32),
+                     start=np.zeros((1, 1), np.int64), stop=np.zeros((1, 1), np.int64))
 
 
 def _checked(maps: np.ndarray, mu: np.ndarray, draws: int) -> tuple[np.ndarray, np.ndarray]:
@@ -256,7 +279,8 @@ def decode_maps(
     _decode_stitched(maps, mu, np.asarray(sigma, dtype=np.float64) ** 2, float(delta1), float(delta2),
                      float(delta3), int(draws), np.uint64(seed), np.int64(first_sample), np.int64(stream),
                      patch, stride, inverse_coverage(height, width, patch, stride), input_map is not None,
-                     table.source, table.target, table.origin, table.scale, table.lower, table.upper, out)
+                     table.source, table.target, table.slope, table.origin, table.scale, table.lower, table.upper, table.start,
+                     table.stop, out)
     return out
 
 

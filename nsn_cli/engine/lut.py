@@ -26,42 +26,47 @@ BOUND_BUCKETS = 64
 
 
 @njit(**JIT)
-def interp_value(x, source, target, c):
-    """np.interp(x, source[c], target[c]) in float64; source rows strictly increasing."""
+def interp_between(x, source, target, slope, c, start, stop):
+    """np.interp(x, source[c], target[c]) in float64, given that x is outside the knots or the
+    last knot <= x is one of start .. stop - 1; source rows strictly increasing, slope the
+    segments' slopes (:func:`slopes`)."""
     last = source.shape[1] - 1
     if x <= source[c, 0]:
         return np.float64(target[c, 0])
     if x >= source[c, last]:
         return np.float64(target[c, last])
-    lo, hi = 0, last
-    while hi - lo > 1:  # the last knot <= x
-        mid = (lo + hi) >> 1
-        if source[c, mid] <= x:
-            lo = mid
-        else:
-            hi = mid
-    x0, y0 = np.float64(source[c, lo]), np.float64(target[c, lo])
-    slope = (np.float64(target[c, hi]) - y0) / (np.float64(source[c, hi]) - x0)
-    return slope * (x - x0) + y0
+    # the last knot <= x, by halving a range: each choice is a conditional move (a branch on
+    # the comparison is mispredicted half the time, the most of a lookup's cost)
+    lo, n = start, stop - start
+    while n > 1:
+        half = n >> 1
+        lo = lo + half if source[c, lo + half] <= x else lo
+        n -= half
+    return slope[c, lo] * (x - np.float64(source[c, lo])) + np.float64(target[c, lo])
+
+
+def slopes(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(C, Q - 1) float64 slopes of the knots' segments, computed as np.interp computes them."""
+    source, target = source.astype(np.float64), target.astype(np.float64)
+    return np.ascontiguousarray((target[:, 1:] - target[:, :-1]) / (source[:, 1:] - source[:, :-1]))
 
 
 @njit(**JIT_PARALLEL)
-def _interp_rows(values, source, target, out):
+def _interp_rows(values, source, target, slope, out):
     """out[i, c] = np.interp(values[i, c], source[c], target[c]); source rows strictly increasing."""
     n, channels = values.shape
+    last = source.shape[1] - 1
     for i in prange(n):
         for c in range(channels):
-            out[i, c] = interp_value(np.float64(values[i, c]), source, target, c)
+            out[i, c] = interp_between(np.float64(values[i, c]), source, target, slope, c, 0, last)
 
 
 @njit(**JIT)
-def bucket_bounds(x, c, origin, scale, lower, upper):
-    """(lower, upper) float64 bounds of channel c's mapped value of x (see ChannelMap)."""
-    if x != x:  # NaN: np.interp gives NaN, which no bound holds
-        return -np.inf, np.inf
-    t = min(max((x - origin[c]) * scale[c], 0.0), lower.shape[1] - 1.0)
-    b = int(t)
-    return np.float64(lower[c, b]), np.float64(upper[c, b])
+def bucket_of(x, c, origin, scale, buckets):
+    """Channel c's bucket of x in a ChannelMap of ``buckets`` buckets, clamped (NaN: 0)."""
+    t = (x - origin[c]) * scale[c]
+    t = t if t > 0.0 else 0.0
+    return int(t if t < buckets - 1.0 else buckets - 1.0)
 
 
 def _as_knots(array: np.ndarray) -> np.ndarray:
@@ -73,15 +78,20 @@ class ChannelMap:
     """A per-channel map ``np.interp(x, source[c], target[c])`` (monotone non-decreasing, as a
     calibration's) with bounds of it in uniform buckets over ``[source[c, 0], source[c, -1]]``:
     a value x in bucket ``b = int((x - origin[c]) * scale[c])`` (clamped) maps, rounded to
-    float32, into ``[lower[c, b], upper[c, b]]``. Each bound is the map at the edge one bucket
-    further out, one float32 step wider, so the rounding of ``b`` and of the map cannot break it."""
+    float32, into ``[lower[c, b], upper[c, b]]``, and the last knot <= x is one of
+    ``start[c, b] .. stop[c, b] - 1`` (for x inside the knots). Each bound is taken at the edge
+    one bucket further out (bounds of the map one float32 step wider), so the rounding of ``b``
+    and of the map cannot break it."""
 
     source: np.ndarray  # (C, Q) float32
     target: np.ndarray  # (C, Q) float32
+    slope: np.ndarray  # (C, Q - 1) float64
     origin: np.ndarray  # (C,) float64
     scale: np.ndarray  # (C,) float64: buckets per unit of x
     lower: np.ndarray  # (C, B) float32
     upper: np.ndarray  # (C, B) float32
+    start: np.ndarray  # (C, B) int64
+    stop: np.ndarray  # (C, B) int64
 
     @classmethod
     def of(cls, source: np.ndarray, target: np.ndarray, buckets: int = BOUND_BUCKETS) -> ChannelMap:
@@ -89,14 +99,20 @@ class ChannelMap:
         first, last = source[:, 0].astype(np.float64), source[:, -1].astype(np.float64)
         edges = first[:, None] + (last - first)[:, None] * np.linspace(0.0, 1.0, buckets + 1)
         at_edges = interp_channels(edges.T.astype(np.float32), source, target).T  # (C, B + 1)
-        below = at_edges[:, np.maximum(np.arange(buckets) - 1, 0)]  # (C, B): bucket b's edge b - 1
-        above = at_edges[:, np.minimum(np.arange(buckets) + 2, buckets)]  # and its edge b + 2
-        lower = np.nextafter(below, np.float32(-np.inf))
-        upper = np.nextafter(above, np.float32(np.inf))
+        below = np.maximum(np.arange(buckets) - 1, 0)  # bucket b's outer edges: b - 1 and b + 2
+        above = np.minimum(np.arange(buckets) + 2, buckets)
+        lower = np.nextafter(at_edges[:, below], np.float32(-np.inf))
+        upper = np.nextafter(at_edges[:, above], np.float32(np.inf))
+        # knots <= each edge, less one: the last knot at or below it (0 below the first knot)
+        at_or_below = np.stack([np.searchsorted(row, e, side="right") - 1
+                                for row, e in zip(source.astype(np.float64), edges)])
+        start = np.maximum(at_or_below[:, below], 0)
+        stop = np.minimum(at_or_below[:, above] + 1, source.shape[1] - 1)
         span = last - first
         scale = np.where(span > 0, buckets / np.where(span > 0, span, 1.0), 0.0)
-        return cls(source, target, first, scale, np.ascontiguousarray(lower, np.float32),
-                   np.ascontiguousarray(upper, np.float32))
+        return cls(source, target, slopes(source, target), first, scale, np.ascontiguousarray(lower, np.float32),
+                   np.ascontiguousarray(upper, np.float32), np.ascontiguousarray(start, np.int64),
+                   np.ascontiguousarray(stop, np.int64))
 
 
 def interp_channels(values: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -105,5 +121,6 @@ def interp_channels(values: np.ndarray, source: np.ndarray, target: np.ndarray) 
     values = np.ascontiguousarray(values, dtype=np.float32)
     flat = values.reshape(-1, values.shape[-1])
     out = np.empty_like(flat)
-    _interp_rows(flat, _as_knots(source), _as_knots(target), out)
+    source, target = _as_knots(source), _as_knots(target)
+    _interp_rows(flat, source, target, slopes(source, target), out)
     return out.reshape(values.shape)
