@@ -146,11 +146,13 @@ def _decode_position(v, mu, var, delta1, delta2, delta3, draws, state, prob, act
             for d in range(out.shape[0]):
                 out[d] += w * row[d]
     scale = delta2 * math.sqrt(noise_var)
-    for d in range(out.shape[0]):
-        noise = 0.0
-        if scale > 0.0:
+    if scale > 0.0:
+        for d in range(out.shape[0]):
             state, noise = _normal(state)
-        out[d] = delta3 * (out[d] + scale * noise)
+            out[d] = delta3 * (out[d] + scale * noise)
+    else:  # no random numbers: a loop the compiler vectorises (adding 0 * 0 noise changes no value)
+        for d in range(out.shape[0]):
+            out[d] = delta3 * out[d]
     return state
 
 
