@@ -59,16 +59,41 @@ def _key(seed, sample, stream):
     return b
 
 
+@njit(**JIT)
+def _draw_row(seed, sample, stream, normal, out):
+    """OUT out (k,): N(0, 1) (normal) or U[0, 1) draws of the sample's stream."""
+    state = _key(seed, sample, stream)
+    for j in range(out.shape[0]):
+        if normal:
+            state, out[j] = _normal(state)
+        else:
+            state, out[j] = _uniform(state)
+
+
 @njit(**JIT_PARALLEL)
 def _draw_block(seed, first_sample, stream, normal, out):
-    """OUT out (n, k): N(0, 1) (normal) or U[0, 1) draws; row i is sample first_sample + i's."""
+    """OUT out (n, k): row i is sample first_sample + i's draws (:func:`_draw_row`)."""
     for i in prange(out.shape[0]):
-        state = _key(seed, first_sample + i, stream)
-        for j in range(out.shape[1]):
-            if normal:
-                state, out[i, j] = _normal(state)
-            else:
-                state, out[i, j] = _uniform(state)
+        _draw_row(seed, first_sample + i, stream, normal, out[i])
+
+
+@njit(**JIT)
+def _draw_block_serial(seed, first_sample, stream, normal, out):
+    """_draw_block on one thread: for a few draws (a prior's three per sample) starting and
+    joining the threads costs more than the draws, and far more on a busy machine."""
+    for i in range(out.shape[0]):
+        _draw_row(seed, first_sample + i, stream, normal, out[i])
+
+
+#: Draws below which a block is drawn on one thread.
+SERIAL_DRAWS = 1 << 14
+
+
+def _draws(seed: int, first_sample: int, count: int, width: int, stream: int, normal: bool) -> np.ndarray:
+    out = np.empty((count, width), dtype=np.float64)
+    kernel = _draw_block_serial if count * width < SERIAL_DRAWS else _draw_block
+    kernel(np.uint64(seed), np.int64(first_sample), np.int64(stream), normal, out)
+    return out
 
 
 #: With expected weights (draws = 0) filters below e^-EXPECTED_CUTOFF of the best at a position
@@ -315,13 +340,9 @@ def decode_patches(
 
 def normal_draws(seed: int, first_sample: int, count: int, width: int, stream: int) -> np.ndarray:
     """N(0, 1) draws (count, width), row i from sample ``first_sample + i``'s own stream."""
-    out = np.empty((count, width), dtype=np.float64)
-    _draw_block(np.uint64(seed), np.int64(first_sample), np.int64(stream), True, out)
-    return out
+    return _draws(seed, first_sample, count, width, stream, True)
 
 
 def uniform_draws(seed: int, first_sample: int, count: int, width: int, stream: int) -> np.ndarray:
     """U[0, 1) draws (count, width), row i from sample ``first_sample + i``'s own stream."""
-    out = np.empty((count, width), dtype=np.float64)
-    _draw_block(np.uint64(seed), np.int64(first_sample), np.int64(stream), False, out)
-    return out
+    return _draws(seed, first_sample, count, width, stream, False)
