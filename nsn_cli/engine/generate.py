@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from nsn_cli.config import JIT, JIT_PARALLEL
-from nsn_cli.engine.lut import ChannelMap, bucket_of, interp_between
+from nsn_cli.engine.lut import ChannelMap, bucket_of, interp_value
 from nsn_cli.engine.patches import add_patch, inverse_coverage
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -117,23 +117,27 @@ def _draw(state, prob, count, total):
 
 
 @njit(**JIT)
-def _decode_position(v, mu, var, delta1, delta2, delta3, draws, state, prob, active, weight, picked, out):
+def _decode_position(v, chosen, count, mu, var, delta1, delta2, delta3, draws, state, prob, active, weight, picked,
+                     out):
     """One position: OUT out (D,) = the generated patch; returns the generator state.
 
     draws >= 1: the paper's ``w = Multinomial(draws, p) / draws``; draws = 0: its limit for
     many draws, the expected weights ``w = p`` (no random numbers for the weights).
-    Scratch (K,): prob, weight, picked (float64), active (int64). Only the filters within the
-    cutoff of the best are visited after the first pass (4-6 of ~100 at sampling's delta1);
-    sums run in filter order, as over every filter (adding a zero weight changes no bit)."""
+    v (K,): the position's channel vector, read at the filters ``chosen[:count]`` (ascending)
+    only: the others must be ones whose weight is 0 (below the cutoff). Scratch (K,): prob,
+    weight, picked (float64), active (int64). Only the filters within the cutoff of the best
+    are visited after the first pass (4-6 of ~100 at sampling's delta1); sums run in filter
+    order, as over every filter (adding a zero weight changes no bit)."""
     k = v.shape[0]
     top = -np.inf
-    for j in range(k):
-        top = max(top, delta1 * v[j])
+    for s in range(count):
+        top = max(top, delta1 * v[chosen[s]])
     # below e^-40 of the best a filter cannot be drawn in any practical run: skip its exp
     cutoff = -EXPECTED_CUTOFF if draws == 0 else -40.0
     total = 0.0
     m = 0  # prob[:m] of the filters active[:m], in filter order
-    for j in range(k):
+    for s in range(count):
+        j = chosen[s]
         x = delta1 * v[j] - top
         if x > cutoff:
             prob[m] = math.exp(x)
@@ -188,23 +192,23 @@ def _decode_step(maps, mu, var, delta1, delta2, delta3, draws, seed, first_sampl
     for i in prange(n):
         state = _key(seed, first_sample + i, stream)
         prob, weight, picked = np.empty(k), np.empty(k), np.empty(k)
-        active = np.empty(k, dtype=np.int64)
+        active, every = np.empty(k, dtype=np.int64), np.arange(k)
         for r in range(h):
             for c in range(w):
-                state = _decode_position(maps[i, r, c], mu, var, delta1, delta2, delta3, draws, state,
+                state = _decode_position(maps[i, r, c], every, k, mu, var, delta1, delta2, delta3, draws, state,
                                          prob, active, weight, picked, out[i, r, c])
 
 
 @njit(**JIT)
-def _mapped_candidates(v, delta1, draws, source, target, slope, origin, scale, lower, upper, start, stop, bucket, bound,
-                       out):
-    """OUT out (K,) = v mapped channel by channel (the input map, np.interp's values rounded to
-    float32) where the channel may reach the softmax's cutoff at this position, -inf where it
-    cannot: there its weight in :func:`_decode_position` is 0 either way, so the patch is the
-    same to the bit, and only a few of the K channels need the exact map.
+def _mapped_candidates(v, delta1, draws, source, target, slope, origin, scale, lower, upper, bucket, bound, chosen, out):
+    """OUT out (K,), chosen (K,): v mapped channel by channel (the input map, np.interp's
+    values rounded to float32) at the channels ``chosen[:count]`` that may reach the softmax's
+    cutoff at this position; returns count. The others' weight in :func:`_decode_position` is 0
+    whatever their value, so the patch is the same to the bit, and only a few of the K
+    channels need the exact map.
 
-    A channel cannot when its upper bound is more than the cutoff below the best lower bound:
-    the exact best value is at least that lower bound."""
+    A channel cannot reach it when its upper bound is more than the cutoff below the best
+    lower bound: the exact best value is at least that lower bound."""
     k, buckets = v.shape[0], lower.shape[1]
     for j in range(k):  # no branch and no table read: vectorised
         bucket[j] = bucket_of(np.float64(v[j]), j, origin, scale, buckets)
@@ -218,17 +222,18 @@ def _mapped_candidates(v, delta1, draws, source, target, slope, origin, scale, l
     cutoff = -EXPECTED_CUTOFF if draws == 0 else -40.0
     best = delta1 * floor
     margin = 1e-6 * (1.0 + abs(best))  # far above the rounding of the products and differences
+    count = 0
     for j in range(k):
         if delta1 * bound[j] - best > cutoff - margin:
-            b = bucket[j]
-            out[j] = interp_between(np.float64(v[j]), source, target, slope, j, start[j, b], stop[j, b])
-        else:
-            out[j] = -np.inf
+            out[j] = interp_value(np.float64(v[j]), source, target, slope, j)
+            chosen[count] = j
+            count += 1
+    return count
 
 
 @njit(**JIT_PARALLEL)
 def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_sample, stream, patch, stride,
-                     inverse, mapped, source, target, slope, origin, scale, lower, upper, start, stop, out):
+                     inverse, mapped, source, target, slope, origin, scale, lower, upper, out):
     """Like _decode_step, but each patch is added into OUT out (N, H, W, C) at once and the
     overlaps averaged: no (N, h, w, D) patch array is ever held. With ``mapped``, each
     position's channel vector goes through the input map first (see _mapped_candidates)."""
@@ -237,18 +242,20 @@ def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_s
         state = _key(seed, first_sample + i, stream)
         prob, weight, picked, bound = np.empty(k), np.empty(k), np.empty(k), np.empty(k)
         active, bucket = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
+        every = np.arange(k)
+        chosen = np.empty(k, dtype=np.int64)
         v = np.empty(k, dtype=np.float32)
         buffer = np.empty(mu.shape[1], dtype=np.float32)
         out[i] = 0.0
         for r in range(h):
             for c in range(w):
                 if mapped:
-                    _mapped_candidates(maps[i, r, c], delta1, draws, source, target, slope, origin, scale, lower, upper,
-                                       start, stop, bucket, bound, v)
-                    state = _decode_position(v, mu, var, delta1, delta2, delta3, draws, state, prob, active,
-                                             weight, picked, buffer)
+                    count = _mapped_candidates(maps[i, r, c], delta1, draws, source, target, slope, origin, scale,
+                                               lower, upper, bucket, bound, chosen, v)
+                    state = _decode_position(v, chosen, count, mu, var, delta1, delta2, delta3, draws, state, prob,
+                                             active, weight, picked, buffer)
                 else:
-                    state = _decode_position(maps[i, r, c], mu, var, delta1, delta2, delta3, draws, state,
+                    state = _decode_position(maps[i, r, c], every, k, mu, var, delta1, delta2, delta3, draws, state,
                                              prob, active, weight, picked, buffer)
                 add_patch(out[i], buffer, r * stride, c * stride, patch)
         for y in range(out.shape[1]):
@@ -260,8 +267,7 @@ def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_s
 #: The tables passed for "no input map" (numba needs arrays of the same types either way).
 _NO_MAP = ChannelMap(source=np.zeros((1, 2), np.float32), target=np.zeros((1, 2), np.float32),
                      slope=np.zeros((1, 1)), origin=np.zeros(1),
-                     scale=np.zeros(1), lower=np.zeros((1, 1), np.float32), upper=np.zeros((1, 1), np.float32),
-                     start=np.zeros((1, 1), np.int64), stop=np.zeros((1, 1), np.int64))
+                     scale=np.zeros(1), lower=np.zeros((1, 1), np.float32), upper=np.zeros((1, 1), np.float32))
 
 
 def _checked(maps: np.ndarray, mu: np.ndarray, draws: int) -> tuple[np.ndarray, np.ndarray]:
@@ -306,8 +312,7 @@ def decode_maps(
     _decode_stitched(maps, mu, np.asarray(sigma, dtype=np.float64) ** 2, float(delta1), float(delta2),
                      float(delta3), int(draws), np.uint64(seed), np.int64(first_sample), np.int64(stream),
                      patch, stride, inverse_coverage(height, width, patch, stride), input_map is not None,
-                     table.source, table.target, table.slope, table.origin, table.scale, table.lower, table.upper, table.start,
-                     table.stop, out)
+                     table.source, table.target, table.slope, table.origin, table.scale, table.lower, table.upper, out)
     return out
 
 

@@ -26,18 +26,18 @@ BOUND_BUCKETS = 64
 
 
 @njit(**JIT)
-def interp_between(x, source, target, slope, c, start, stop):
-    """np.interp(x, source[c], target[c]) in float64, given that x is outside the knots or the
-    last knot <= x is one of start .. stop - 1; source rows strictly increasing, slope the
+def interp_value(x, source, target, slope, c):
+    """np.interp(x, source[c], target[c]) in float64; source rows strictly increasing, slope the
     segments' slopes (:func:`slopes`)."""
     last = source.shape[1] - 1
     if x <= source[c, 0]:
         return np.float64(target[c, 0])
     if x >= source[c, last]:
         return np.float64(target[c, last])
-    # the last knot <= x, by halving a range: each choice is a conditional move (a branch on
-    # the comparison is mispredicted half the time, the most of a lookup's cost)
-    lo, n = start, stop - start
+    # the last knot <= x, by halving a range: each choice is a conditional move, and the steps
+    # depend on the knot count only (a branch on the comparison is mispredicted half the time,
+    # the most of a lookup's cost; narrowing the range by a bucket table gained nothing)
+    lo, n = 0, last
     while n > 1:
         half = n >> 1
         lo = lo + half if source[c, lo + half] <= x else lo
@@ -55,10 +55,9 @@ def slopes(source: np.ndarray, target: np.ndarray) -> np.ndarray:
 def _interp_rows(values, source, target, slope, out):
     """out[i, c] = np.interp(values[i, c], source[c], target[c]); source rows strictly increasing."""
     n, channels = values.shape
-    last = source.shape[1] - 1
     for i in prange(n):
         for c in range(channels):
-            out[i, c] = interp_between(np.float64(values[i, c]), source, target, slope, c, 0, last)
+            out[i, c] = interp_value(np.float64(values[i, c]), source, target, slope, c)
 
 
 @njit(**JIT)
@@ -78,10 +77,8 @@ class ChannelMap:
     """A per-channel map ``np.interp(x, source[c], target[c])`` (monotone non-decreasing, as a
     calibration's) with bounds of it in uniform buckets over ``[source[c, 0], source[c, -1]]``:
     a value x in bucket ``b = int((x - origin[c]) * scale[c])`` (clamped) maps, rounded to
-    float32, into ``[lower[c, b], upper[c, b]]``, and the last knot <= x is one of
-    ``start[c, b] .. stop[c, b] - 1`` (for x inside the knots). Each bound is taken at the edge
-    one bucket further out (bounds of the map one float32 step wider), so the rounding of ``b``
-    and of the map cannot break it."""
+    float32, into ``[lower[c, b], upper[c, b]]``. Each bound is the map at the edge one bucket
+    further out, one float32 step wider, so the rounding of ``b`` and of the map cannot break it."""
 
     source: np.ndarray  # (C, Q) float32
     target: np.ndarray  # (C, Q) float32
@@ -90,8 +87,6 @@ class ChannelMap:
     scale: np.ndarray  # (C,) float64: buckets per unit of x
     lower: np.ndarray  # (C, B) float32
     upper: np.ndarray  # (C, B) float32
-    start: np.ndarray  # (C, B) int64
-    stop: np.ndarray  # (C, B) int64
 
     @classmethod
     def of(cls, source: np.ndarray, target: np.ndarray, buckets: int = BOUND_BUCKETS) -> ChannelMap:
@@ -103,16 +98,10 @@ class ChannelMap:
         above = np.minimum(np.arange(buckets) + 2, buckets)
         lower = np.nextafter(at_edges[:, below], np.float32(-np.inf))
         upper = np.nextafter(at_edges[:, above], np.float32(np.inf))
-        # knots <= each edge, less one: the last knot at or below it (0 below the first knot)
-        at_or_below = np.stack([np.searchsorted(row, e, side="right") - 1
-                                for row, e in zip(source.astype(np.float64), edges)])
-        start = np.maximum(at_or_below[:, below], 0)
-        stop = np.minimum(at_or_below[:, above] + 1, source.shape[1] - 1)
         span = last - first
         scale = np.where(span > 0, buckets / np.where(span > 0, span, 1.0), 0.0)
         return cls(source, target, slopes(source, target), first, scale, np.ascontiguousarray(lower, np.float32),
-                   np.ascontiguousarray(upper, np.float32), np.ascontiguousarray(start, np.int64),
-                   np.ascontiguousarray(stop, np.int64))
+                   np.ascontiguousarray(upper, np.float32))
 
 
 def interp_channels(values: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
