@@ -210,21 +210,22 @@ def _mapped_candidates(v, delta1, draws, source, target, slope, origin, scale, l
     A channel cannot reach it when its upper bound is more than the cutoff below the best
     lower bound: the exact best value is at least that lower bound."""
     k, buckets = v.shape[0], lower.shape[1]
-    for j in range(k):  # no branch and no table read: vectorised
+    nan = False
+    for j in range(k):  # no branch: these loops vectorise
         bucket[j] = bucket_of(np.float64(v[j]), j, origin, scale, buckets)
+        nan |= v[j] != v[j]
     floor = -np.inf
     for j in range(k):
-        if v[j] == v[j]:
-            bound[j] = upper[j, bucket[j]]
-            floor = max(floor, np.float64(lower[j, bucket[j]]))
-        else:  # NaN: np.interp gives NaN, which no bound holds
-            bound[j] = np.inf
+        bound[j] = upper[j, bucket[j]]
+        floor = max(floor, np.float64(lower[j, bucket[j]]))
+    if nan:  # np.interp gives NaN, which no bound holds: every channel is mapped
+        floor = -np.inf
     cutoff = -EXPECTED_CUTOFF if draws == 0 else -40.0
     best = delta1 * floor
     margin = 1e-6 * (1.0 + abs(best))  # far above the rounding of the products and differences
     count = 0
     for j in range(k):
-        if delta1 * bound[j] - best > cutoff - margin:
+        if nan or delta1 * bound[j] - best > cutoff - margin:
             out[j] = interp_value(np.float64(v[j]), source, target, slope, j)
             chosen[count] = j
             count += 1
