@@ -211,7 +211,7 @@ def _mapped_candidates(v, delta1, draws, source, target, slope, origin, scale, l
     lower bound: the exact best value is at least that lower bound."""
     k, buckets = v.shape[0], lower.shape[1]
     nan = False
-    for j in range(k):  # no branch: these loops vectorise
+    for j in range(k):  # a NaN is noted, not branched on: it maps every channel below
         bucket[j] = bucket_of(np.float64(v[j]), j, origin, scale, buckets)
         nan |= v[j] != v[j]
     floor = -np.inf
