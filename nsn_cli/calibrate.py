@@ -95,6 +95,19 @@ class Calibration:
             return images
         return apply_fill_filter(images, self.fill_kernel, self.fill_bias)
 
+    def maps_channel_map(self):
+        """The map of ``F[MAP_LAYER]`` maps with its bounds (an engine ``ChannelMap``, built once
+        per knots), for decoding straight from unmapped maps; None without one."""
+        from nsn_cli.engine.lut import ChannelMap
+
+        if self.maps_source is None:
+            return None
+        cached = self.__dict__.get("_channel_map")
+        if cached is None or cached[0] is not self.maps_source or cached[1] is not self.maps_target:
+            cached = (self.maps_source, self.maps_target, ChannelMap.of(self.maps_source, self.maps_target))
+            self.__dict__["_channel_map"] = cached
+        return cached[2]
+
     def write(self, handle: h5py.File) -> None:
         group = handle.create_group("calibration")
         group.attrs.update(version=CALIBRATION_VERSION, samples=self.samples, seed=self.seed,

@@ -32,6 +32,7 @@ from nsn_cli import config
 from nsn_cli.calibrate import Calibration
 from nsn_cli.engine.generate import decode_maps
 from nsn_cli.engine.geometry import LayerShape, arch_string, map_sizes, parse_arch
+from nsn_cli.engine.lut import ChannelMap
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import similarity
 from nsn_cli.errors import NsnError, ParameterError
@@ -217,9 +218,11 @@ class NSNModel:
     # ------------------------------------------------------------------ down
 
     def decode_layer(
-        self, maps: np.ndarray, layer: int, params: DecodeParams, *, seed: int, first_sample: int, stream: int
+        self, maps: np.ndarray, layer: int, params: DecodeParams, *, seed: int, first_sample: int, stream: int,
+        input_map: ChannelMap | None = None,
     ) -> np.ndarray:
-        """One NSN-Gen step: ``F[layer-1]`` (N, H, W, C_in) from ``F[layer]`` (N, h, w, K)."""
+        """One NSN-Gen step: ``F[layer-1]`` (N, H, W, C_in) from ``F[layer]`` (N, h, w, K), the
+        latter through ``input_map`` first if given."""
         spec = self.layers[layer - 1]
         noisy = params.noise_layers == "all" or layer == 1
         scale = 1.0 if params.noise_scale == "rms" else 1.0 / np.sqrt(spec.flat_mu.shape[1])
@@ -227,6 +230,7 @@ class NSNModel:
             maps, spec.flat_mu, spec.sigma * scale, patch=spec.shape.patch, stride=spec.shape.stride,
             channels=spec.in_channels, delta1=params.delta1, delta2=params.delta2 if noisy else 0.0,
             delta3=params.delta3, draws=params.draws_at(layer), seed=seed, first_sample=first_sample, stream=stream,
+            input_map=input_map,
         )
 
     def decode(
@@ -247,11 +251,15 @@ class NSNModel:
         where the decoding passes through them, as sampling does (see calibrate.py)."""
         from nsn_cli.calibrate import MAP_LAYER
 
+        pending = None  # the map of the maps just decoded, applied as the next step reads them
         for layer in range(from_layer, to_layer, -1):
             maps = self.decode_layer(maps, layer, params, seed=seed, first_sample=first_sample,
-                                     stream=decode_stream(layer, stream))
+                                     stream=decode_stream(layer, stream), input_map=pending)
+            pending = None
             if calibrate and layer - 1 == MAP_LAYER and self.calibration is not None:
-                maps = self.calibration.apply_maps(maps)
+                pending = self.calibration.maps_channel_map()
+        if pending is not None:  # decoding stops at the mapped layer: map every value
+            maps = self.calibration.apply_maps(maps)
         return maps
 
     # ------------------------------------------------------------------ files

@@ -414,6 +414,78 @@ def test_fused_decode_equals_decode_then_stitch(rng):
     assert np.allclose(fused, two_step, atol=1e-6)
 
 
+def _quantile_like_knots(rng, channels: int, knots: int) -> tuple[np.ndarray, np.ndarray]:
+    """Knots as a calibration's look: crowded around an atom (gaps down to one float32 step),
+    a few denormal ones, flat stretches of the target."""
+    source = np.empty((channels, knots), np.float32)
+    for c in range(channels):
+        atom = np.float32(rng.uniform(0.01, 0.1))
+        crowd = atom + np.arange(knots // 2, dtype=np.float32) * np.float32(rng.choice([1e-9, 1e-7, 1e-5]))
+        spread = np.sort(rng.uniform(0.0, 1.0, knots - knots // 2 - 3)).astype(np.float32)
+        row = np.unique(np.concatenate([[0.0, 1e-45, 3e-45], crowd, spread]).astype(np.float32))
+        row = row[:knots] if len(row) >= knots else np.concatenate(
+            [row, row[-1] + np.float32(1e-3) * np.arange(1, knots - len(row) + 1, dtype=np.float32)])
+        source[c] = row
+    target = np.sort(rng.random((channels, knots)), axis=1).astype(np.float32)
+    target[:, knots // 4 : knots // 2] = target[:, knots // 4 : knots // 4 + 1]  # a flat stretch
+    return source, np.maximum.accumulate(target, axis=1)
+
+
+def test_channel_map_bounds_hold_and_the_lookup_is_np_interp(rng):
+    """Every value (inside, on a knot, on a bucket edge, below, above, crowded) maps exactly
+    as np.interp maps it, and into its bucket's [lower, upper]."""
+    from nsn_cli.engine.lut import ChannelMap, bucket_of, interp_channels
+
+    source, target = _quantile_like_knots(rng, 5, 217)
+    table = ChannelMap.of(source, target, buckets=16)
+    values = [rng.uniform(-0.2, 1.2, (4000, 5)), source.T[rng.integers(0, 217, 3000)], np.full((10, 5), 1e-45),
+              np.tile(source[:, :1].T, (3, 1)) - 1, np.tile(source[:, -1:].T, (3, 1)) + 1]
+    edges = table.origin + np.arange(17)[:, None] / table.scale  # bucket edges, and a step either side
+    values += [edges, np.nextafter(edges.astype(np.float32), np.float32(-1)), np.nextafter(edges.astype(np.float32), 2)]
+    values.append(source.T[108] + (source.T[109] - source.T[108]) * rng.random((2000, 5)))  # inside the crowd
+    values = np.concatenate([np.asarray(v, np.float32) for v in values])
+    mapped = interp_channels(values, source, target)
+    expected = np.stack([np.interp(values[:, c], source[c], target[c]) for c in range(5)], axis=1).astype(np.float32)
+    assert np.array_equal(mapped, expected) and not np.isnan(mapped).any()
+    for c in range(5):
+        buckets = np.array([bucket_of(float(x), c, table.origin, table.scale, 16) for x in values[:, c]])
+        assert np.all(table.lower[c, buckets] <= mapped[:, c]) and np.all(mapped[:, c] <= table.upper[c, buckets])
+        assert np.all(table.upper[c, buckets] - table.lower[c, buckets] < target[c, -1] - target[c, 0])  # they bound
+
+
+@pytest.mark.parametrize("draws, delta2", [(0, 0.0), (0, 0.4), (1, 0.0), (3, 0.2)])
+def test_decoding_through_an_input_map_equals_mapping_first(rng, draws, delta2):
+    """decode_maps with input_map (only the channels that can reach the cutoff are mapped) gives
+    the bits of mapping every value first, at a sharp softmax where most channels are left out
+    and at a soft one where none is."""
+    from nsn_cli.engine.generate import decode_maps
+    from nsn_cli.engine.lut import ChannelMap, interp_channels
+
+    source, target = _quantile_like_knots(rng, 12, 65)
+    maps = rng.random((6, 4, 4, 12), dtype=np.float32)
+    maps[0, 0, 0] = source[:, 3]  # on knots
+    maps[0, 0, 1] = -1.0  # below every knot
+    maps[1, 1, 1, 2] = source[2, 40] + 1e-9  # in the crowd
+    mu = rng.random((12, 2 * 2 * 3), dtype=np.float32)
+    sigma = rng.uniform(0.1, 0.5, size=12)
+    table = ChannelMap.of(source, target)
+    for delta1 in (400.0, 200.0, 3.0, 0.0):
+        kw = dict(patch=2, stride=2, channels=3, delta1=delta1, delta2=delta2, delta3=1.1, draws=draws, seed=5,
+                  first_sample=9, stream=1)
+        fused = decode_maps(maps, mu, sigma, input_map=table, **kw)
+        first = decode_maps(interp_channels(maps, source, target), mu, sigma, **kw)
+        assert np.array_equal(fused, first), delta1
+
+
+def test_few_draws_come_from_the_same_streams_as_many(rng):
+    """A prior's few draws (drawn on one thread) are rows of a large block (drawn in parallel)."""
+    from nsn_cli.engine.generate import SERIAL_DRAWS
+
+    many = uniform_draws(3, 0, SERIAL_DRAWS, 3, stream=4)
+    assert np.array_equal(uniform_draws(3, 100, 7, 3, stream=4), many[100:107])
+    assert np.array_equal(normal_draws(3, 50, 2, 5, stream=1), normal_draws(3, 0, SERIAL_DRAWS, 5, stream=1)[50:52])
+
+
 def test_masked_similarity(rng):
     from nsn_cli.engine.similarity import masked_similarity
 

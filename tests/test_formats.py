@@ -13,8 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from nsn_cli.errors import NsnError
 from nsn_cli.calibrate import CALIBRATION_VERSION
+from nsn_cli.errors import NsnError
 from nsn_cli.files import DATASET_TYPE, FORMAT_VERSIONS, MODEL_TYPE, OLDEST_VERSIONS, fingerprint, load_images
 from nsn_cli.model import NSNModel
 from nsn_cli.priors import PRIORS

@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from nsn_cli.config import JIT, JIT_PARALLEL
+from nsn_cli.engine.lut import ChannelMap, bucket_of, interp_value
 from nsn_cli.engine.patches import add_patch, inverse_coverage
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -58,16 +59,41 @@ def _key(seed, sample, stream):
     return b
 
 
+@njit(**JIT)
+def _draw_row(seed, sample, stream, normal, out):
+    """OUT out (k,): N(0, 1) (normal) or U[0, 1) draws of the sample's stream."""
+    state = _key(seed, sample, stream)
+    for j in range(out.shape[0]):
+        if normal:
+            state, out[j] = _normal(state)
+        else:
+            state, out[j] = _uniform(state)
+
+
 @njit(**JIT_PARALLEL)
 def _draw_block(seed, first_sample, stream, normal, out):
-    """OUT out (n, k): N(0, 1) (normal) or U[0, 1) draws; row i is sample first_sample + i's."""
+    """OUT out (n, k): row i is sample first_sample + i's draws (:func:`_draw_row`)."""
     for i in prange(out.shape[0]):
-        state = _key(seed, first_sample + i, stream)
-        for j in range(out.shape[1]):
-            if normal:
-                state, out[i, j] = _normal(state)
-            else:
-                state, out[i, j] = _uniform(state)
+        _draw_row(seed, first_sample + i, stream, normal, out[i])
+
+
+@njit(**JIT)
+def _draw_block_serial(seed, first_sample, stream, normal, out):
+    """_draw_block on one thread: for a few draws (a prior's three per sample) starting and
+    joining the threads costs more than the draws, and far more on a busy machine."""
+    for i in range(out.shape[0]):
+        _draw_row(seed, first_sample + i, stream, normal, out[i])
+
+
+#: Draws below which a block is drawn on one thread.
+SERIAL_DRAWS = 1 << 14
+
+
+def _draws(seed: int, first_sample: int, count: int, width: int, stream: int, normal: bool) -> np.ndarray:
+    out = np.empty((count, width), dtype=np.float64)
+    kernel = _draw_block_serial if count * width < SERIAL_DRAWS else _draw_block
+    kernel(np.uint64(seed), np.int64(first_sample), np.int64(stream), normal, out)
+    return out
 
 
 #: With expected weights (draws = 0) filters below e^-EXPECTED_CUTOFF of the best at a position
@@ -77,64 +103,85 @@ EXPECTED_CUTOFF = 16.0
 
 
 @njit(**JIT)
-def _draw(state, prob, total):
-    """One inverse-CDF draw of the multinomial ``prob / total``: (new state, filter index)."""
+def _draw(state, prob, count, total):
+    """One inverse-CDF draw of the multinomial ``prob[:count] / total``: (new state, slot);
+    slot ``count`` if rounding left ``u`` past the last cumulative sum."""
     state, u = _uniform(state)
     u *= total
     acc = 0.0
-    for j in range(prob.shape[0]):
-        acc += prob[j]
+    for s in range(count):
+        acc += prob[s]
         if u < acc:
-            return state, j
-    return state, prob.shape[0] - 1
+            return state, s
+    return state, count
 
 
 @njit(**JIT)
-def _decode_position(v, mu, var, delta1, delta2, delta3, draws, state, prob, weight, out):
+def _decode_position(v, chosen, count, mu, var, delta1, delta2, delta3, draws, state, prob, active, weight, picked,
+                     out):
     """One position: OUT out (D,) = the generated patch; returns the generator state.
 
     draws >= 1: the paper's ``w = Multinomial(draws, p) / draws``; draws = 0: its limit for
-    many draws, the expected weights ``w = p`` (no random numbers for the weights)."""
+    many draws, the expected weights ``w = p`` (no random numbers for the weights).
+    v (K,): the position's channel vector, read at the filters ``chosen[:count]`` (ascending)
+    only: the others must be ones whose weight is 0 (below the cutoff). Scratch (K,): prob,
+    weight, picked (float64), active (int64). Only the filters within the cutoff of the best
+    are visited after the first pass (4-6 of ~100 at sampling's delta1); sums run in filter
+    order, as over every filter (adding a zero weight changes no bit)."""
     k = v.shape[0]
     top = -np.inf
-    for j in range(k):
-        top = max(top, delta1 * v[j])
+    for s in range(count):
+        top = max(top, delta1 * v[chosen[s]])
     # below e^-40 of the best a filter cannot be drawn in any practical run: skip its exp
     cutoff = -EXPECTED_CUTOFF if draws == 0 else -40.0
     total = 0.0
-    for j in range(k):
+    m = 0  # prob[:m] of the filters active[:m], in filter order
+    for s in range(count):
+        j = chosen[s]
         x = delta1 * v[j] - top
-        prob[j] = math.exp(x) if x > cutoff else 0.0
-        total += prob[j]
+        if x > cutoff:
+            prob[m] = math.exp(x)
+            active[m] = j
+            total += prob[m]
+            m += 1
     if draws == 1:  # one filter's mean, weight 1 (the same numbers as below, without the weights)
-        state, pick = _draw(state, prob, total)
+        state, slot = _draw(state, prob, m, total)
+        pick = active[slot] if slot < m else k - 1
         noise_var = var[pick]
         for d in range(out.shape[0]):
             out[d] = mu[pick, d]
     else:
         if draws == 0:  # the expected weights
-            for j in range(k):
-                weight[j] = prob[j] / total
+            for s in range(m):
+                weight[s] = prob[s] / total
         else:
             for j in range(k):
-                weight[j] = 0.0
+                picked[j] = 0.0
             for _ in range(draws):
-                state, pick = _draw(state, prob, total)
-                weight[pick] += 1.0 / draws
+                state, slot = _draw(state, prob, m, total)
+                picked[active[slot] if slot < m else k - 1] += 1.0 / draws
+            m = 0
+            for j in range(k):
+                if picked[j] > 0.0:
+                    active[m] = j
+                    weight[m] = picked[j]
+                    m += 1
         noise_var = 0.0
         for d in range(out.shape[0]):
             out[d] = 0.0
-        for j in range(k):
-            if weight[j] > 0.0:
-                noise_var += weight[j] * weight[j] * var[j]
-                for d in range(out.shape[0]):
-                    out[d] += weight[j] * mu[j, d]
+        for s in range(m):
+            w, row = weight[s], mu[active[s]]
+            noise_var += w * w * var[active[s]]
+            for d in range(out.shape[0]):
+                out[d] += w * row[d]
     scale = delta2 * math.sqrt(noise_var)
-    for d in range(out.shape[0]):
-        noise = 0.0
-        if scale > 0.0:
+    if scale > 0.0:
+        for d in range(out.shape[0]):
             state, noise = _normal(state)
-        out[d] = delta3 * (out[d] + scale * noise)
+            out[d] = delta3 * (out[d] + scale * noise)
+    else:  # no random numbers: a loop the compiler vectorises (adding 0 * 0 noise changes no value)
+        for d in range(out.shape[0]):
+            out[d] = delta3 * out[d]
     return state
 
 
@@ -144,35 +191,84 @@ def _decode_step(maps, mu, var, delta1, delta2, delta3, draws, seed, first_sampl
     n, h, w, k = maps.shape
     for i in prange(n):
         state = _key(seed, first_sample + i, stream)
-        prob = np.empty(k)
-        weight = np.empty(k)
+        prob, weight, picked = np.empty(k), np.empty(k), np.empty(k)
+        active, every = np.empty(k, dtype=np.int64), np.arange(k)
         for r in range(h):
             for c in range(w):
-                state = _decode_position(maps[i, r, c], mu, var, delta1, delta2, delta3, draws, state,
-                                         prob, weight, out[i, r, c])
+                state = _decode_position(maps[i, r, c], every, k, mu, var, delta1, delta2, delta3, draws, state,
+                                         prob, active, weight, picked, out[i, r, c])
+
+
+@njit(**JIT)
+def _mapped_candidates(v, delta1, draws, source, target, slope, origin, scale, lower, upper, bucket, bound, chosen, out):
+    """OUT out (K,), chosen (K,): v mapped channel by channel (the input map, np.interp's
+    values rounded to float32) at the channels ``chosen[:count]`` that may reach the softmax's
+    cutoff at this position; returns count. The others' weight in :func:`_decode_position` is 0
+    whatever their value, so the patch is the same to the bit, and only a few of the K
+    channels need the exact map.
+
+    A channel cannot reach it when its upper bound is more than the cutoff below the best
+    lower bound: the exact best value is at least that lower bound."""
+    k, buckets = v.shape[0], lower.shape[1]
+    nan = False
+    for j in range(k):  # a NaN is noted, not branched on: it maps every channel below
+        bucket[j] = bucket_of(np.float64(v[j]), j, origin, scale, buckets)
+        nan |= v[j] != v[j]
+    floor = -np.inf
+    for j in range(k):
+        bound[j] = upper[j, bucket[j]]
+        floor = max(floor, np.float64(lower[j, bucket[j]]))
+    if nan:  # np.interp gives NaN, which no bound holds: every channel is mapped
+        floor = -np.inf
+    cutoff = -EXPECTED_CUTOFF if draws == 0 else -40.0
+    best = delta1 * floor
+    margin = 1e-6 * (1.0 + abs(best))  # far above the rounding of the products and differences
+    count = 0
+    for j in range(k):
+        if nan or delta1 * bound[j] - best > cutoff - margin:
+            out[j] = interp_value(np.float64(v[j]), source, target, slope, j)
+            chosen[count] = j
+            count += 1
+    return count
 
 
 @njit(**JIT_PARALLEL)
 def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_sample, stream, patch, stride,
-                     inverse, out):
+                     inverse, mapped, source, target, slope, origin, scale, lower, upper, out):
     """Like _decode_step, but each patch is added into OUT out (N, H, W, C) at once and the
-    overlaps averaged: no (N, h, w, D) patch array is ever held."""
+    overlaps averaged: no (N, h, w, D) patch array is ever held. With ``mapped``, each
+    position's channel vector goes through the input map first (see _mapped_candidates)."""
     n, h, w, k = maps.shape
     for i in prange(n):
         state = _key(seed, first_sample + i, stream)
-        prob = np.empty(k)
-        weight = np.empty(k)
+        prob, weight, picked, bound = np.empty(k), np.empty(k), np.empty(k), np.empty(k)
+        active, bucket = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
+        every = np.arange(k)
+        chosen = np.empty(k, dtype=np.int64)
+        v = np.empty(k, dtype=np.float32)
         buffer = np.empty(mu.shape[1], dtype=np.float32)
         out[i] = 0.0
         for r in range(h):
             for c in range(w):
-                state = _decode_position(maps[i, r, c], mu, var, delta1, delta2, delta3, draws, state,
-                                         prob, weight, buffer)
+                if mapped:
+                    count = _mapped_candidates(maps[i, r, c], delta1, draws, source, target, slope, origin, scale,
+                                               lower, upper, bucket, bound, chosen, v)
+                    state = _decode_position(v, chosen, count, mu, var, delta1, delta2, delta3, draws, state, prob,
+                                             active, weight, picked, buffer)
+                else:
+                    state = _decode_position(maps[i, r, c], every, k, mu, var, delta1, delta2, delta3, draws, state,
+                                             prob, active, weight, picked, buffer)
                 add_patch(out[i], buffer, r * stride, c * stride, patch)
         for y in range(out.shape[1]):
             for x in range(out.shape[2]):
                 for ch in range(out.shape[3]):
                     out[i, y, x, ch] *= inverse[y, x]
+
+
+#: The tables passed for "no input map" (numba needs arrays of the same types either way).
+_NO_MAP = ChannelMap(source=np.zeros((1, 2), np.float32), target=np.zeros((1, 2), np.float32),
+                     slope=np.zeros((1, 1)), origin=np.zeros(1),
+                     scale=np.zeros(1), lower=np.zeros((1, 1), np.float32), upper=np.zeros((1, 1), np.float32))
 
 
 def _checked(maps: np.ndarray, mu: np.ndarray, draws: int) -> tuple[np.ndarray, np.ndarray]:
@@ -200,16 +296,24 @@ def decode_maps(
     seed: int,
     first_sample: int,
     stream: int,
+    input_map: ChannelMap | None = None,
 ) -> np.ndarray:
     """``F[l-1]`` (N, H, W, channels) from ``F[l]`` (N, h, w, K): :func:`decode_patches` and
-    :func:`~.patches.stitch_patches` fused (same numbers, same random streams)."""
+    :func:`~.patches.stitch_patches` fused (same numbers, same random streams).
+
+    input_map: a map of ``F[l]``'s K channels applied first; the same numbers as decoding
+    ``interp_channels(maps, input_map.source, input_map.target)``, without mapping every value."""
     maps, mu = _checked(maps, mu, draws)
-    n, h, w, _ = maps.shape
+    n, h, w, k = maps.shape
+    if input_map is not None and input_map.source.shape[0] != k:
+        raise ValueError(f"input map of {input_map.source.shape[0]} channels, maps have {k}")
+    table = _NO_MAP if input_map is None else input_map
     height, width = (h - 1) * stride + patch, (w - 1) * stride + patch
     out = np.empty((n, height, width, channels), dtype=np.float32)
     _decode_stitched(maps, mu, np.asarray(sigma, dtype=np.float64) ** 2, float(delta1), float(delta2),
                      float(delta3), int(draws), np.uint64(seed), np.int64(first_sample), np.int64(stream),
-                     patch, stride, inverse_coverage(height, width, patch, stride), out)
+                     patch, stride, inverse_coverage(height, width, patch, stride), input_map is not None,
+                     table.source, table.target, table.slope, table.origin, table.scale, table.lower, table.upper, out)
     return out
 
 
@@ -242,13 +346,9 @@ def decode_patches(
 
 def normal_draws(seed: int, first_sample: int, count: int, width: int, stream: int) -> np.ndarray:
     """N(0, 1) draws (count, width), row i from sample ``first_sample + i``'s own stream."""
-    out = np.empty((count, width), dtype=np.float64)
-    _draw_block(np.uint64(seed), np.int64(first_sample), np.int64(stream), True, out)
-    return out
+    return _draws(seed, first_sample, count, width, stream, True)
 
 
 def uniform_draws(seed: int, first_sample: int, count: int, width: int, stream: int) -> np.ndarray:
     """U[0, 1) draws (count, width), row i from sample ``first_sample + i``'s own stream."""
-    out = np.empty((count, width), dtype=np.float64)
-    _draw_block(np.uint64(seed), np.int64(first_sample), np.int64(stream), False, out)
-    return out
+    return _draws(seed, first_sample, count, width, stream, False)

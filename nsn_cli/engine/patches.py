@@ -32,13 +32,12 @@ def _gather(maps, patch, stride, image, row, col, out):
 @njit(**JIT)
 def add_patch(out, flat_patch, top, left, patch):
     """INOUT out (H, W, C) += flat_patch placed with its corner at (top, left)."""
-    channels = out.shape[2]
-    k = 0
+    run = patch * out.shape[2]  # a patch row: one contiguous run of out, added as such
     for dy in range(patch):
-        for dx in range(patch):
-            for c in range(channels):
-                out[top + dy, left + dx, c] += flat_patch[k]
-                k += 1
+        target = out[top + dy, left : left + patch].reshape(run)
+        source = flat_patch[dy * run : (dy + 1) * run]
+        for e in range(run):
+            target[e] += source[e]
 
 
 @njit(**JIT)
