@@ -170,10 +170,18 @@ def filter_windows(images: np.ndarray, radius: int) -> np.ndarray:
 
 
 def apply_fill_filter(images: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """``sum_t kernel[c, t] * window[t] + bias[c]`` at every pixel of images (N, H, W, C)."""
-    radius = (round(np.sqrt(kernel.shape[1])) - 1) // 2
-    out = np.einsum("nhwct,ct->nhwc", filter_windows(images, radius), kernel.astype(np.float32), optimize=True)
-    return (out + bias.astype(np.float32)).astype(np.float32, copy=False)
+    """``sum_t kernel[c, t] * window[t] + bias[c]`` at every pixel of images (N, H, W, C),
+    edges repeated (scipy's correlate: the windows of :func:`filter_windows` never built)."""
+    from scipy.ndimage import correlate
+
+    side = round(np.sqrt(kernel.shape[1]))
+    images = np.asarray(images, dtype=np.float32)
+    out = np.empty(images.shape, dtype=np.float32)
+    for c in range(images.shape[-1]):
+        weights = np.asarray(kernel[c], dtype=np.float32).reshape(1, side, side)
+        correlate(images[..., c], weights, output=out[..., c], mode="nearest")
+        out[..., c] += np.float32(bias[c])
+    return out
 
 
 def fit_fill_filter(pairs: Iterable[tuple[np.ndarray, np.ndarray]], channels: int,
