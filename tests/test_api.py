@@ -233,7 +233,7 @@ def test_encode_is_the_similarity_of_the_patches(fitted, digits):
 
 def test_decode_and_style_equal_the_engine_calls(fitted, digits):
     from nsn_cli.model import DecodeParams
-    from nsn_cli.restore import style
+    from nsn_cli.style import style
 
     maps = fitted.encode(digits[:3], layer=2)
     model = fitted.model_
