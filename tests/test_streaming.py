@@ -11,15 +11,17 @@ import pytest
 
 from nsn_cli.config import MIN_MEMORY, PROCESS_RESERVE
 from nsn_cli.engine.em import fit_layer
+from nsn_cli.engine.encode import LayerPatches
 from nsn_cli.engine.geometry import map_sizes
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.stream import LabelStore, fit_layer_stream, fit_layer_stream_to_count, local_runner, stream_step
 from nsn_cli.errors import NsnError
 from nsn_cli.files import load_images
+from nsn_cli.memory_plan import image_chunk, map_bytes
 from nsn_cli.model import NSNModel
 from nsn_cli.prep import prep
 from nsn_cli.top import compute_top_stats
-from nsn_cli.train import LayerPatches, _image_chunk, parse_memory, working_memory
+from nsn_cli.train import parse_memory, working_memory
 
 from .conftest import MNIST_IMAGES
 
@@ -47,7 +49,8 @@ def test_streamed_from_file_equals_streamed_from_memory(mnist_small, tiny_model,
     sizes = map_sizes(model.arch, 28, 28)
     h, w = sizes[below + 1]
     dims = shape.patch**2 * (1 if below == 0 else model.layers[0].filters)
-    chunk = _image_chunk([1 << 20, 6 << 20][below], model, sizes, below, h * w * dims)
+    per_image = sum(map_bytes(sizes, [1] + [layer.filters for layer in model.layers]))  # F[0..below]
+    chunk = image_chunk([1 << 20, 6 << 20][below], per_image, h * w * dims)
     assert n // chunk >= 8  # many chunks
     source = LayerPatches(str(mnist_small), model, below, shape.patch, shape.stride, n, chunk)
     maps = images
@@ -424,27 +427,28 @@ def test_holding_the_input_maps_does_not_change_the_model(tmp_path, mnist_small,
     re-encoding every chunk from the file on every pass): with 256-image chunks the held maps
     are the file-encoded bits, so the model is the same bits either way. 16M: layer 1 is
     streamed with its images held; 40M: layer 2 is streamed from the file, and held by force."""
+    from dataclasses import replace
+
     from nsn_cli import train as train_module
     from nsn_cli.train import TrainOptions, train
 
     options = TrainOptions(iterations=2, seed=5)
-    original = train_module._held_maps
+    original = train_module.plan_layer
     held = []
 
-    def spy(data_path, model, sizes, below, n, maps, chunk, room, patch_values, force=None):
-        if force is False:
-            result = None
-        else:
-            result = original(data_path, model, sizes, below, n, maps, chunk, 1 << 40 if force else room,
-                              patch_values)
-        held.append((below + 1, chunk, result is not None))
-        return result
+    def spy(memory, n, maps, dims, n_patches, maps_in_memory, force=None):
+        plan = original(memory, n, maps, dims, n_patches, maps_in_memory)
+        if plan.streamed:
+            if force is not None:  # encoded in one chunk when not in memory: the same bits as 256 at a time
+                plan = replace(plan, hold_maps=force, encode_chunk=256 * 1024 if force and not maps_in_memory else 0)
+            held.append((len(maps), plan.chunk, plan.hold_maps))
+        return plan
 
-    monkeypatch.setattr(train_module, "_held_maps", spy)
+    monkeypatch.setattr(train_module, "plan_layer", spy)
     natural = train(mnist_small, tmp_path / "a.h5", options, memory=memory_mb << 20)
     assert held[0] == (layer, 256, naturally_held) and not any(h for _, _, h in held[1:])
     held.clear()
-    monkeypatch.setattr(train_module, "_held_maps", lambda *args: spy(*args, force=not naturally_held))
+    monkeypatch.setattr(train_module, "plan_layer", lambda *args: spy(*args, force=not naturally_held))
     other = train(mnist_small, tmp_path / "b.h5", options, memory=memory_mb << 20)
     assert held[0] == (layer, 256, not naturally_held) and not any(h for _, _, h in held[1:])
     assert [lay.chunk for lay in other.layers] == [lay.chunk for lay in natural.layers]
