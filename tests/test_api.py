@@ -326,8 +326,10 @@ try:
 except KeyboardInterrupt as exc:
     print("interrupted:", exc)
 """
+    # Ctrl-C as at a terminal: a parent that ignores SIGINT (a background job) would pass that on
     child = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for _ in range(1200):  # the first checkpoint: layer 1 done
         if (tmp_path / "ckpt.h5").exists() or child.poll() is not None:
             break
