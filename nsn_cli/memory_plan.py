@@ -7,8 +7,8 @@ reserve). Before each layer the plan is worked out from sizes alone, no data rea
   (:func:`layer_bytes`) fits, as without a budget;
 - else streamed (:mod:`nsn_cli.engine.stream`): images ``chunk`` at a time, encoded through
   the layers below on every pass, with the patches' labels in a temporary file when they
-  would take more than 1 / :data:`LABELS_DIVISOR` of the budget, and ``F[l-1]`` of every image held
-  in memory when it fits beside a chunk.
+  would take more than 1 / :data:`LABELS_DIVISOR` of the budget, and ``F[l-1]`` of every
+  image held in memory when it fits beside a chunk.
 
 Filter counts are only known once a layer is trained, so the plan is made one layer at a
 time (:func:`plan_layer`), from the bytes of one image's maps ``F[0..l-1]``
