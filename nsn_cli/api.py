@@ -281,7 +281,7 @@ class NSN:
         ``nsn style``: encoded to ``layer``, decoded back with NSN-Gen (an image the layers do
         not tile exactly comes back a little smaller)."""
         from nsn_cli.model import DecodeParams
-        from nsn_cli.restore import style
+        from nsn_cli.style import style
 
         model = self._fitted()
         pixels = _one_image(image, "image")

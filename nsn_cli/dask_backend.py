@@ -141,7 +141,7 @@ def _estep_task(source, token: str, a: int, b: int, mu, sigma, alpha: float, see
 
 
 def dask_runner(client, source, window: int | None = None) -> EStepRunner:
-    """Run the chunk E-steps of ``source`` (a :class:`~nsn_cli.train.LayerPatches`) on the
+    """Run the chunk E-steps of ``source`` (a :class:`~nsn_cli.engine.encode.LayerPatches`) on the
     cluster, at most ``window`` in flight, yielding the results in chunk order. Chunk i goes
     to the same worker on every pass (round robin), where its maps stay cached. Data lost
     with a killed worker (Dask cancels the tasks that needed it) is sent again and the

@@ -30,6 +30,7 @@ import numpy as np
 
 from nsn_cli import config
 from nsn_cli.calibrate import Calibration
+from nsn_cli.engine.encode import encoded_levels
 from nsn_cli.engine.generate import decode_maps
 from nsn_cli.engine.geometry import LayerShape, arch_string, map_sizes, parse_arch
 from nsn_cli.engine.lut import ChannelMap
@@ -211,8 +212,7 @@ class NSNModel:
         """Maps ``[F[0], F[1], .., F[upto]]`` of images (N, H, W, C) in [0, 1]."""
         upto = len(self.layers) if upto is None else upto
         maps = [images if whitened else self.prepare_images(images)]
-        for layer in range(1, upto + 1):
-            maps.append(self.encode_layer(maps[-1], layer))
+        maps.extend(encoded_levels(self, maps[0], upto))
         return maps
 
     # ------------------------------------------------------------------ down

@@ -1,6 +1,6 @@
-"""``nsn style`` and ``nsn inpaint``: encode an image with the engine, decode it with NSN-Gen.
+"""``nsn inpaint`` by the layers, and the input images ``nsn style`` and ``nsn inpaint`` share
+(read, channels matched, cropped to a size the layers tile; :mod:`nsn_cli.style` restyles).
 
-- style: encode up to layer ``k``, decode back down (paper section 4.3, "fractal style").
 - inpaint (mask white = hole): encode the occluded image to the top; decode top-down and, at
   every layer, keep the encoded vectors where the hole does not reach and take the generated
   ones where it does; paste the known pixels back. ``draws`` decodings are averaged and
@@ -91,18 +91,6 @@ def load_for_model(path: str | os.PathLike, model: NSNModel, layer: int) -> Prep
         notes.append(f"{path}: cropped {h}x{w} to {th}x{tw}, the nearest size layers 1..{layer} tile exactly")
         prepared.image = image[prepared.offset[0] : prepared.offset[0] + th, prepared.offset[1] : prepared.offset[1] + tw]
     return prepared
-
-
-def style(model: NSNModel, image: np.ndarray, *, layer: int = config.STYLE_LAYER, variants: int = config.STYLE_VARIANTS,
-          params: DecodeParams | None = None, seed: int = 0, calibrate: bool = True) -> np.ndarray:
-    """``variants`` restyled versions (variants, H, W, C) of one image (H, W, C) in [0, 1]."""
-    params = (params or DecodeParams()).validate()
-    model.check_layer(layer)
-    if variants < 1:
-        raise ParameterError("variants", f"must be at least 1, got {variants}")
-    encoded = model.encode(image[None], upto=layer)[layer]
-    maps = np.repeat(encoded, variants, axis=0)
-    return model.finish_images(model.decode(maps, layer, params, seed=seed), calibrate)
 
 
 def load_mask(path: str | os.PathLike, shape: tuple[int, int]) -> tuple[np.ndarray, list[str]]:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import os
 import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import h5py
 import numba
@@ -21,6 +19,7 @@ from nsn_cli import config as defaults
 from nsn_cli import interrupts, streams
 from nsn_cli.calibrate import calibrate_model, generated_images
 from nsn_cli.engine.em import FilterCapError, LayerFit, StepStats, fit_layer, fit_layer_to_count, reference_scale
+from nsn_cli.engine.encode import LayerPatches, encoded_chunks, encoded_maps, return_freed_chunks_to_os
 from nsn_cli.engine.geometry import arch_string, check_reaches_one, default_arch, map_sizes, parse_arch, preset_name
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import ACTIVATIONS
@@ -28,8 +27,9 @@ from nsn_cli.engine.stream import fit_layer_stream, fit_layer_stream_to_count
 from nsn_cli.errors import Interrupted, NsnError, ParameterError, WriteError
 from nsn_cli.files import check_output_path, fingerprint, load_images, open_dataset, output_lock, same_file
 from nsn_cli.memorise import check_model
+from nsn_cli.memory_plan import LayerPlan, keep_maps, layer_bytes, map_bytes, plan_layer, plan_top
 from nsn_cli.model import Layer, NSNModel
-from nsn_cli.top import MAX_MEMBERS, compute_top_stats, top_stats_bytes
+from nsn_cli.top import compute_top_stats
 
 #: alphas checked on MNIST-4k (SPEC.md), used when neither --alpha nor --filters is given.
 DEFAULT_ALPHAS = {
@@ -63,20 +63,6 @@ def working_memory(budget: int) -> int:
             f"nsn itself (Python, numba, HDF5) takes about {defaults.PROCESS_RESERVE >> 20}M of the budget"
         )
     return budget - defaults.PROCESS_RESERVE
-
-
-#: glibc's mallopt parameter number of M_MMAP_THRESHOLD.
-_M_MMAP_THRESHOLD = -3
-
-
-@functools.cache  # once per process (a Dask worker calls it for every chunk)
-def return_freed_chunks_to_os() -> None:
-    """Serve every allocation above 256 kB by its own mmap, so a freed chunk's arrays leave
-    the process at once. By default glibc raises this threshold as large blocks are freed (up
-    to 32 MB), and freed heap blocks then stay resident: a streamed run's RSS crept 20-40 MB
-    above its budget. No-op off glibc."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(_M_MMAP_THRESHOLD, 256 << 10)
 
 
 class TrainReporter(Protocol):
@@ -263,7 +249,11 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
             options.targets = list(DEFAULT_TARGETS.get(options.arch, [FALLBACK_TARGET] * len(arch)))
     _validate(options, len(arch))
     sizes = map_sizes(arch, height, width)
-    if memory is not None and _layer_bytes(arch, sizes, n, channels, options, 1) <= memory:
+    first_patches = n * sizes[1][0] * sizes[1][1]
+    if options.max_patches is not None:
+        first_patches = min(first_patches, options.max_patches)
+    if memory is not None and layer_bytes(n, map_bytes(sizes, [channels])[0], arch[0].patch**2 * channels,
+                                          first_patches) <= memory:
         images, _labels, zca = load_images(data_path)  # layer 1 fits: all images in memory
     if images is not None:
         print_fp = fingerprint(images)
@@ -312,12 +302,10 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
                 n_patches = n * h * w if image_idx is None else int(image_idx.size)
                 in_channels = channels if index == 1 else model.layers[index - 2].filters
                 dims = shape.patch * shape.patch * in_channels
-                if memory is None or _layer_bytes(arch, sizes, n, in_channels, options, index) <= memory:
+                plan = plan_layer(memory, n, _map_bytes(model, sizes), dims, n_patches, maps is not None)
+                if not plan.streamed:
                     reporter.layer_start(index, len(arch), n_patches, dims, False)  # before the patches are cut
-                    if maps is None:  # the chunks' maps share the budget with the whole F[index - 1] being filled
-                        in_h, in_w = sizes[index - 1]
-                        chunk = _image_chunk(memory - 4 * n * in_h * in_w * in_channels, model, sizes, index - 1)
-                        maps = _encoded_maps(data_path, model, index - 1, chunk)
+                    maps = _input_maps(plan, maps, data_path, model, index - 1)
                     patches = extract_patches(maps, shape.patch, shape.stride, image_idx, position)
                     started = time.perf_counter()
                     fitted = _fit(index, options, reporter, h * w, patches=patches)
@@ -330,17 +318,12 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
                         fitted = _fit(index, replace(options, alphas=None, targets=[cap] * len(arch)), reporter,
                                       h * w, patches=patches)
                     del patches
-                    chunk = 0
                 else:
-                    labels_bytes = 4 * n_patches
-                    label_dir = output.parent if labels_bytes > memory // 8 else None
-                    room = memory - (0 if label_dir else labels_bytes)
-                    patch_values = (n_patches // n + 1) * dims
-                    chunk = _image_chunk(room, model, sizes, index - 1, patch_values)
-                    maps = _held_maps(data_path, model, sizes, index - 1, n, maps, chunk, room, patch_values)
+                    maps = _input_maps(plan, maps, data_path, model, index - 1)
+                    label_dir = output.parent if plan.labels_on_disk else None
                     source = LayerPatches(str(Path(data_path).resolve()),  # a Dask worker has its own cwd
-                                          model, index - 1, shape.patch, shape.stride, n, chunk, image_idx, position,
-                                          maps=maps)
+                                          model, index - 1, shape.patch, shape.stride, n, plan.chunk, image_idx,
+                                          position, maps=maps)
                     reporter.layer_start(index, len(arch), n_patches, dims, False)
                     started = time.perf_counter()
                     fitted = _fit(index, options, reporter, h * w, source=source, n_patches=n_patches,
@@ -350,7 +333,7 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
                     mu=fitted.mu.reshape(-1, shape.patch, shape.patch, in_channels),
                     sigma=fitted.sigma, counts=fitted.counts, alpha=float(fitted.alpha),
                     history=fitted.history_table(), seconds=time.perf_counter() - started,
-                    patches=n_patches, chunk=chunk,
+                    patches=n_patches, chunk=plan.chunk,
                 )
                 del fitted
                 model.layers.append(layer)
@@ -359,8 +342,7 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
             else:
                 reporter.layer_start(index, len(arch), 0, 0, True)
             if index < len(arch) and maps is not None:
-                out_bytes = 4 * n * h * w * model.layers[index - 1].filters
-                if memory is None or 2 * maps.nbytes + out_bytes <= memory:
+                if keep_maps(memory, maps.nbytes, n * _map_bytes(model, sizes)[index]):
                     maps = model.encode_layer(maps, index, progress=functools.partial(
                         reporter.step, f"encoding with layer {index}"))
                 else:
@@ -436,158 +418,24 @@ def _top_stats(data_path, model: NSNModel, sizes, n: int, maps: np.ndarray | Non
     below = len(model.layers) - 1
     if maps is not None:
         return compute_top_stats([maps], n, top.flat_mu, top.sigma, seed, progress=progress)
-    dims = top.flat_mu.shape[1]
-    limit = MAX_MEMBERS
-    while memory is not None and limit > 256 and top_stats_bytes(n, dims, limit) > memory // 2:
-        limit //= 2  # only under budgets too small for the usual 4,096 members
-    chunk = _image_chunk(None if memory is None else memory - top_stats_bytes(n, dims, limit), model, sizes, below)
-    return compute_top_stats(_encoded_chunks(data_path, model, below, chunk), n, top.flat_mu, top.sigma, seed,
-                             max_members=limit, progress=progress)
+    plan = plan_top(memory, n, _map_bytes(model, sizes)[: below + 1], top.flat_mu.shape[1])
+    return compute_top_stats(encoded_chunks(data_path, model, below, plan.chunk), n, top.flat_mu, top.sigma, seed,
+                             max_members=plan.members, progress=progress)
 
 
-def _layer_bytes(arch, sizes, n: int, in_channels: int, options: TrainOptions, index: int) -> int:
-    """Peak bytes of training layer ``index`` in memory: its input maps, its patches twice (the
-    creation pass copies the candidates, nearly all patches in the first step) and 32 bytes of
-    labels, similarities and norms per patch."""
-    h, w = sizes[index]
-    shape = arch[index - 1]
-    n_patches = n * h * w if options.max_patches is None else min(options.max_patches, n * h * w)
-    in_h, in_w = sizes[index - 1]
-    return 4 * n * in_h * in_w * in_channels + n_patches * (8 * shape.patch * shape.patch * in_channels + 32)
-
-
-#: Bytes per chunk set aside for the E-step's blocks, the filters and their float64 moments.
-CHUNK_OVERHEAD = 32 << 20
-
-
-def _image_chunk(memory: int | None, model: NSNModel, sizes, below: int, patch_values: int = 0) -> int:
-    """Images per chunk when streaming: a chunk's maps F[0..below] plus, per patch value
-    (``patch_values`` per image), three float32 copies (the patches, the candidates, a
-    contiguous copy) fit in ``memory`` less :data:`CHUNK_OVERHEAD` (or a quarter of it). A multiple of 256 when
-    large (encode_layer's own chunk)."""
-    if memory is None:
-        return 1024
-    per_image = 12 * patch_values + _map_bytes(model, sizes, 0, below)
-    chunk = max(1, (memory - min(CHUNK_OVERHEAD, memory // 4)) // per_image)
-    return chunk - chunk % 256 if chunk >= 256 else chunk
-
-
-def _map_bytes(model: NSNModel, sizes, first: int, last: int) -> int:
-    """Bytes of one image's float32 maps F[first..last]."""
-    total = 0
-    for level in range(first, last + 1):
-        h, w = sizes[level]
-        total += 4 * h * w * (model.image_shape[2] if level == 0 else model.layers[level - 1].filters)
-    return total
-
-
-def _held_maps(data_path, model: NSNModel, sizes, below: int, n: int, maps: np.ndarray | None, chunk: int,
-               room: int, patch_values: int) -> np.ndarray | None:
-    """F[below] of every image for a streamed layer to cut its patches from, when it fits in
-    ``room`` beside one chunk's patches (encoded here, in chunks that fit beside it, if not
-    already in memory); else None and every pass re-encodes its chunks from the file. Held only
-    for chunks that are multiples of 256: encode_layer works in 256-image blocks, so then the
-    held maps are the bits a chunk encoded from the file gets and the model does not depend on
-    whether they were held (tested). With Dask, a layer whose maps are held here is streamed
-    here from them (the same bits as the workers give): at 16x the digits, workers reading and
-    encoding layer 3's input in a first pass took 50 s, the whole layer here 0.5 s after one
-    encoding of the maps."""
-    if chunk % 256:
+def _input_maps(plan: LayerPlan, maps: np.ndarray | None, data_path, model: NSNModel, below: int
+                ) -> np.ndarray | None:
+    """F[below] of every image as ``plan`` holds them: ``maps`` if in memory already, else
+    encoded from the file; None when the plan does not hold them."""
+    if not plan.hold_maps:
         return None
-    held = n * _map_bytes(model, sizes, below, below)
-    overhead = min(CHUNK_OVERHEAD, room // 4)
-    if held + 12 * patch_values * chunk + overhead > room:
-        return None
-    if maps is not None:
-        return maps
-    fill = (room - held - overhead) // _map_bytes(model, sizes, 0, below) // 256 * 256  # any multiple of 256
-    return _encoded_maps(data_path, model, below, fill) if fill >= 256 else None
+    return maps if maps is not None else encoded_maps(data_path, model, below, plan.encode_chunk)
 
 
-def _read_chunk(dataset, a: int, b: int) -> np.ndarray:
-    images = dataset.read(slice(a, b)).astype(np.float32, copy=False)
-    if not np.isfinite(images).all():
-        raise NsnError(f"{dataset.path}: /images contains NaN or infinite values")
-    return images
+def _map_bytes(model: NSNModel, sizes) -> list[int]:
+    """Bytes of one image's maps F[0..] for the layers trained so far (:func:`~nsn_cli.memory_plan.map_bytes`)."""
+    return map_bytes(sizes, [model.image_shape[2]] + [layer.filters for layer in model.layers])
 
-
-def _encode(maps: np.ndarray, model: NSNModel, upto: int) -> np.ndarray:
-    """F[upto] of the images ``maps`` = F[0]."""
-    for level in range(1, upto + 1):
-        maps = model.encode_layer(maps, level)
-    return maps
-
-
-def _encoded_chunks(data_path, model: NSNModel, upto: int, chunk: int) -> Iterator[np.ndarray]:
-    """F[upto] of every image of the data file, ``chunk`` images at a time, in order."""
-    with open_dataset(data_path) as dataset:
-        n = dataset.shape[0]
-        for a in range(0, n, chunk):
-            yield _encode(_read_chunk(dataset, a, min(n, a + chunk)), model, upto)
-
-
-def _encoded_maps(data_path, model: NSNModel, upto: int, chunk: int) -> np.ndarray:
-    """F[upto] of every image, encoded chunk by chunk from the file into one array."""
-    out, start = None, 0
-    for maps in _encoded_chunks(data_path, model, upto, chunk):
-        if out is None:
-            with open_dataset(data_path) as dataset:
-                out = np.empty((dataset.shape[0], *maps.shape[1:]), dtype=np.float32)
-        out[start : start + maps.shape[0]] = maps
-        start += maps.shape[0]
-    return out
-
-
-@dataclass
-class LayerPatches:
-    """Chunk source of one layer's patches: images ``chunk`` at a time from the data file,
-    encoded through the ``below`` trained layers (or sliced from ``maps``, F[below] of every
-    image held in memory), cut into patches (all, or the chosen ``image_idx`` / ``position``
-    ones, in the same order as in memory). Picklable; sent to Dask workers without ``maps``."""
-
-    path: str
-    model: NSNModel
-    below: int
-    patch: int
-    stride: int
-    n_images: int
-    chunk: int
-    image_idx: np.ndarray | None = None
-    position: np.ndarray | None = None
-    maps: np.ndarray | None = None
-
-    def ranges(self) -> list[tuple[int, int]]:
-        """The image ranges of the chunks, in order (ranges without a chosen patch skipped)."""
-        out = []
-        for a in range(0, self.n_images, self.chunk):
-            b = min(self.n_images, a + self.chunk)
-            if self.image_idx is None or np.searchsorted(self.image_idx, a) < np.searchsorted(self.image_idx, b):
-                out.append((a, b))
-        return out
-
-    def read(self, dataset, a: int, b: int) -> np.ndarray:
-        """The patches of images a..b-1 of the open ``dataset`` (None when ``maps`` are held)."""
-        maps = self.maps[a:b] if self.maps is not None else _encode(_read_chunk(dataset, a, b), self.model, self.below)
-        return self.cut(maps, a, b)
-
-    def cut(self, maps: np.ndarray, a: int, b: int) -> np.ndarray:
-        """The patches of images a..b-1 from their maps F[below] (b - a, h, w, C)."""
-        if self.image_idx is None:
-            return extract_patches(maps, self.patch, self.stride)
-        lo, hi = np.searchsorted(self.image_idx, [a, b])
-        return extract_patches(maps, self.patch, self.stride, self.image_idx[lo:hi] - a, self.position[lo:hi])
-
-    def load_maps(self, a: int, b: int) -> np.ndarray:
-        """F[below] of images a..b-1, read and encoded from the data file (what a remote
-        worker does; the same bits :meth:`read` cuts its patches from)."""
-        return_freed_chunks_to_os()
-        with open_dataset(self.path) as dataset:
-            return _encode(_read_chunk(dataset, a, b), self.model, self.below)
-
-    def __call__(self):
-        with contextlib.nullcontext() if self.maps is not None else open_dataset(self.path) as dataset:
-            for a, b in self.ranges():
-                yield self.read(dataset, a, b)
 
 
 def _fit(index: int, options: TrainOptions, reporter: TrainReporter, positions: int, *,

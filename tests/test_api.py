@@ -233,7 +233,7 @@ def test_encode_is_the_similarity_of_the_patches(fitted, digits):
 
 def test_decode_and_style_equal_the_engine_calls(fitted, digits):
     from nsn_cli.model import DecodeParams
-    from nsn_cli.restore import style
+    from nsn_cli.style import style
 
     maps = fitted.encode(digits[:3], layer=2)
     model = fitted.model_
@@ -326,8 +326,10 @@ try:
 except KeyboardInterrupt as exc:
     print("interrupted:", exc)
 """
+    # Ctrl-C as at a terminal: a parent that ignores SIGINT (a background job) would pass that on
     child = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for _ in range(1200):  # the first checkpoint: layer 1 done
         if (tmp_path / "ckpt.h5").exists() or child.poll() is not None:
             break

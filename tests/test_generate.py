@@ -9,8 +9,9 @@ from nsn_cli.errors import NsnError
 from nsn_cli.files import load_images
 from nsn_cli.model import DecodeParams, NSNModel
 from nsn_cli.priors import PRIORS
-from nsn_cli.restore import hole_maps, inpaint, style
+from nsn_cli.restore import hole_maps, inpaint
 from nsn_cli.sample import arithmetic, generate, interpolate, one_filter
+from nsn_cli.style import style
 from nsn_cli.top import TopStats, compute_top_stats
 
 

@@ -11,15 +11,17 @@ import pytest
 
 from nsn_cli.config import MIN_MEMORY, PROCESS_RESERVE
 from nsn_cli.engine.em import fit_layer
+from nsn_cli.engine.encode import LayerPatches
 from nsn_cli.engine.geometry import map_sizes
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.stream import LabelStore, fit_layer_stream, fit_layer_stream_to_count, local_runner, stream_step
 from nsn_cli.errors import NsnError
 from nsn_cli.files import load_images
+from nsn_cli.memory_plan import image_chunk, map_bytes
 from nsn_cli.model import NSNModel
 from nsn_cli.prep import prep
 from nsn_cli.top import compute_top_stats
-from nsn_cli.train import LayerPatches, _image_chunk, parse_memory, working_memory
+from nsn_cli.train import parse_memory, working_memory
 
 from .conftest import MNIST_IMAGES
 
@@ -47,7 +49,8 @@ def test_streamed_from_file_equals_streamed_from_memory(mnist_small, tiny_model,
     sizes = map_sizes(model.arch, 28, 28)
     h, w = sizes[below + 1]
     dims = shape.patch**2 * (1 if below == 0 else model.layers[0].filters)
-    chunk = _image_chunk([1 << 20, 6 << 20][below], model, sizes, below, h * w * dims)
+    per_image = sum(map_bytes(sizes, [1] + [layer.filters for layer in model.layers]))  # F[0..below]
+    chunk = image_chunk([1 << 20, 6 << 20][below], per_image, h * w * dims)
     assert n // chunk >= 8  # many chunks
     source = LayerPatches(str(mnist_small), model, below, shape.patch, shape.stride, n, chunk)
     maps = images
@@ -161,13 +164,33 @@ def test_working_memory_sets_the_process_reserve_aside():
         working_memory(MIN_MEMORY - 1)
 
 
-@pytest.mark.slow
-def test_train_with_tiny_memory_streams_every_layer(cli, tmp_path, mnist_small):
+@pytest.fixture(scope="module")
+def tiny_memory(tmp_path_factory, mnist_small):
+    """tiny_model's options trained under a 2M budget (every layer streamed): the model file,
+    and what the run reported (pass progress and EM steps by (layer, iteration))."""
     from nsn_cli.train import TrainOptions, train
 
-    out = tmp_path / "m.h5"
-    train(mnist_small, out, TrainOptions(iterations=3, seed=1), memory=2 << 20)
-    model = NSNModel.load(out)
+    calls: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+    stats: dict[tuple[int, int], object] = {}
+
+    class Recorder:
+        def __getattr__(self, name):  # every other report is ignored
+            return lambda *args: None
+
+        def iteration(self, layer, iteration, iterations, step):
+            stats[layer, iteration] = step
+
+        def pass_progress(self, layer, iteration, iterations, done, total, filters):
+            calls.setdefault((layer, iteration), []).append((done, total, filters))
+
+    out = tmp_path_factory.mktemp("tiny-memory") / "m.h5"
+    train(mnist_small, out, TrainOptions(iterations=4, seed=3), memory=2 << 20, reporter=Recorder())
+    return out, calls, stats
+
+
+@pytest.mark.slow
+def test_train_with_tiny_memory_streams_every_layer(cli, tmp_path, mnist_small, tiny_memory, tiny_model):
+    model = NSNModel.load(tiny_memory[0])
     assert model.complete and model.top is not None
     assert [layer.patches for layer in model.layers] == [600 * 169, 600 * 36, 600]
     assert all(0 < layer.chunk < 600 for layer in model.layers), [layer.chunk for layer in model.layers]
@@ -182,17 +205,17 @@ def test_train_with_tiny_memory_streams_every_layer(cli, tmp_path, mnist_small):
         maps = model.encode_layer(maps, level)
     members = len(model.top.members)
     assert members < 600
-    expected = compute_top_stats([maps], 600, model.layers[2].flat_mu, model.layers[2].sigma, seed=1,
+    expected = compute_top_stats([maps], 600, model.layers[2].flat_mu, model.layers[2].sigma, seed=3,
                                  max_members=members)
     for key in ("image_counts", "member_filter"):
         assert np.array_equal(getattr(model.top, key), getattr(expected, key)), key
     # encoding 20 images at a time or 600 rounds a few float32 sums differently
     assert np.allclose(model.top.members, expected.members, atol=2e-3)
     assert np.allclose(model.top.mean, expected.mean, atol=1e-5)
-    # a generous budget is the in-memory path, bit for bit
-    plain = train(mnist_small, tmp_path / "p.h5", TrainOptions(iterations=3, seed=1))
-    code, _, err = cli("train", mnist_small, "-o", tmp_path / "g.h5", "-q", "--memory", "2G", "--iterations", "3",
-                       "--seed", "1")
+    # a generous budget is the in-memory path (tiny_model), bit for bit
+    plain = tiny_model[1]
+    code, _, err = cli("train", mnist_small, "-o", tmp_path / "g.h5", "-q", "--memory", "2G", "--iterations", "4",
+                       "--seed", "3")
     assert code == 0, err
     big = NSNModel.load(tmp_path / "g.h5")
     assert all(layer.chunk == 0 for layer in big.layers)
@@ -233,7 +256,7 @@ def mnist_4k(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_peak_memory_of_a_streamed_train(tmp_path, mnist_4k):
+def test_peak_memory_of_a_streamed_train(tmp_path, mnist_4k, tiny_memory, tiny_model):
     """4,000 digits: in memory the run peaks near 780 MB (layer 2's patches and F[1] maps);
     under --memory 352M the whole process, interpreter and numba included, stays under 352 MB
     (measured: 294 MB with numba's cache warm, 349 MB on a first run that compiles every kernel)."""
@@ -245,9 +268,9 @@ def test_peak_memory_of_a_streamed_train(tmp_path, mnist_4k):
     out = tmp_path / "m.h5"
     cmd = [sys.executable, "-c", script, "train", str(mnist_4k), "-o", str(out), "-q", "--memory", "352M",
            "--iterations", "2"]
-    # the same run first warms numba's cache, so the measure does not depend on which kernels
-    # earlier tests happened to compile (a cold run sits 3 MB under the budget)
-    subprocess.run([*cmd, "--force"], capture_output=True, check=True)
+    # the fixtures' trains (streamed, in memory) have compiled and cached the kernels this run
+    # loads, so the measure does not depend on which other tests ran before (a cold run sits
+    # 3 MB under the budget)
     proc = subprocess.run([*cmd, "--force"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     peak_mb = int(proc.stdout.split()[-2]) / 1024  # "VmHWM:  386124 kB"
@@ -275,24 +298,9 @@ def test_a_runaway_layer_stops_in_its_first_pass_with_one_line(tmp_path, mnist_4
 
 
 @pytest.mark.slow
-def test_streamed_passes_report_their_progress_and_filters_so_far(tmp_path, mnist_small):
-    from nsn_cli.train import TrainOptions, train
-
-    calls: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
-    stats: dict[tuple[int, int], object] = {}
-
-    class Recorder:
-        def __getattr__(self, name):  # every other report is ignored
-            return lambda *args: None
-
-        def iteration(self, layer, iteration, iterations, step):
-            stats[layer, iteration] = step
-
-        def pass_progress(self, layer, iteration, iterations, done, total, filters):
-            calls.setdefault((layer, iteration), []).append((done, total, filters))
-
-    model = train(mnist_small, tmp_path / "m.h5", TrainOptions(iterations=3, seed=1), memory=2 << 20,
-                  reporter=Recorder())
+def test_streamed_passes_report_their_progress_and_filters_so_far(tiny_memory):
+    path, calls, stats = tiny_memory
+    model = NSNModel.load(path)
     assert set(calls) == set(stats) and {layer for layer, _ in calls} == {1, 2, 3}
     for (layer, iteration), rows in calls.items():
         done = [r[0] for r in rows]
@@ -303,14 +311,24 @@ def test_streamed_passes_report_their_progress_and_filters_so_far(tmp_path, mnis
         assert filters[-1] == step.filters + step.dropped + step.merged
 
 
+@pytest.fixture(scope="module")
+def streamed_4m(tmp_path_factory, mnist_small):
+    """The local streamed model the Dask runs below must equal: a 4M budget, 3 iterations, seed 4."""
+    from nsn_cli.train import TrainOptions, train
+
+    return train(mnist_small, tmp_path_factory.mktemp("local") / "l.h5", TrainOptions(iterations=3, seed=4),
+                 memory=4 << 20)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("memory_mb", [4, 16])  # 16M: layer 1's images are held, and that layer streamed here
-def test_dask_local_cluster_gives_the_local_streamed_model(tmp_path, mnist_small, memory_mb):
+def test_dask_local_cluster_gives_the_local_streamed_model(tmp_path, mnist_small, memory_mb, request):
     pytest.importorskip("distributed")
     from nsn_cli.train import TrainOptions, train
 
     options = {"iterations": 3, "seed": 4}
-    local = train(mnist_small, tmp_path / "l.h5", TrainOptions(**options), memory=memory_mb << 20)
+    local = request.getfixturevalue("streamed_4m") if memory_mb == 4 else \
+        train(mnist_small, tmp_path / "l.h5", TrainOptions(**options), memory=memory_mb << 20)
     remote = train(mnist_small, tmp_path / "d.h5", TrainOptions(**options), memory=memory_mb << 20, workers=2)
     assert [a.filters for a in local.layers] == [b.filters for b in remote.layers]
     for a, b in zip(local.layers, remote.layers):
@@ -319,20 +337,18 @@ def test_dask_local_cluster_gives_the_local_streamed_model(tmp_path, mnist_small
 
 
 @pytest.mark.slow
-def test_dask_workers_find_a_data_file_given_by_a_relative_path(tmp_path, mnist_small, monkeypatch):
+def test_dask_workers_find_a_data_file_given_by_a_relative_path(tmp_path, mnist_small, monkeypatch, streamed_4m):
     """Workers started elsewhere (here: before the driver changes directory) get an absolute path."""
     pytest.importorskip("distributed")
     import distributed
 
     from nsn_cli.train import TrainOptions, train
 
-    options = TrainOptions(iterations=2, seed=4)
-    local = train(mnist_small, tmp_path / "l.h5", options, memory=4 << 20)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         monkeypatch.chdir(mnist_small.parent)
-        remote = train(mnist_small.name, tmp_path / "d.h5", TrainOptions(iterations=2, seed=4), memory=4 << 20,
+        remote = train(mnist_small.name, tmp_path / "d.h5", TrainOptions(iterations=3, seed=4), memory=4 << 20,
                        dask_address=cluster.scheduler_address)
-    for a, b in zip(local.layers, remote.layers, strict=True):
+    for a, b in zip(streamed_4m.layers, remote.layers, strict=True):
         assert np.array_equal(a.mu, b.mu) and np.array_equal(a.counts, b.counts)
 
 
@@ -381,20 +397,18 @@ def _kill_workers_during(tmp_path, mnist_small, count: int, allowed_failures: in
 
 
 @pytest.mark.slow
-def test_a_killed_dask_worker_is_replaced_and_the_model_is_unchanged(tmp_path, mnist_small):
+def test_a_killed_dask_worker_is_replaced_and_the_model_is_unchanged(tmp_path, mnist_small, streamed_4m):
     pytest.importorskip("distributed")
-    from nsn_cli.train import TrainOptions, train
 
     out, result = _kill_workers_during(tmp_path, mnist_small, count=1, allowed_failures=3)
     assert "error" not in result, repr(result.get("error"))
-    local = train(mnist_small, tmp_path / "l.h5", TrainOptions(iterations=3, seed=4), memory=4 << 20)
     remote = NSNModel.load(out)
-    for a, b in zip(local.layers, remote.layers, strict=True):
+    for a, b in zip(streamed_4m.layers, remote.layers, strict=True):
         assert np.array_equal(a.mu, b.mu) and np.array_equal(a.counts, b.counts)
 
 
 @pytest.mark.slow
-def test_dying_dask_workers_stop_the_run_with_a_clear_error_and_a_sound_model(tmp_path, mnist_small):
+def test_dying_dask_workers_stop_the_run_with_a_clear_error_and_a_sound_model(tmp_path, mnist_small, streamed_4m):
     """No retries allowed: both workers killed while layer 2 runs. A task on a killed worker
     fails the run with one message; the file holds the completed layers, and --resume (here
     on the local backend) finishes the same model. Killed between tasks (only data lost, which
@@ -403,7 +417,6 @@ def test_dying_dask_workers_stop_the_run_with_a_clear_error_and_a_sound_model(tm
     from nsn_cli.train import TrainOptions, train
 
     out, result = _kill_workers_during(tmp_path, mnist_small, count=2, allowed_failures=0)
-    local = train(mnist_small, tmp_path / "l.h5", TrainOptions(iterations=3, seed=4), memory=4 << 20)
     error = result.get("error")
     if error is None:
         finished = NSNModel.load(out)
@@ -412,7 +425,7 @@ def test_dying_dask_workers_stop_the_run_with_a_clear_error_and_a_sound_model(tm
         partial = NSNModel.load(out)  # not corrupt: a checkpoint of the completed layers
         assert 1 <= len(partial.layers) < 3
         finished = train(mnist_small, out, TrainOptions(iterations=3, seed=4), memory=4 << 20, resume=True)
-    for a, b in zip(local.layers, finished.layers, strict=True):
+    for a, b in zip(streamed_4m.layers, finished.layers, strict=True):
         assert np.array_equal(a.mu, b.mu) and np.array_equal(a.counts, b.counts)
 
 
@@ -424,27 +437,28 @@ def test_holding_the_input_maps_does_not_change_the_model(tmp_path, mnist_small,
     re-encoding every chunk from the file on every pass): with 256-image chunks the held maps
     are the file-encoded bits, so the model is the same bits either way. 16M: layer 1 is
     streamed with its images held; 40M: layer 2 is streamed from the file, and held by force."""
+    from dataclasses import replace
+
     from nsn_cli import train as train_module
     from nsn_cli.train import TrainOptions, train
 
     options = TrainOptions(iterations=2, seed=5)
-    original = train_module._held_maps
+    original = train_module.plan_layer
     held = []
 
-    def spy(data_path, model, sizes, below, n, maps, chunk, room, patch_values, force=None):
-        if force is False:
-            result = None
-        else:
-            result = original(data_path, model, sizes, below, n, maps, chunk, 1 << 40 if force else room,
-                              patch_values)
-        held.append((below + 1, chunk, result is not None))
-        return result
+    def spy(memory, n, maps, dims, n_patches, maps_in_memory, force=None):
+        plan = original(memory, n, maps, dims, n_patches, maps_in_memory)
+        if plan.streamed:
+            if force is not None:  # encoded in one chunk when not in memory: the same bits as 256 at a time
+                plan = replace(plan, hold_maps=force, encode_chunk=256 * 1024 if force and not maps_in_memory else 0)
+            held.append((len(maps), plan.chunk, plan.hold_maps))
+        return plan
 
-    monkeypatch.setattr(train_module, "_held_maps", spy)
+    monkeypatch.setattr(train_module, "plan_layer", spy)
     natural = train(mnist_small, tmp_path / "a.h5", options, memory=memory_mb << 20)
     assert held[0] == (layer, 256, naturally_held) and not any(h for _, _, h in held[1:])
     held.clear()
-    monkeypatch.setattr(train_module, "_held_maps", lambda *args: spy(*args, force=not naturally_held))
+    monkeypatch.setattr(train_module, "plan_layer", lambda *args: spy(*args, force=not naturally_held))
     other = train(mnist_small, tmp_path / "b.h5", options, memory=memory_mb << 20)
     assert held[0] == (layer, 256, not naturally_held) and not any(h for _, _, h in held[1:])
     assert [lay.chunk for lay in other.layers] == [lay.chunk for lay in natural.layers]

@@ -176,7 +176,8 @@ def style_cli(
     """Restyle an image: encode to a layer, decode with NSN-Gen (paper section 4.3)."""
     import numpy as np
 
-    from nsn_cli.restore import load_for_model, style
+    from nsn_cli.restore import load_for_model
+    from nsn_cli.style import style
 
     params = _params(delta1, delta2, delta3, draws, noise_layers, noise_scale)
     if variants < 1:

@@ -121,17 +121,3 @@ def fold_patches(patches: np.ndarray, patch: int, stride: int, channels: int) ->
     out = np.empty((n, height, width, channels), dtype=np.float32)
     _stitch(patches, patch, stride, np.ones((height, width), dtype=np.float32), out)
     return out
-
-
-def stitch_patches(patches: np.ndarray, patch: int, stride: int, channels: int) -> np.ndarray:
-    """Average overlapping patches ``(N, h, w, patch * patch * channels)`` into maps
-    ``(N, (h-1)*stride + patch, (w-1)*stride + patch, channels)`` (float32)."""
-    patches = np.ascontiguousarray(patches, dtype=np.float32)
-    n, h, w, d = patches.shape
-    if d != patch * patch * channels:
-        raise ValueError(f"patch length {d} != {patch}*{patch}*{channels}")
-    height, width = (h - 1) * stride + patch, (w - 1) * stride + patch
-    inverse = inverse_coverage(height, width, patch, stride)
-    out = np.empty((n, height, width, channels), dtype=np.float32)
-    _stitch(patches, patch, stride, inverse, out)
-    return out
