@@ -7,13 +7,17 @@ to the end) and the methods HDF5 calls while it writes a file (:mod:`nsn_cli.fil
 I/O call leaves HDF5 unable to close the file). While :func:`handled` is active, Ctrl-C
 arriving in such a place is held as pending and raised by the next :func:`check`, which the
 long loops call (a batch of samples, an EM iteration, a chunk written); anywhere else it
-raises at once, as usual.
+raises at once, as usual. One Python drops without a trace: a Ctrl-C raised inside a weakref
+callback or a ``__del__`` (an object freed at that moment) is "unraisable"; while
+:func:`handled` is active, Python's unraisable hook turns it into a pending one, so the job
+still stops at the next :func:`check` (or says that it had finished).
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from types import CodeType, FrameType
 from typing import Callable, Iterator
@@ -60,6 +64,20 @@ def pending() -> bool:
     return _pending
 
 
+def _keep_unraisable_interrupt(previous: Callable) -> Callable:
+    """An unraisable hook that holds a dropped KeyboardInterrupt as pending (see above) and
+    passes anything else on to ``previous``."""
+
+    def hook(unraisable) -> None:
+        global _pending
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _pending = True
+            return
+        previous(unraisable)
+
+    return hook
+
+
 @contextlib.contextmanager
 def handled() -> Iterator[None]:
     """Install the Ctrl-C handler above for the block (main thread only; a no-op where
@@ -70,11 +88,14 @@ def handled() -> Iterator[None]:
         yield
         return
     _pending = False
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _keep_unraisable_interrupt(previous_hook)
     signal.signal(signal.SIGINT, _on_sigint)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = previous_hook
 
 
 @contextlib.contextmanager

@@ -507,3 +507,29 @@ def test_input_files_answer_as_same_file(tmp_path):
         path = tmp_path / name
         assert (path in known) == any(same_file(path, source) for source in inputs), name
     assert (tmp_path / "hard.png") in known and (tmp_path / "b.png") not in known
+
+
+def test_a_ctrl_c_dropped_as_unraisable_is_kept_pending():
+    """A Ctrl-C raised inside a weakref callback (an object freed at that moment) is one
+    Python prints and drops; under the CLI's handler it stays pending, so the job stops at the
+    next check instead of running to a silent success. Outside the handler, the hook is back."""
+    import weakref
+
+    from nsn_cli import interrupts
+
+    class Freed:
+        pass
+
+    def callback(_):
+        raise KeyboardInterrupt
+
+    before = sys.unraisablehook
+    with interrupts.handled():
+        thing = Freed()
+        ref = weakref.ref(thing, callback)
+        del thing  # the callback runs here; its exception cannot propagate
+        assert ref() is None and interrupts.pending()
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+        assert not interrupts.pending()
+    assert sys.unraisablehook is before
