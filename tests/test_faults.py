@@ -524,12 +524,17 @@ def test_a_ctrl_c_dropped_as_unraisable_is_kept_pending():
         raise KeyboardInterrupt
 
     before = sys.unraisablehook
-    with interrupts.handled():
-        thing = Freed()
-        ref = weakref.ref(thing, callback)
-        del thing  # the callback runs here; its exception cannot propagate
-        assert ref() is None and interrupts.pending()
-        with pytest.raises(KeyboardInterrupt):
-            interrupts.check()
-        assert not interrupts.pending()
+    # the handler is only installed over Python's own (another test may have left SIGINT else)
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with interrupts.handled():
+            thing = Freed()
+            ref = weakref.ref(thing, callback)
+            del thing  # the callback runs here; its exception cannot propagate
+            assert ref() is None and interrupts.pending()
+            with pytest.raises(KeyboardInterrupt):
+                interrupts.check()
+            assert not interrupts.pending()
+    finally:
+        signal.signal(signal.SIGINT, saved)
     assert sys.unraisablehook is before
