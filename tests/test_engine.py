@@ -453,6 +453,24 @@ def test_channel_map_bounds_hold_and_the_lookup_is_np_interp(rng):
         assert np.all(table.upper[c, buckets] - table.lower[c, buckets] < target[c, -1] - target[c, 0])  # they bound
 
 
+def test_channel_map_reach_table_holds(rng):
+    """A value whose map (as np.interp gives it) reaches a level is at or above the level's
+    reach, and the reach rules out values (it is not all -inf)."""
+    from nsn_cli.engine.lut import ChannelMap, interp_channels
+
+    source, target = _quantile_like_knots(rng, 5, 217)
+    table = ChannelMap.of(source, target, buckets=16)
+    values = np.concatenate([rng.uniform(-0.2, 1.2, (4000, 5)), source.T, source.T[108:109] + 1e-9,
+                             table.reach, np.nextafter(table.reach, np.float32(-1))]).astype(np.float32)
+    values = values[np.isfinite(values).all(axis=1)]
+    mapped = interp_channels(values, source, target).astype(np.float64)
+    assert table.levels[0] == -np.inf and np.all(np.diff(table.levels) > 0)
+    for g, level in enumerate(table.levels):
+        reaches = mapped >= level
+        assert np.all(values[reaches] >= np.broadcast_to(table.reach[g], values.shape)[reaches]), g
+    assert np.isinf(table.reach[0]).all() and np.mean(values >= table.reach[len(table.levels) // 2]) < 0.9
+
+
 @pytest.mark.parametrize("draws, delta2", [(0, 0.0), (0, 0.4), (1, 0.0), (3, 0.2)])
 def test_decoding_through_an_input_map_equals_mapping_first(rng, draws, delta2):
     """decode_maps with input_map (only the channels that can reach the cutoff are mapped) gives
