@@ -97,9 +97,11 @@ def _draws(seed: int, first_sample: int, count: int, width: int, stream: int, no
 
 
 #: With expected weights (draws = 0) filters below e^-EXPECTED_CUTOFF of the best at a position
-#: are left out: together they weigh under K e^-16 (2e-5 for 200 filters), and skipping them
-#: keeps the step O(D) per position rather than O(K D).
-EXPECTED_CUTOFF = 16.0
+#: are left out: together they weigh under K e^-12 (1e-3 for 200 filters), and skipping them
+#: keeps the step O(D) per position rather than O(K D). Measured against 16 on the default
+#: sampler (2,000 digits of a 3,500-digit model): pixels differ by at most 0.52/255, and fewer
+#: filters are visited in both layers' decodes.
+EXPECTED_CUTOFF = 12.0
 
 
 @njit(**JIT)
