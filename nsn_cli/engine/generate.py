@@ -119,9 +119,21 @@ def _draw(state, prob, count, total):
 
 
 @njit(**JIT)
+def _a_mean_as_is(direct, delta2, delta3, variance):
+    """Whether a patch that is one filter's mean at weight 1 is that mean to the bit: no noise
+    (delta2 * sigma not > 0) and delta3 exactly 1 (x * 1.0 is x)."""
+    return direct and delta3 == 1.0 and not delta2 * math.sqrt(variance) > 0.0
+
+
+@njit(**JIT)
 def _decode_position(v, chosen, count, mu, var, delta1, delta2, delta3, draws, state, prob, active, weight, picked,
-                     out):
-    """One position: OUT out (D,) = the generated patch; returns the generator state.
+                     direct, out):
+    """One position: OUT out (D,) = the generated patch; returns (generator state, row).
+
+    direct: when the patch is one filter's mean ``mu[j]`` to the bit (a single draw or one
+    filter within the cutoff, weight 1, no noise, delta3 = 1), out is not written and row is j
+    (the caller adds ``mu[j]`` itself: the sharp softmax makes that most positions of a
+    sample); otherwise row is -1.
 
     draws >= 1: the paper's ``w = Multinomial(draws, p) / draws``; draws = 0: its limit for
     many draws, the expected weights ``w = p`` (no random numbers for the weights).
@@ -150,12 +162,17 @@ def _decode_position(v, chosen, count, mu, var, delta1, delta2, delta3, draws, s
         state, slot = _draw(state, prob, m, total)
         pick = active[slot] if slot < m else k - 1
         noise_var = var[pick]
+        if _a_mean_as_is(direct, delta2, delta3, noise_var):
+            return state, pick
         for d in range(out.shape[0]):
             out[d] = mu[pick, d]
     else:
         if draws == 0:  # the expected weights
             for s in range(m):
                 weight[s] = prob[s] / total
+            # 0.0 + 1.0 * x is x but for x = -0.0, which adds to a map as +0.0 does (a map starts at +0.0)
+            if m == 1 and weight[0] == 1.0 and _a_mean_as_is(direct, delta2, delta3, var[active[0]]):
+                return state, active[0]
         else:
             for j in range(k):
                 picked[j] = 0.0
@@ -184,7 +201,7 @@ def _decode_position(v, chosen, count, mu, var, delta1, delta2, delta3, draws, s
     else:  # no random numbers: a loop the compiler vectorises (adding 0 * 0 noise changes no value)
         for d in range(out.shape[0]):
             out[d] = delta3 * out[d]
-    return state
+    return state, -1
 
 
 @njit(**JIT_PARALLEL)
@@ -197,8 +214,8 @@ def _decode_step(maps, mu, var, delta1, delta2, delta3, draws, seed, first_sampl
         active, every = np.empty(k, dtype=np.int64), np.arange(k)
         for r in range(h):
             for c in range(w):
-                state = _decode_position(maps[i, r, c], every, k, mu, var, delta1, delta2, delta3, draws, state,
-                                         prob, active, weight, picked, out[i, r, c])
+                state, _ = _decode_position(maps[i, r, c], every, k, mu, var, delta1, delta2, delta3, draws, state,
+                                            prob, active, weight, picked, False, out[i, r, c])
 
 
 @njit(**JIT)
@@ -281,12 +298,12 @@ def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_s
                 if mapped:
                     count = _mapped_candidates(maps[i, r, c], delta1, draws, source, target, slope, origin, scale,
                                                lower, upper, levels, level_origin, level_scale, reach, bound, chosen, v)
-                    state = _decode_position(v, chosen, count, mu, var, delta1, delta2, delta3, draws, state, prob,
-                                             active, weight, picked, buffer)
+                    state, row = _decode_position(v, chosen, count, mu, var, delta1, delta2, delta3, draws, state,
+                                                  prob, active, weight, picked, True, buffer)
                 else:
-                    state = _decode_position(maps[i, r, c], every, k, mu, var, delta1, delta2, delta3, draws, state,
-                                             prob, active, weight, picked, buffer)
-                add_patch(out[i], buffer, r * stride, c * stride, patch)
+                    state, row = _decode_position(maps[i, r, c], every, k, mu, var, delta1, delta2, delta3, draws,
+                                                  state, prob, active, weight, picked, True, buffer)
+                add_patch(out[i], mu[row] if row >= 0 else buffer, r * stride, c * stride, patch)
         for y in range(out.shape[1]):
             for x in range(out.shape[2]):
                 for ch in range(out.shape[3]):
