@@ -409,6 +409,24 @@ def test_fused_decode_equals_decode_then_stitch(rng):
     assert np.allclose(fused, two_step, atol=1e-6)
 
 
+@pytest.mark.parametrize("draws, delta2, delta3", [(0, 0.0, 1.0), (1, 0.0, 1.0), (0, 0.0, 1.2), (1, 0.3, 1.0)])
+def test_fused_decode_is_decode_then_stitch_to_the_bit(rng, draws, delta2, delta3):
+    """Where a patch is one filter's mean (a single draw, or one filter within a sharp
+    softmax's cutoff) the fused decode adds the mean itself: the same bits as writing the
+    patch and stitching, -0.0 means included."""
+    from nsn_cli.engine.generate import decode_maps
+
+    maps = rng.random((5, 4, 4, 7), dtype=np.float32)
+    mu = rng.normal(size=(7, 3 * 3 * 2)).astype(np.float32)
+    mu[2, :4] = -0.0
+    sigma = rng.uniform(0.1, 0.5, size=7)
+    for delta1 in (400.0, 20.0):  # most positions a single filter, then a few mixed
+        kw = dict(delta1=delta1, delta2=delta2, delta3=delta3, draws=draws, seed=3, first_sample=7, stream=1)
+        fused = decode_maps(maps, mu, sigma, patch=3, stride=2, channels=2, **kw)
+        two_step = stitch_patches(decode_patches(maps, mu, sigma, **kw), 3, 2, 2)
+        assert np.array_equal(fused.view(np.uint32), two_step.view(np.uint32)), delta1
+
+
 def _quantile_like_knots(rng, channels: int, knots: int) -> tuple[np.ndarray, np.ndarray]:
     """Knots as a calibration's look: crowded around an atom (gaps down to one float32 step),
     a few denormal ones, flat stretches of the target."""
@@ -446,6 +464,24 @@ def test_channel_map_bounds_hold_and_the_lookup_is_np_interp(rng):
         buckets = np.array([bucket_of(float(x), c, table.origin, table.scale, 16) for x in values[:, c]])
         assert np.all(table.lower[c, buckets] <= mapped[:, c]) and np.all(mapped[:, c] <= table.upper[c, buckets])
         assert np.all(table.upper[c, buckets] - table.lower[c, buckets] < target[c, -1] - target[c, 0])  # they bound
+
+
+def test_channel_map_reach_table_holds(rng):
+    """A value whose map (as np.interp gives it) reaches a level is at or above the level's
+    reach, and the reach rules out values (it is not all -inf)."""
+    from nsn_cli.engine.lut import ChannelMap, interp_channels
+
+    source, target = _quantile_like_knots(rng, 5, 217)
+    table = ChannelMap.of(source, target, buckets=16)
+    values = np.concatenate([rng.uniform(-0.2, 1.2, (4000, 5)), source.T, source.T[108:109] + 1e-9,
+                             table.reach, np.nextafter(table.reach, np.float32(-1))]).astype(np.float32)
+    values = values[np.isfinite(values).all(axis=1)]
+    mapped = interp_channels(values, source, target).astype(np.float64)
+    assert table.levels[0] == -np.inf and np.all(np.diff(table.levels) > 0)
+    for g, level in enumerate(table.levels):
+        reaches = mapped >= level
+        assert np.all(values[reaches] >= np.broadcast_to(table.reach[g], values.shape)[reaches]), g
+    assert np.isinf(table.reach[0]).all() and np.mean(values >= table.reach[len(table.levels) // 2]) < 0.9
 
 
 @pytest.mark.parametrize("draws, delta2", [(0, 0.0), (0, 0.4), (1, 0.0), (3, 0.2)])

@@ -23,6 +23,9 @@ from nsn_cli.config import JIT, JIT_PARALLEL
 #: default sample's layer-1 position keeps 6.4 of 99 channels on average, 4.6 are within the
 #: cutoff; 256 buckets keep 5.2).
 BOUND_BUCKETS = 64
+#: Levels of a :class:`ChannelMap`'s reach table: a position's threshold level is rounded down
+#: to one of these (finer levels rule out a few more channels, in a larger table).
+REACH_LEVELS = 128
 
 
 @njit(**JIT)
@@ -78,7 +81,13 @@ class ChannelMap:
     calibration's) with bounds of it in uniform buckets over ``[source[c, 0], source[c, -1]]``:
     a value x in bucket ``b = int((x - origin[c]) * scale[c])`` (clamped) maps, rounded to
     float32, into ``[lower[c, b], upper[c, b]]``. Each bound is the map at the edge one bucket
-    further out, one float32 step wider, so the rounding of ``b`` and of the map cannot break it."""
+    further out, one float32 step wider, so the rounding of ``b`` and of the map cannot break it.
+
+    The reach table turns "can x map to at least level t" into one comparison in x: a value x
+    of channel c whose map reaches ``levels[g]`` or more has ``x >= reach[g, c]`` (the edge of
+    the first bucket whose upper bound reaches the level, half a thousandth of a bucket lower;
+    -inf for a level every bucket reaches, +inf for one none does). ``levels`` (G,) rises from
+    -inf evenly over the bounds' range, ``level_origin``/``level_scale`` place a level in it."""
 
     source: np.ndarray  # (C, Q) float32
     target: np.ndarray  # (C, Q) float32
@@ -87,6 +96,10 @@ class ChannelMap:
     scale: np.ndarray  # (C,) float64: buckets per unit of x
     lower: np.ndarray  # (C, B) float32
     upper: np.ndarray  # (C, B) float32
+    levels: np.ndarray  # (G,) float64, levels[0] = -inf
+    level_origin: float
+    level_scale: float  # levels per unit of the map's values
+    reach: np.ndarray  # (G, C) float32
 
     @classmethod
     def of(cls, source: np.ndarray, target: np.ndarray, buckets: int = BOUND_BUCKETS) -> ChannelMap:
@@ -100,8 +113,26 @@ class ChannelMap:
         upper = np.nextafter(at_edges[:, above], np.float32(np.inf))
         span = last - first
         scale = np.where(span > 0, buckets / np.where(span > 0, span, 1.0), 0.0)
+        levels, level_origin, level_scale, reach = _reach_table(upper, first, scale)
         return cls(source, target, slopes(source, target), first, scale, np.ascontiguousarray(lower, np.float32),
-                   np.ascontiguousarray(upper, np.float32))
+                   np.ascontiguousarray(upper, np.float32), levels, level_origin, level_scale, reach)
+
+
+def _reach_table(upper: np.ndarray, origin: np.ndarray, scale: np.ndarray,
+                 count: int = REACH_LEVELS) -> tuple[np.ndarray, float, float, np.ndarray]:
+    """A ChannelMap's levels, their origin and scale, and its reach table (see ChannelMap)."""
+    channels, buckets = upper.shape
+    low, high = float(upper.min()), float(upper.max())
+    step = (high - low) / (count - 1) if high > low else 1.0
+    levels = np.concatenate([[-np.inf], low + step * np.arange(count - 1)])
+    reach = np.empty((count, channels), np.float32)
+    for c in range(channels):
+        first = np.searchsorted(upper[c].astype(np.float64), levels, side="left")  # upper rises with the bucket
+        # bucket(x) >= b needs (x - origin) * scale >= b; a thousandth of a bucket covers the rounding
+        edge = origin[c] + (first - 1e-3) / scale[c] if scale[c] > 0 else np.full(count, np.inf)
+        edge = np.nextafter(edge.astype(np.float32), np.float32(-np.inf))
+        reach[:, c] = np.where(first == 0, -np.inf, np.where(first >= buckets, np.inf, edge))
+    return levels, low, 1.0 / step, reach
 
 
 def interp_channels(values: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
