@@ -415,6 +415,7 @@ def test_fused_decode_is_decode_then_stitch_to_the_bit(rng, draws, delta2, delta
     softmax's cutoff) the fused decode adds the mean itself: the same bits as writing the
     patch and stitching, -0.0 means included."""
     from nsn_cli.engine.generate import decode_maps
+    from nsn_cli.engine.patches import fold_patches, inverse_coverage
 
     maps = rng.random((5, 4, 4, 7), dtype=np.float32)
     mu = rng.normal(size=(7, 3 * 3 * 2)).astype(np.float32)
@@ -423,7 +424,8 @@ def test_fused_decode_is_decode_then_stitch_to_the_bit(rng, draws, delta2, delta
     for delta1 in (400.0, 20.0):  # most positions a single filter, then a few mixed
         kw = dict(delta1=delta1, delta2=delta2, delta3=delta3, draws=draws, seed=3, first_sample=7, stream=1)
         fused = decode_maps(maps, mu, sigma, patch=3, stride=2, channels=2, **kw)
-        two_step = stitch_patches(decode_patches(maps, mu, sigma, **kw), 3, 2, 2)
+        # the engine's fold (summing in the fused decode's order), then the mean over coverage
+        two_step = fold_patches(decode_patches(maps, mu, sigma, **kw), 3, 2, 2) * inverse_coverage(9, 9, 3, 2)[..., None]
         assert np.array_equal(fused.view(np.uint32), two_step.view(np.uint32)), delta1
 
 

@@ -345,7 +345,7 @@ def decode_maps(
     input_map: ChannelMap | None = None,
 ) -> np.ndarray:
     """``F[l-1]`` (N, H, W, channels) from ``F[l]`` (N, h, w, K): :func:`decode_patches` and
-    :func:`~.patches.stitch_patches` fused (same numbers, same random streams).
+    the average of overlapping patches fused (same numbers, same random streams).
 
     input_map: a map of ``F[l]``'s K channels applied first; the same numbers as decoding
     ``interp_channels(maps, input_map.source, input_map.target)``, without mapping every value."""
