@@ -32,12 +32,15 @@ def _gather(maps, patch, stride, image, row, col, out):
 @njit(**JIT)
 def add_patch(out, flat_patch, top, left, patch):
     """INOUT out (H, W, C) += flat_patch placed with its corner at (top, left)."""
-    run = patch * out.shape[2]  # a patch row: one contiguous run of out, added as such
+    # plain indices, no views: a sampled digit adds 169 patches of 16 values, and making two
+    # array views per patch row cost more than the adds (about 1 s of CPU per 50,000 samples)
+    channels = out.shape[2]
+    e = 0
     for dy in range(patch):
-        target = out[top + dy, left : left + patch].reshape(run)
-        source = flat_patch[dy * run : (dy + 1) * run]
-        for e in range(run):
-            target[e] += source[e]
+        for dx in range(patch):
+            for c in range(channels):
+                out[top + dy, left + dx, c] += flat_patch[e]
+                e += 1
 
 
 @njit(**JIT)
