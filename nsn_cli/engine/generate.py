@@ -269,10 +269,14 @@ def _mapped_candidates(v, delta1, draws, source, target, slope, origin, scale, l
     count = 0
     for s in range(m):
         j = chosen[s]
-        if nan or delta1 * bound[s] - best > -cutoff - margin:
-            out[j] = interp_value(np.float64(v[j]), source, target, slope, j)
-            chosen[count] = j  # count <= s: what is overwritten was read already
-            count += 1
+        chosen[count] = j  # count <= s: what is overwritten was read already
+        count += nan or delta1 * bound[s] - best > -cutoff - margin
+    if count == 1 and not nan:  # one filter within reach: its weight is 1 whatever its mapped value
+        out[chosen[0]] = 0.0
+        return count
+    for s in range(count):
+        j = chosen[s]
+        out[j] = interp_value(np.float64(v[j]), source, target, slope, j)
     return count
 
 
