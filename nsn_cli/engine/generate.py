@@ -296,7 +296,8 @@ def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_s
         chosen = np.empty(k, dtype=np.int64)
         v = np.empty(k, dtype=np.float32)
         buffer = np.empty(mu.shape[1], dtype=np.float32)
-        out[i] = 0.0
+        image = out[i]  # one view per sample, not one per position
+        image[:] = 0.0
         for r in range(h):
             for c in range(w):
                 if mapped:
@@ -307,11 +308,11 @@ def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_s
                 else:
                     state, row = _decode_position(maps[i, r, c], every, k, mu, var, delta1, delta2, delta3, draws,
                                                   state, prob, active, weight, picked, True, buffer)
-                add_patch(out[i], mu[row] if row >= 0 else buffer, r * stride, c * stride, patch)
-        for y in range(out.shape[1]):
-            for x in range(out.shape[2]):
-                for ch in range(out.shape[3]):
-                    out[i, y, x, ch] *= inverse[y, x]
+                add_patch(image, mu[row] if row >= 0 else buffer, r * stride, c * stride, patch)
+        for y in range(image.shape[0]):
+            for x in range(image.shape[1]):
+                for ch in range(image.shape[2]):
+                    image[y, x, ch] *= inverse[y, x]
 
 
 #: The tables passed for "no input map" (numba needs arrays of the same types either way).
