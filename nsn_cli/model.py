@@ -30,8 +30,8 @@ import numpy as np
 
 from nsn_cli import config
 from nsn_cli.calibrate import Calibration
+from nsn_cli.engine.decode import decode_maps
 from nsn_cli.engine.encode import encoded_levels
-from nsn_cli.engine.generate import decode_maps
 from nsn_cli.engine.geometry import LayerShape, arch_string, map_sizes, parse_arch
 from nsn_cli.engine.lut import ChannelMap
 from nsn_cli.engine.patches import extract_patches

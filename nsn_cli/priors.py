@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from nsn_cli import streams
 from nsn_cli.config import JIT_PARALLEL
-from nsn_cli.engine.generate import normal_draws, uniform_draws
+from nsn_cli.engine.decode import normal_draws, uniform_draws
 from nsn_cli.errors import NsnError, ParameterError
 
 #: ``mix`` and ``knn`` weigh their two members ``t ~ U(MIX_LOW, 1 - MIX_LOW)``: keeping ``t``

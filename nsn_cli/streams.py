@@ -2,8 +2,8 @@
 
 Two kinds of stream:
 
-- **Sample streams** of the counter-based sampler (:func:`nsn_cli.engine.generate.normal_draws`,
-  :func:`~nsn_cli.engine.generate.uniform_draws` and the decoder): sample ``i`` of seed ``s``
+- **Sample streams** of the counter-based sampler (:func:`nsn_cli.engine.decode.normal_draws`,
+  :func:`~nsn_cli.engine.decode.uniform_draws` and the decoder): sample ``i`` of seed ``s``
   draws from stream ``(s, i, id)``, so a sample's bits do not depend on the batch it is in.
   Decoding uses ids below :data:`DECODE_LIMIT`; the priors use ids above it.
 - **Generator tags**: a numpy ``Generator`` seeded ``[seed, ..., tag]`` for one seeded choice

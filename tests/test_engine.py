@@ -10,6 +10,7 @@ import numba
 import numpy as np
 import pytest
 
+from nsn_cli.engine.decode import normal_draws, uniform_draws
 from nsn_cli.engine.em import (
     FilterCapError,
     creation_pass,
@@ -22,13 +23,13 @@ from nsn_cli.engine.em import (
     reference_scale,
     sigma_new,
 )
-from nsn_cli.engine.generate import decode_patches, normal_draws, uniform_draws
 from nsn_cli.engine.geometry import check_reaches_one, map_sizes, parse_arch
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import activate, best_filter, similarity
 from nsn_cli.errors import NsnError
 
 from . import reference as ref
+from .unfused import decode_patches
 
 
 @pytest.mark.parametrize("shape, patch, stride", [((2, 7, 9, 3), 3, 2), ((1, 4, 4, 1), 4, 1), ((3, 6, 6, 2), 2, 2)])
@@ -398,7 +399,7 @@ def test_no_hard_coded_fastmath():
 
 
 def test_fused_decode_equals_decode_then_stitch(rng):
-    from nsn_cli.engine.generate import decode_maps
+    from nsn_cli.engine.decode import decode_maps
 
     maps = rng.random((4, 3, 3, 6), dtype=np.float32)
     mu = rng.random((6, 3 * 3 * 2), dtype=np.float32)
@@ -414,7 +415,7 @@ def test_fused_decode_is_decode_then_stitch_to_the_bit(rng, draws, delta2, delta
     """Where a patch is one filter's mean (a single draw, or one filter within a sharp
     softmax's cutoff) the fused decode adds the mean itself: the same bits as writing the
     patch and stitching, -0.0 means included."""
-    from nsn_cli.engine.generate import decode_maps
+    from nsn_cli.engine.decode import decode_maps
     from nsn_cli.engine.patches import fold_patches, inverse_coverage
 
     maps = rng.random((5, 4, 4, 7), dtype=np.float32)
@@ -491,7 +492,7 @@ def test_decoding_through_an_input_map_equals_mapping_first(rng, draws, delta2):
     """decode_maps with input_map (only the channels that can reach the cutoff are mapped) gives
     the bits of mapping every value first, at a sharp softmax where most channels are left out
     and at a soft one where none is."""
-    from nsn_cli.engine.generate import decode_maps
+    from nsn_cli.engine.decode import decode_maps
     from nsn_cli.engine.lut import ChannelMap, interp_channels
 
     source, target = _quantile_like_knots(rng, 12, 65)
@@ -512,7 +513,7 @@ def test_decoding_through_an_input_map_equals_mapping_first(rng, draws, delta2):
 
 def test_few_draws_come_from_the_same_streams_as_many(rng):
     """A prior's few draws (drawn on one thread) are rows of a large block (drawn in parallel)."""
-    from nsn_cli.engine.generate import SERIAL_DRAWS
+    from nsn_cli.engine.decode import SERIAL_DRAWS
 
     many = uniform_draws(3, 0, SERIAL_DRAWS, 3, stream=4)
     assert np.array_equal(uniform_draws(3, 100, 7, 3, stream=4), many[100:107])

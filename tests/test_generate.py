@@ -161,7 +161,7 @@ def test_mix_samples_lie_in_the_members_hull(tiny_model):
     maps = PRIORS["mix"].draw(model, 3, seed=1, first=0, count=500).reshape(500, -1)
     members = model.top.members.astype(np.float32)
     # every sample lies between the per-element min and max of its filter's members
-    from nsn_cli.engine.generate import uniform_draws
+    from nsn_cli.engine.decode import uniform_draws
     from nsn_cli.priors import pick_by_counts
     from nsn_cli.streams import DENSITY_PICK
 

@@ -21,11 +21,11 @@ import typer
 
 from nsn_cli import interrupts
 from nsn_cli.cli import calibrate as _calibrate  # noqa: F401,E402
-from nsn_cli.cli import generate as _generate  # noqa: F401,E402
 
 # Importing the command modules registers their commands on ``app``.
 from nsn_cli.cli import info as _info  # noqa: F401,E402
 from nsn_cli.cli import prep as _prep  # noqa: F401,E402
+from nsn_cli.cli import sample as _sample  # noqa: F401,E402
 from nsn_cli.cli import score as _score  # noqa: F401,E402
 from nsn_cli.cli import train as _train  # noqa: F401,E402
 from nsn_cli.cli._common import app, console_err, state, tidy_help

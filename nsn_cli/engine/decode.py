@@ -204,20 +204,6 @@ def _decode_position(v, chosen, count, mu, var, delta1, delta2, delta3, draws, s
     return state, -1
 
 
-@njit(**JIT_PARALLEL)
-def _decode_step(maps, mu, var, delta1, delta2, delta3, draws, seed, first_sample, stream, out):
-    """IN maps (N, h, w, K); OUT out (N, h, w, D): the generated patch of every position."""
-    n, h, w, k = maps.shape
-    for i in prange(n):
-        state = _key(seed, first_sample + i, stream)
-        prob, weight, picked = np.empty(k), np.empty(k), np.empty(k)
-        active, every = np.empty(k, dtype=np.int64), np.arange(k)
-        for r in range(h):
-            for c in range(w):
-                state, _ = _decode_position(maps[i, r, c], every, k, mu, var, delta1, delta2, delta3, draws, state,
-                                            prob, active, weight, picked, False, out[i, r, c])
-
-
 @njit(**JIT)
 def _mapped_candidates(v, delta1, draws, source, target, slope, origin, scale, lower, upper, levels, level_origin,
                        level_scale, reach, bound, chosen, out):
@@ -284,8 +270,8 @@ def _mapped_candidates(v, delta1, draws, source, target, slope, origin, scale, l
 def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_sample, stream, patch, stride,
                      inverse, mapped, source, target, slope, origin, scale, lower, upper, levels, level_origin,
                      level_scale, reach, out):
-    """Like _decode_step, but each patch is added into OUT out (N, H, W, C) at once and the
-    overlaps averaged: no (N, h, w, D) patch array is ever held. With ``mapped``, each
+    """IN maps (N, h, w, K); OUT out (N, H, W, C): the generated patch of every position added
+    into out at once and the overlaps averaged (no (N, h, w, D) patch array is held). With ``mapped``, each
     position's channel vector goes through the input map first (see _mapped_candidates)."""
     n, h, w, k = maps.shape
     for i in prange(n):
@@ -349,8 +335,9 @@ def decode_maps(
     stream: int,
     input_map: ChannelMap | None = None,
 ) -> np.ndarray:
-    """``F[l-1]`` (N, H, W, channels) from ``F[l]`` (N, h, w, K): :func:`decode_patches` and
-    the average of overlapping patches fused (same numbers, same random streams).
+    """``F[l-1]`` (N, H, W, channels) from ``F[l]`` (N, h, w, K): every position's patch
+    generated (paper Eq. 4-5, random streams keyed by sample) and added into the map at once,
+    overlaps averaged; no (N, h, w, D) patch array is held.
 
     input_map: a map of ``F[l]``'s K channels applied first; the same numbers as decoding
     ``interp_channels(maps, input_map.source, input_map.target)``, without mapping every value."""
@@ -366,33 +353,6 @@ def decode_maps(
                      patch, stride, inverse_coverage(height, width, patch, stride), input_map is not None,
                      table.source, table.target, table.slope, table.origin, table.scale, table.lower, table.upper,
                      table.levels, float(table.level_origin), float(table.level_scale), table.reach, out)
-    return out
-
-
-def decode_patches(
-    maps: np.ndarray,
-    mu: np.ndarray,
-    sigma: np.ndarray,
-    *,
-    delta1: float,
-    delta2: float,
-    delta3: float,
-    draws: int,
-    seed: int,
-    first_sample: int,
-    stream: int,
-) -> np.ndarray:
-    """Generate the patches of ``F[l-1]`` from ``maps`` = ``F[l]`` (N, h, w, K).
-
-    mu: (K, D) filter means; sigma: (K,) the noise scale per filter (already scaled as the
-    caller wants). Sample ``i`` of the batch draws from stream ``(seed, first_sample + i,
-    stream)``. Returns (N, h, w, D) float32.
-    """
-    maps, mu = _checked(maps, mu, draws)
-    var = np.asarray(sigma, dtype=np.float64) ** 2
-    out = np.empty(maps.shape[:3] + (mu.shape[1],), dtype=np.float32)
-    _decode_step(maps, mu, var, float(delta1), float(delta2), float(delta3), int(draws),
-                 np.uint64(seed), np.int64(first_sample), np.int64(stream), out)
     return out
 
 
