@@ -469,12 +469,12 @@ def finish_step(mu, rms, counts, *, sigma_floor, created, changed, mean_sim, sta
 
 
 class FilterCapError(NsnError):
-    """A layer grew past ``--max-filters``: raised inside the creation pass the moment it does
+    """A layer grew past its filter cap (``max_filters``): raised inside the creation pass the moment it does
     (so a runaway layer stops in its first pass). ``iteration`` (1-based, set by
     :func:`iterate_em`) and ``seen`` (patches of the pass visited, where known) say when."""
 
     def __init__(self, filters: int, cap: int, seen: int | None = None, total: int | None = None):
-        super().__init__(f"{filters} filters exceed --max-filters {cap}")
+        super().__init__(f"{filters} filters exceed the cap of {cap}")
         self.filters = filters
         self.cap = cap
         self.seen = seen
