@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from nsn_cli import interrupts, priors
+from nsn_cli.engine.threads import map_ordered
 from nsn_cli.errors import NsnError, ParameterError
 from nsn_cli.model import DecodeParams, NSNModel
 
@@ -56,14 +57,20 @@ def generate(
     if n < 1:
         raise ParameterError("n", f"must be at least 1, got {n}", flag="-n")
     params = params.resolved(density_prior=priors.get(prior).density)
-    out = None
-    for offset in range(0, n, batch):
-        interrupts.check()  # a Ctrl-C held while numba loaded its kernels (see nsn_cli.interrupts)
+
+    def one_batch(offset: int) -> np.ndarray:
         count = min(batch, n - offset)
         index = first + offset  # the sample index: it keys the random streams
         maps, start = priors.draw(model, prior, layer, seed, index, count)
-        images = model.finish_images(model.decode(maps, start, params, seed=seed, first_sample=index, calibrate=calibrate),
-                                     calibrate=calibrate, raw=raw)
+        return model.finish_images(model.decode(maps, start, params, seed=seed, first_sample=index, calibrate=calibrate),
+                                   calibrate=calibrate, raw=raw)
+
+    offsets = range(0, n, batch)
+    out = None
+    # batches are independent (each sample has its own random streams): they run side by side
+    for offset, images in zip(offsets, map_ordered(one_batch, offsets)):
+        interrupts.check()  # a Ctrl-C held while numba loaded its kernels (see nsn_cli.interrupts)
+        count = images.shape[0]
         if sink is not None:
             sink(offset, images)
             if progress is not None:

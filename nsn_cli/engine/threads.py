@@ -16,9 +16,12 @@ public call leaves the process's thread settings changed.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import functools
-from typing import Callable, Iterator, TypeVar
+import itertools
+from typing import Callable, Iterator, Sequence, TypeVar
 
 F = TypeVar("F", bound=Callable)
 
@@ -50,3 +53,54 @@ def single_blas(func: F) -> F:
             return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Results :func:`map_ordered` computes ahead of the one its caller is consuming, per worker.
+AHEAD_PER_WORKER = 2
+
+
+def map_ordered(func: Callable[[T], R], items: Sequence[T], workers: int | None = None) -> Iterator[R]:
+    """``func(item)`` for every item, yielded in the items' order, the items spread over
+    ``workers`` threads (default: numba's thread count in the calling thread), each of which
+    runs numba's kernels on one thread of its own.
+
+    For many small independent items (batches of samples) this beats running each item's
+    kernels on every core in turn: a ``prange`` kernel ends when its slowest thread does, so on a
+    machine shared with other work, where one of our threads often waits for a core, the other
+    waits at the end of every kernel (measured: 2 threads took 1.7-4x the wall time of 1 while
+    two other jobs ran). Here each thread works through whole items on its own, so neither
+    waits for the other. func must not depend on the thread it runs in; numba kernels called
+    from it release the GIL (``nogil``). The first item runs in the calling thread, so kernels
+    load there once (and a Ctrl-C while they load is handled as anywhere else). At most
+    :data:`AHEAD_PER_WORKER` results per worker wait to be consumed, so memory stays bounded.
+    """
+    import numba
+
+    workers = numba.get_num_threads() if workers is None else workers
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield func(item)
+        return
+    yield func(items[0])
+
+    def one_thread(item: T) -> R:
+        numba.set_num_threads(1)  # thread-local: the caller's setting is unchanged
+        return func(item)
+
+    pending: collections.deque = collections.deque()
+    rest = iter(items[1:])
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nsn-batch") as pool:
+        try:
+            for item in itertools.islice(rest, workers * AHEAD_PER_WORKER):
+                pending.append(pool.submit(one_thread, item))
+            while pending:
+                result = pending.popleft().result()
+                for item in itertools.islice(rest, 1):
+                    pending.append(pool.submit(one_thread, item))
+                yield result
+        finally:  # an error or Ctrl-C in the caller: drop what has not started
+            for future in pending:
+                future.cancel()
