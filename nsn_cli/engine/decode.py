@@ -281,7 +281,8 @@ def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_s
         every = np.arange(k)
         chosen = np.empty(k, dtype=np.int64)
         v = np.empty(k, dtype=np.float32)
-        buffer = np.empty(mu.shape[1], dtype=np.float32)
+        mixed = np.empty((1, mu.shape[1]), dtype=np.float32)  # a patch that is not one mean, as row 0
+        buffer = mixed[0]
         image = out[i]  # one view per sample, not one per position
         image[:] = 0.0
         for r in range(h):
@@ -294,7 +295,10 @@ def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_s
                 else:
                     state, row = _decode_position(maps[i, r, c], every, k, mu, var, delta1, delta2, delta3, draws,
                                                   state, prob, active, weight, picked, True, buffer)
-                add_patch(image, mu[row] if row >= 0 else buffer, r * stride, c * stride, patch)
+                if row >= 0:
+                    add_patch(image, mu, row, r * stride, c * stride, patch)
+                else:
+                    add_patch(image, mixed, 0, r * stride, c * stride, patch)
         for y in range(image.shape[0]):
             for x in range(image.shape[1]):
                 for ch in range(image.shape[2]):
