@@ -36,6 +36,7 @@ from typing import Callable
 import numpy as np
 
 from nsn_cli import config, interrupts
+from nsn_cli.engine.threads import map_ordered, one_blas_thread
 from nsn_cli.errors import NsnError, ParameterError
 from nsn_cli.model import DecodeParams, NSNModel
 
@@ -233,11 +234,19 @@ def inpaint_posterior(
                        f"{tuple(model.image_shape)} (see to_model_size)")
     images = np.asarray(images, dtype=np.float32)
     out = np.empty_like(images)
-    for a in range(0, len(images), BATCH):
-        interrupts.check()
-        out[a : a + BATCH] = _posterior_batch(model, images[a : a + BATCH], holes[a : a + BATCH], first + a, options)
-        if progress is not None:
-            progress(len(out[a : a + BATCH]))
+    starts = range(0, len(images), BATCH)
+
+    def one_batch(a: int) -> np.ndarray:
+        return _posterior_batch(model, images[a : a + BATCH], holes[a : a + BATCH], first + a, options)
+
+    # batches side by side, one per thread (each image's fill depends on it alone), BLAS on
+    # one thread in each: the same bits whatever the thread counts
+    with one_blas_thread():
+        for a, filled in zip(starts, map_ordered(one_batch, starts)):
+            interrupts.check()
+            out[a : a + len(filled)] = filled
+            if progress is not None:
+                progress(len(filled))
     return out
 
 
