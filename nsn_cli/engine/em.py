@@ -268,11 +268,13 @@ def moments(patches: np.ndarray, labels: np.ndarray, n_filters: int) -> tuple[np
     counts = np.zeros((chunks, n_filters), dtype=np.int64)
     groups = int(max(1, min(n_filters, -(-numba.get_num_threads() // chunks))))
     _chunk_moments(patches, labels, bounds, groups, sums, squares, counts)
-    total, sq, count = sums[0], squares[0], counts[0]
-    for c in range(1, chunks):  # fixed order
-        total = total + sums[c]
-        sq = sq + squares[c]
-        count = count + counts[c]
+    # in place (the same adds, in a fixed order): a new array per chunk was a fresh mapping
+    # to page in each time (layer 2: 35 chunks of 0.8 MB); copies, so no view keeps them all
+    total, sq, count = sums[0].copy(), squares[0].copy(), counts[0].copy()
+    for c in range(1, chunks):
+        total += sums[c]
+        sq += squares[c]
+        count += counts[c]
     return total, sq, count
 
 
