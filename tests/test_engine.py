@@ -10,6 +10,7 @@ import numba
 import numpy as np
 import pytest
 
+from nsn_cli.engine import em
 from nsn_cli.engine.decode import normal_draws, uniform_draws
 from nsn_cli.engine.em import (
     FilterCapError,
@@ -140,9 +141,11 @@ def _creation_case(rng, m, dims, duplicates, thinned, existing):
 @pytest.mark.parametrize("duplicates, thinned, existing", [(False, False, False), (True, False, False),
                                                           (False, True, False), (True, True, True),
                                                           (False, False, True)])
-def test_parallel_creation_pass_is_the_serial_pass(rng, block, duplicates, thinned, existing):
+def test_parallel_creation_pass_is_the_serial_pass(rng, monkeypatch, block, duplicates, thinned, existing):
     """The OCC pass (serial validation of the uncovered rows, parallel labelling) gives the
-    serial kernel's bits, and both the fully sequential rule's filters and labels."""
+    serial kernel's bits, and both the fully sequential rule's filters and labels. (Blocks
+    of any size take the OCC kernels here; by default small ones take the serial kernel.)"""
+    monkeypatch.setattr(em, "_PARALLEL_MIN_ROWS", 1)
     x, may_start, old = _creation_case(rng, 700, 6, duplicates, thinned, existing)
     radius = 0.35
     serial = creation_pass(x, radius, block=block, may_start=may_start, existing=old, parallel=False)
@@ -277,6 +280,24 @@ def test_m_step(rng, n, dims):
         assert all(np.array_equal(a, b) for a, b in zip(moments(x, skipped, 5), (sums, squares, kept)))
     finally:
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def test_m_step_filter_groups_give_the_same_bits(rng):
+    """One chunk of rows split into groups of filters, one task each (as many as threads):
+    any number of groups gives the one-task bits, and the float64 reference sums."""
+    x = rng.normal(size=(3000, 37)).astype(np.float32)
+    labels = rng.integers(0, 9, size=x.shape[0])
+    labels[::7] = 9  # left out
+    bounds = np.array([0, x.shape[0]])
+    results = []
+    for groups in (1, 2, 3, 9, 10):
+        out = np.zeros((1, 9, 37)), np.zeros((1, 9)), np.zeros((1, 9), dtype=np.int64)
+        em._chunk_moments(x, labels, bounds, groups, *out)
+        results.append(out)
+    assert all(np.array_equal(a, b) for other in results[1:] for a, b in zip(results[0], other))
+    keep = labels < 9
+    assert np.allclose(results[0][0][0], [x[keep & (labels == k)].sum(axis=0, dtype=np.float64) for k in range(9)])
+    assert np.array_equal(results[0][2][0], np.bincount(labels[keep], minlength=9))
 
 
 def _total_sim(x, mu, sigma, labels):

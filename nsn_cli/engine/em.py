@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -32,6 +33,10 @@ from nsn_cli.errors import NsnError, ParameterError
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _CREATION_BLOCK = 2048
+#: Blocks of fewer candidates run the serial kernel even when ``parallel``: the same bits,
+#: and waking the thread pool for the few candidates of a late EM step cost more than the
+#: pass (up to ms on a busy machine, where a woken thread may wait for a core).
+_PARALLEL_MIN_ROWS = 64
 
 
 def sigma_new(alpha: float) -> float:
@@ -144,15 +149,20 @@ def _label_block(x, old_d2, old_label, radius2, first_new, seed_rows, started, l
 
 
 @njit(**JIT_PARALLEL)
-def _chunk_moments(patches, labels, bounds, sums, squares, counts):
-    """Per fixed chunk c of rows bounds[c]:bounds[c+1] (one thread each):
-    OUT sums[c, k] = sum of its patches of filter k, squares[c, k] = sum of their ||x||^2,
-    counts[c, k]. Chunks do not depend on the thread count, so neither do the bits."""
+def _chunk_moments(patches, labels, bounds, groups, sums, squares, counts):
+    """Per fixed chunk c of rows bounds[c]:bounds[c+1] and group g of filters (those with
+    k % groups == g; one task each): OUT sums[c, k] = sum of its patches of filter k,
+    squares[c, k] = sum of their ||x||^2, counts[c, k]. Each task reads only its filters'
+    rows, in row order: every sum runs over its chunk's rows in row order whatever the
+    groups, and chunks do not depend on the thread count, so neither do the bits."""
     dims = patches.shape[1]
-    for c in prange(bounds.shape[0] - 1):
+    n_filters = counts.shape[1]
+    for task in prange((bounds.shape[0] - 1) * groups):
+        c = task // groups
+        g = task - c * groups
         for i in range(bounds[c], bounds[c + 1]):
             k = labels[i]
-            if k >= counts.shape[1]:  # not counted (a candidate, summed with its new filter)
+            if k >= n_filters or k % groups != g:  # k == n_filters: a candidate, summed with its new filter
                 continue
             counts[c, k] += 1
             total = 0.0
@@ -196,7 +206,8 @@ def creation_pass(
     matrix product, then with those started in the block: ``parallel`` splits this into a
     serial validation of only the rows no earlier filter covers and a parallel labelling
     (:func:`_validate_block`, :func:`_label_block`); the serial kernel visits every row in
-    turn. Both give the same bits.
+    turn (and takes blocks of fewer than ``_PARALLEL_MIN_ROWS`` rows either way). Both give
+    the same bits.
     """
     candidates = np.ascontiguousarray(candidates, dtype=np.float32)
     m, dims = candidates.shape
@@ -219,7 +230,7 @@ def creation_pass(
             old_d2 = np.full(b - a, np.inf)
         rows = np.empty(b - a, dtype=np.int64)
         budget = b - a if max_new is None else min(b - a, max_new - seed_mu.shape[0])
-        if parallel:
+        if parallel and b - a >= _PARALLEL_MIN_ROWS:
             proposers = np.flatnonzero(may_start[a:b] & ~((old_label >= 0) & (old_d2 <= radius2)))
             started = _validate_block(x, proposers, radius2, budget, rows)
             if started <= budget:
@@ -242,7 +253,9 @@ def moments(patches: np.ndarray, labels: np.ndarray, n_filters: int) -> tuple[np
 
     Sums run in float64 over fixed chunks of rows (from n and K only), merged in chunk order.
     (Summing filter by filter, rows in label order, needs no merge but took 1.8x the CPU time
-    on layers 2 and 3: rows read out of order.)
+    on layers 2 and 3: rows read out of order.) With fewer chunks than threads (layer 3's
+    4,000 rows are one chunk) each chunk's filters are split into groups, one task each,
+    which changes no sum's order: layer 3's pass no longer runs on one core.
     """
     patches = np.ascontiguousarray(patches, dtype=np.float32)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
@@ -253,12 +266,15 @@ def moments(patches: np.ndarray, labels: np.ndarray, n_filters: int) -> tuple[np
     sums = np.zeros((chunks, n_filters, dims))
     squares = np.zeros((chunks, n_filters))
     counts = np.zeros((chunks, n_filters), dtype=np.int64)
-    _chunk_moments(patches, labels, bounds, sums, squares, counts)
-    total, sq, count = sums[0], squares[0], counts[0]
-    for c in range(1, chunks):  # fixed order
-        total = total + sums[c]
-        sq = sq + squares[c]
-        count = count + counts[c]
+    groups = int(max(1, min(n_filters, -(-numba.get_num_threads() // chunks))))
+    _chunk_moments(patches, labels, bounds, groups, sums, squares, counts)
+    # in place (the same adds, in a fixed order): a new array per chunk was a fresh mapping
+    # to page in each time (layer 2: 35 chunks of 0.8 MB); copies, so no view keeps them all
+    total, sq, count = sums[0].copy(), squares[0].copy(), counts[0].copy()
+    for c in range(1, chunks):
+        total += sums[c]
+        sq += squares[c]
+        count += counts[c]
     return total, sq, count
 
 
