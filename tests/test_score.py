@@ -57,6 +57,16 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("nsn-cache")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fewer_swd_descriptors():
+    """SWD on at most 8,192 neighbourhoods per level instead of 65,536: the same descriptors,
+    projections and sorts, an eighth of the work (600 reference digits give 13 per image, the
+    picks still vary by image). Module-wide, so the module's scorers are built with it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plugins_module, "SWD_MAX_DESCRIPTORS", 1 << 13)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _cache_env(cache, monkeypatch):
     monkeypatch.setenv("NSN_CACHE", str(cache))  # never write into the real ~/.cache
