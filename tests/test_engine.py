@@ -142,7 +142,7 @@ def _creation_case(rng, m, dims, duplicates, thinned, existing):
 def test_parallel_creation_pass_is_the_serial_pass(rng, block, duplicates, thinned, existing):
     """The OCC pass (serial validation of the uncovered rows, parallel labelling) gives the
     serial kernel's bits, and both the fully sequential rule's filters and labels."""
-    x, may_start, old = _creation_case(rng, 700, 6, duplicates, thinned, existing)
+    x, may_start, old = _creation_case(rng, 350, 6, duplicates, thinned, existing)
     radius = 0.35
     serial = creation_pass(x, radius, block=block, may_start=may_start, existing=old, parallel=False)
     parallel = creation_pass(x, radius, block=block, may_start=may_start, existing=old, parallel=True)
