@@ -146,7 +146,7 @@ def test_parallel_creation_pass_is_the_serial_pass(rng, monkeypatch, block, dupl
     serial kernel's bits, and both the fully sequential rule's filters and labels. (Blocks
     of any size take the OCC kernels here; by default small ones take the serial kernel.)"""
     monkeypatch.setattr(em, "_PARALLEL_MIN_ROWS", 1)
-    x, may_start, old = _creation_case(rng, 700, 6, duplicates, thinned, existing)
+    x, may_start, old = _creation_case(rng, 350, 6, duplicates, thinned, existing)
     radius = 0.35
     serial = creation_pass(x, radius, block=block, may_start=may_start, existing=old, parallel=False)
     parallel = creation_pass(x, radius, block=block, may_start=may_start, existing=old, parallel=True)

@@ -128,8 +128,8 @@ def _assert_monotone(table: dict, first: int) -> None:
 #: measures it and its table.
 TEST_IMAGES, TEST_EPOCHS = 2000, 4
 #: KID subsets of the digit table: its smallest step (mild salt-and-pepper) more than doubles
-#: KID, far beyond the spread of 10 subsets; each subset costs a second of products.
-TEST_SUBSETS = 10
+#: KID, far beyond the spread of 5 subsets; each subset costs a second of products.
+TEST_SUBSETS = 5
 
 
 @pytest.mark.slow

@@ -279,6 +279,7 @@ def test_peak_memory_of_a_streamed_train(tmp_path, mnist_4k, tiny_memory, tiny_m
     assert model.layers[1].chunk > 0 and model.complete and model.top is not None  # layer 2 was streamed
 
 
+@pytest.mark.slow
 def test_a_runaway_layer_stops_in_its_first_pass_with_one_line(tmp_path, mnist_4k):
     """alpha 0 at layer 1 (a tiny radius: nearly every patch starts a filter), streamed under
     --memory 352M: the run stops in EM iteration 1, in the first chunk of its 676,000 patches

@@ -162,6 +162,15 @@ def test_blas_thread_count_does_not_change_the_bits(tmp_path, mnist_small):
         assert np.array_equal(value, models[1][name]), name
 
 
+@pytest.fixture(scope="module")
+def digits200(tmp_path_factory):
+    """The first 200 bundled digits (one encoding chunk): for the command's step names, not
+    for what it learns or for progress within a step."""
+    path = tmp_path_factory.mktemp("data") / "mnist200.h5"
+    prep([MNIST_IMAGES], path, limit=200)
+    return path
+
+
 def test_every_long_step_reports_progress(tmp_path, mnist_small):
     """The alpha search reports every EM iteration of every probe; encoding between layers,
     the top statistics and the final save report as steps, each ending complete."""
@@ -191,8 +200,8 @@ def test_every_long_step_reports_progress(tmp_path, mnist_small):
     assert steps[TOP_STEP][-1] == (1200, 1200)  # 600 images, then 600 members searched
 
 
-def test_train_command_shows_its_steps(cli, tmp_path, mnist_small):
-    code, _, err = cli("train", mnist_small, "-o", tmp_path / "m.h5", "--iterations", "2")
+def test_train_command_shows_its_steps(cli, tmp_path, digits200):
+    code, _, err = cli("train", digits200, "-o", tmp_path / "m.h5", "--iterations", "2")
     assert code == 0
     for name in ("layer 1", "encoding with layer 1", "top statistics", "saving the model"):
         assert name in err, name
