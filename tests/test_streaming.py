@@ -323,34 +323,30 @@ def streamed_4m(tmp_path_factory, mnist_small):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("memory_mb", [4, 16])  # 16M: layer 1's images are held, and that layer streamed here
-def test_dask_local_cluster_gives_the_local_streamed_model(tmp_path, mnist_small, memory_mb, request):
-    pytest.importorskip("distributed")
-    from nsn_cli.train import TrainOptions, train
-
-    options = {"iterations": 3, "seed": 4}
-    local = request.getfixturevalue("streamed_4m") if memory_mb == 4 else \
-        train(mnist_small, tmp_path / "l.h5", TrainOptions(**options), memory=memory_mb << 20)
-    remote = train(mnist_small, tmp_path / "d.h5", TrainOptions(**options), memory=memory_mb << 20, workers=2)
-    assert [a.filters for a in local.layers] == [b.filters for b in remote.layers]
-    for a, b in zip(local.layers, remote.layers):
-        assert np.array_equal(a.mu, b.mu) and np.array_equal(a.sigma, b.sigma) and np.array_equal(a.counts, b.counts)
-        assert [h["changed"] for h in a.history] == [h["changed"] for h in b.history]
-
-
-@pytest.mark.slow
-def test_dask_workers_find_a_data_file_given_by_a_relative_path(tmp_path, mnist_small, monkeypatch, streamed_4m):
-    """Workers started elsewhere (here: before the driver changes directory) get an absolute path."""
+def test_dask_local_cluster_gives_the_local_streamed_model(tmp_path, mnist_small, memory_mb, request, monkeypatch):
+    """--workers (train starts the cluster) and --dask (a running one) give the local model's
+    bits. The running cluster's workers start before the driver changes directory and are
+    given the data file by a relative path: they must get an absolute one."""
     pytest.importorskip("distributed")
     import distributed
 
     from nsn_cli.train import TrainOptions, train
 
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        monkeypatch.chdir(mnist_small.parent)
-        remote = train(mnist_small.name, tmp_path / "d.h5", TrainOptions(iterations=3, seed=4), memory=4 << 20,
-                       dask_address=cluster.scheduler_address)
-    for a, b in zip(streamed_4m.layers, remote.layers, strict=True):
-        assert np.array_equal(a.mu, b.mu) and np.array_equal(a.counts, b.counts)
+    options = {"iterations": 3, "seed": 4}
+    local = request.getfixturevalue("streamed_4m") if memory_mb == 4 else \
+        train(mnist_small, tmp_path / "l.h5", TrainOptions(**options), memory=memory_mb << 20)
+    if memory_mb == 16:
+        remote = train(mnist_small, tmp_path / "d.h5", TrainOptions(**options), memory=memory_mb << 20, workers=2)
+    else:
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=None) as cluster:
+            monkeypatch.chdir(mnist_small.parent)
+            remote = train(mnist_small.name, tmp_path / "d.h5", TrainOptions(**options), memory=memory_mb << 20,
+                           dask_address=cluster.scheduler_address)
+    assert [a.filters for a in local.layers] == [b.filters for b in remote.layers]
+    for a, b in zip(local.layers, remote.layers, strict=True):
+        assert np.array_equal(a.mu, b.mu) and np.array_equal(a.sigma, b.sigma) and np.array_equal(a.counts, b.counts)
+        assert [h["changed"] for h in a.history] == [h["changed"] for h in b.history]
 
 
 def test_dask_option_errors(cli, tmp_path, mnist_small):
