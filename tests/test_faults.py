@@ -540,3 +540,25 @@ def test_a_ctrl_c_dropped_as_unraisable_is_kept_pending():
     finally:
         signal.signal(signal.SIGINT, saved)
     assert sys.unraisablehook is before
+
+
+@pytest.mark.parametrize("module", ["numba", "nsn_cli.cli"])
+def test_ctrl_c_while_nsn_starts_is_one_line_and_130(tmp_path, module):
+    """A real SIGINT at the moment Python imports ``module`` for the console script, before the
+    CLI's own handling is in place (about half a second of every run)."""
+    child = f"""
+import importlib.abc, os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+class SignalOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == {module!r}:
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, SignalOnImport())
+sys.argv = ["nsn", "info", "model.h5"]
+from nsn_cli.entry import main
+main()
+"""
+    done = subprocess.run([sys.executable, "-c", child], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert "nothing was written" in one_line(done.stderr)
