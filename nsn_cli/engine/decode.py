@@ -22,8 +22,6 @@ from nsn_cli.config import JIT, JIT_PARALLEL
 from nsn_cli.engine.lut import ChannelMap, bucket_of, interp_value
 from nsn_cli.engine.patches import add_patch, inverse_coverage
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
 
 @njit(**JIT)
 def _splitmix(state):
