@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from nsn_cli.calibrate import Calibration, ValueReservoir, quantile_map
+from nsn_cli.calibrate import Calibration, ValueReservoir, order_statistics, quantile_map
 from nsn_cli.errors import NsnError
 from nsn_cli.files import load_images
 from nsn_cli.model import NSNModel
@@ -22,6 +22,19 @@ def test_quantile_map_sends_each_quantile_to_the_data_quantile(rng):
     probabilities = np.linspace(0.05, 0.95, 19)
     assert np.allclose(np.quantile(mapped, probabilities), np.quantile(data, probabilities), atol=0.01)
     assert np.all(np.diff(source[0]) > 0) and np.all(np.diff(target[0]) >= 0)  # monotone
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 10, 4097])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_order_statistics_are_np_quantile_inverted_cdf_to_the_bit(rng, m, dtype):
+    values = rng.random((m, 5)).astype(dtype)
+    values[values < 0.3] = 0.25  # ties
+    if m > 3:
+        values[m // 2, 2] = np.nan  # np.quantile: the whole column NaN
+    probabilities = np.linspace(0.0, 1.0, 257)
+    expected = np.array([np.quantile(values[:, c].astype(np.float64), probabilities, method="inverted_cdf")
+                         for c in range(5)])
+    assert np.array_equal(order_statistics(values, probabilities), expected, equal_nan=True)
 
 
 def test_an_atom_goes_where_the_rank_transform_sends_it(rng):
