@@ -128,6 +128,13 @@ def test_creation_pass_matches_sequential(rng, block):
     assert np.array_equal(labels, ref_labels)
 
 
+def test_take_rows_is_numpy_fancy_indexing(rng):
+    source = rng.random((50, 7), dtype=np.float32)
+    rows = rng.integers(0, 50, size=123)
+    assert np.array_equal(em.take_rows(source, rows), source[rows])
+    assert em.take_rows(source, rows[:0]).shape == (0, 7)
+
+
 def _creation_case(rng, m, dims, duplicates, thinned, existing):
     x = rng.random((m, dims), dtype=np.float32)
     if duplicates:  # exact repeats: distance 0, ties between seeds
