@@ -19,7 +19,8 @@ from nsn_cli import config as defaults
 from nsn_cli import interrupts, streams
 from nsn_cli.calibrate import calibrate_model, generated_images
 from nsn_cli.engine.em import FilterCapError, LayerFit, StepStats, fit_layer, fit_layer_to_count, reference_scale
-from nsn_cli.engine.encode import LayerPatches, encoded_chunks, encoded_maps, return_freed_chunks_to_os
+from nsn_cli.engine.encode import LayerPatches, encoded_chunks, encoded_maps
+from nsn_cli.heap import set_heap_mode
 from nsn_cli.engine.geometry import arch_string, check_reaches_one, default_arch, map_sizes, parse_arch, preset_name
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import ACTIVATIONS
@@ -202,9 +203,10 @@ def train(
     out of memory); each layer records the chunk size it was trained with.
     workers, dask_address: run the streamed layers' chunk E-steps on a local Dask cluster of
     that many processes, or on the scheduler at that address (same bits as locally).
-    tune_malloc: with a budget, change glibc's malloc for the rest of the process so freed
-    chunks leave it (:func:`return_freed_chunks_to_os`): for a process that is this train (the
-    CLI), never for a library caller's process (no setting of it can be restored).
+    tune_malloc: with a budget, change glibc's malloc for the rest of the process, layer by
+    layer as the memory plan says: freed chunks leave it, or (a layer that fits twice over)
+    stay for reuse (:mod:`nsn_cli.heap`). For a process that is this train (the CLI), never
+    for a library caller's process (no setting of it can be restored).
     source: what the model records it was trained on (default: ``data_path``).
     """
     output = Path(output)
@@ -226,8 +228,9 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
     options = replace(options)  # defaults are filled in below; the caller's options stay as given
     reporter = reporter or _Silent()
     output = Path(output)
-    if memory is not None and tune_malloc:
-        return_freed_chunks_to_os()
+    tune_heap = memory is not None and tune_malloc
+    if tune_heap:
+        set_heap_mode("return")  # until a layer's plan says its memory may be kept for reuse
     if threads is not None and not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
         raise ParameterError("threads", f"must lie in 1..{numba.config.NUMBA_NUM_THREADS}, got {threads}")
     if memory is None:
@@ -303,6 +306,8 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
                 in_channels = channels if index == 1 else model.layers[index - 2].filters
                 dims = shape.patch * shape.patch * in_channels
                 plan = plan_layer(memory, n, _map_bytes(model, sizes), dims, n_patches, maps is not None)
+                if tune_heap:
+                    set_heap_mode("reuse" if plan.reuse_heap else "return")
                 if not plan.streamed:
                     reporter.layer_start(index, len(arch), n_patches, dims, False)  # before the patches are cut
                     maps = _input_maps(plan, maps, data_path, model, index - 1)
@@ -348,6 +353,8 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
                 else:
                     maps = None
         if model.top is None:
+            if tune_heap and maps is None:  # streamed from the file: a budget to keep to
+                set_heap_mode("return")
             reporter.top_start(n)
             model.top = _top_stats(data_path, model, sizes, n, maps, memory, options.seed,
                                    functools.partial(reporter.step, TOP_STEP))

@@ -165,23 +165,67 @@ def test_no_process_state_is_left_changed(digits, tmp_path):
     assert _process_state() == before  # numba's and BLAS's threads, every environment variable, SIGINT's handler
 
 
+#: A subprocess's page faults for a fresh 64 MB array after one was freed: with freed memory
+#: kept for reuse, none.
+_FRESH_FAULTS = """
+import resource
+import numpy as np
+def fresh_faults():
+    a = np.ones(64 << 20, np.uint8)
+    del a
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    b = np.ones(64 << 20, np.uint8)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+"""
+
+
 @pytest.mark.slow
 def test_glibc_malloc_is_tuned_by_the_cli_only(tmp_path, mnist_small):
-    """A fresh process: a budgeted fit from Python leaves glibc's malloc alone, `nsn train
-    --memory` (the CLI in the same process) tunes it for its own process."""
-    script = f"""
-import numpy as np
+    """A fresh process: a budgeted fit from Python leaves glibc's malloc alone; `nsn train`
+    (the CLI in the same process, default budget, digits that fit it twice over) keeps
+    freed memory for reuse: a fresh array after a freed one takes no page faults."""
+    script = _FRESH_FAULTS + f"""
 from nsn_cli import NSN
 from nsn_cli.cli import run
-from nsn_cli.train import return_freed_chunks_to_os as tune
+from nsn_cli.heap import heap_mode
 NSN(iterations=1, memory="400M").fit({str(mnist_small)!r})
-print("tuned", tune.cache_info().currsize)
+print("heap", heap_mode(), fresh_faults())
 assert run(["train", {str(mnist_small)!r}, "-o", {str(tmp_path / "m.h5")!r}, "--iterations", "1", "-q"]) == 0
-print("tuned", tune.cache_info().currsize)
+print("heap", heap_mode(), fresh_faults())
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
-    assert [line.split()[1] for line in done.stdout.splitlines() if line.startswith("tuned")] == ["0", "1"]
+    (library, library_faults), (cli, cli_faults) = [
+        line.split()[1:] for line in done.stdout.splitlines() if line.startswith("heap")]
+    assert (library, cli) == ("None", "reuse")
+    assert int(library_faults) > 0 and int(cli_faults) == 0  # (a fault may map a 2 MB huge page)
+
+
+def test_heap_modes_keep_or_return_freed_memory():
+    """"reuse": a fresh array after a freed one takes no page faults; back to "return", the
+    memory the heap kept leaves the process (RSS drops) and fresh arrays fault again."""
+    script = _FRESH_FAULTS + """
+from nsn_cli.heap import set_heap_mode
+def rss():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+set_heap_mode("reuse")
+print(fresh_faults())
+big = np.ones(256 << 20, np.uint8)
+del big
+kept = rss()
+set_heap_mode("return")
+print(fresh_faults(), (kept - rss()) >> 20)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    reuse, back = done.stdout.split("\n")[:2]
+    faults, freed_mib = map(int, back.split())
+    assert int(reuse) == 0 and faults > 0 and freed_mib >= 200
+    with pytest.raises(ValueError, match="heap mode"):
+        from nsn_cli.heap import set_heap_mode
+
+        set_heap_mode("keep")
 
 
 def test_save_and_load_round_trip(fitted, tmp_path):

@@ -19,7 +19,7 @@ def test_map_bytes_are_four_bytes_a_value_per_level():
 
 def test_no_budget_keeps_everything_in_memory():
     assert plan_layer(None, 600, **LAYER1, n_patches=600 * 169, maps_in_memory=True) == \
-        LayerPlan(streamed=False, chunk=0, labels_on_disk=False, hold_maps=True, encode_chunk=0)
+        LayerPlan(streamed=False, chunk=0, labels_on_disk=False, hold_maps=True, encode_chunk=0, reuse_heap=True)
     assert image_chunk(None, DIGIT) == memory_plan.UNBUDGETED_CHUNK
 
 
@@ -28,7 +28,16 @@ def test_a_layer_that_fits_is_trained_in_memory_its_maps_encoded_in_chunks_besid
     # Encoding F[0] from the file: 64M less the 1,881,600 of the maps being filled is 65,227,264,
     # less a quarter (16,306,816) = 48,920,448 // 3,136 = 15,599 images, rounded down to 15,360.
     plan = plan_layer(64 * MIB, 600, **LAYER1, n_patches=600 * 169, maps_in_memory=False)
-    assert plan == LayerPlan(streamed=False, chunk=0, labels_on_disk=False, hold_maps=True, encode_chunk=15360)
+    assert plan == LayerPlan(streamed=False, chunk=0, labels_on_disk=False, hold_maps=True, encode_chunk=15360,
+                             reuse_heap=True)  # 2 * 18,105,600 <= 64M: freed memory may stay for reuse
+
+
+def test_a_layer_that_fits_but_not_twice_returns_freed_memory():
+    # 18,105,600 <= 32M (33,554,432) < 2 * 18,105,600: in memory, freed chunks go back to the OS
+    plan = plan_layer(32 * MIB, 600, **LAYER1, n_patches=600 * 169, maps_in_memory=True)
+    assert not plan.streamed and not plan.reuse_heap
+    assert plan_layer(36_211_200, 600, **LAYER1, n_patches=600 * 169, maps_in_memory=True).reuse_heap
+    assert not plan_layer(36_211_199, 600, **LAYER1, n_patches=600 * 169, maps_in_memory=True).reuse_heap
 
 
 def test_a_layer_past_the_budget_is_streamed_with_its_maps_held():

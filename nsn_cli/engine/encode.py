@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
@@ -24,6 +21,7 @@ import numpy as np
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.errors import NsnError
 from nsn_cli.files import open_dataset
+from nsn_cli.heap import set_heap_mode
 
 
 class Encoder(Protocol):
@@ -74,21 +72,6 @@ def encoded_maps(data_path, encoder: Encoder, upto: int, chunk: int) -> np.ndarr
     return out
 
 
-#: glibc's mallopt parameter number of M_MMAP_THRESHOLD.
-_M_MMAP_THRESHOLD = -3
-
-
-@functools.cache  # once per process (a Dask worker calls it for every chunk)
-def return_freed_chunks_to_os() -> None:
-    """Serve every allocation above 256 kB by its own mmap, so a freed chunk's arrays leave
-    the process at once. By default glibc raises this threshold as large blocks are freed (up
-    to 32 MB), and freed heap blocks then stay resident: a streamed run's RSS crept 20-40 MB
-    above its budget. No-op off glibc. It changes the process for good: for a process that
-    is a budgeted train (the CLI, a Dask worker), never for a library caller's."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(_M_MMAP_THRESHOLD, 256 << 10)
-
-
 @dataclass
 class LayerPatches:
     """Chunk source of one layer's patches: images ``chunk`` at a time from the data file,
@@ -133,7 +116,7 @@ class LayerPatches:
     def load_maps(self, a: int, b: int) -> np.ndarray:
         """F[below] of images a..b-1, read and encoded from the data file (what a remote
         worker does; the same bits :meth:`read` cuts its patches from)."""
-        return_freed_chunks_to_os()
+        set_heap_mode("return")  # a Dask worker: a budgeted train's process
         with open_dataset(self.path) as dataset:
             return encode_upto(self.model, read_chunk(dataset, a, b), self.below)
 
