@@ -20,13 +20,13 @@ from nsn_cli import interrupts, streams
 from nsn_cli.calibrate import calibrate_model, generated_images
 from nsn_cli.engine.em import FilterCapError, LayerFit, StepStats, fit_layer, fit_layer_to_count, reference_scale
 from nsn_cli.engine.encode import LayerPatches, encoded_chunks, encoded_maps
-from nsn_cli.heap import set_heap_mode
 from nsn_cli.engine.geometry import arch_string, check_reaches_one, default_arch, map_sizes, parse_arch, preset_name
 from nsn_cli.engine.patches import extract_patches
 from nsn_cli.engine.similarity import ACTIVATIONS
 from nsn_cli.engine.stream import fit_layer_stream, fit_layer_stream_to_count
 from nsn_cli.errors import Interrupted, NsnError, ParameterError, WriteError
 from nsn_cli.files import check_output_path, fingerprint, load_images, open_dataset, output_lock, same_file
+from nsn_cli.heap import set_heap_mode
 from nsn_cli.memorise import check_model
 from nsn_cli.memory_plan import LayerPlan, keep_maps, layer_bytes, map_bytes, plan_layer, plan_top
 from nsn_cli.model import Layer, NSNModel
