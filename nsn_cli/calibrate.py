@@ -347,14 +347,34 @@ def data_pixel_chunks(path, chunk: int = 1024) -> tuple[Iterable[np.ndarray], in
     return chunks(), count
 
 
+def map_data_bytes(channels: int) -> int:
+    """The most bytes :func:`map_data_values` returns for maps of ``channels`` channels."""
+    return 4 * MAP_VALUES * channels
+
+
+def map_data_values(maps: np.ndarray) -> np.ndarray:
+    """What the maps' fit keeps of the training images' encoded ``F[MAP_LAYER]`` (N, h, w, K),
+    all of them in image order: the values :func:`calibrate_model` would encode and keep
+    itself (the same seeded subsample: the reservoir draws one number per position in order,
+    however the images come). ``train`` holds these maps between its layers, so its
+    calibration need not encode every training image again."""
+    n, h, w, k = maps.shape
+    reservoir = ValueReservoir(k, n * h * w, limit=MAP_VALUES, seed=FIT_SEED)
+    reservoir.add(maps)
+    return reservoir.values()
+
+
 def calibrate_model(model, data_path, *, samples: int = FIT_SAMPLES,
-                    progress: Callable[[int], None] | None = None) -> Calibration:
+                    progress: Callable[[int], None] | None = None,
+                    map_data: np.ndarray | None = None) -> Calibration:
     """Fit a complete model's calibration against its training data set: NSN-Gen with the
     sampling defaults (default prior, :meth:`~nsn_cli.model.DecodeParams.for_sampling`) and the
     calibration's own seed. First the map of decoded ``F[MAP_LAYER]`` maps onto the training
     images' encoded ones (for models of more than MAP_LAYER layers), then, with it applied, the
     map of raw pixels (de-whitened for ZCA models, before any clipping) onto the training
-    pixels. ``progress(n)`` counts generated images (twice ``samples`` with the maps' fit)."""
+    pixels. ``progress(n)`` counts generated images (twice ``samples`` with the maps' fit).
+    map_data: :func:`map_data_values` of the training images' ``F[MAP_LAYER]``, if the caller
+    has them (a model that is not ZCA-whitened: a whitened one encodes its clipped pixels)."""
     from nsn_cli import priors
     from nsn_cli.model import DecodeParams
     from nsn_cli.sample import generate
@@ -365,7 +385,7 @@ def calibrate_model(model, data_path, *, samples: int = FIT_SAMPLES,
     prior = priors.default_prior(model, len(model.layers))
     params = DecodeParams.for_sampling().resolved(density_prior=priors.get(prior).density)
     sampler = {"prior": prior, **{k: getattr(params, k) for k in ("delta1", "delta2", "delta3", "draws", "pixel_draws")}}
-    maps = _fit_map_calibration(model, data_path, prior, params, samples, progress) \
+    maps = _fit_map_calibration(model, data_path, prior, params, samples, progress, map_data) \
         if len(model.layers) > MAP_LAYER else (None, None)
     previous = model.calibration
     # the pixel map is fitted on what NSN-Gen gives with the map of F[MAP_LAYER] applied
@@ -410,16 +430,20 @@ def generated_images(model, samples: int = FIT_SAMPLES) -> int:
 
 
 def _fit_map_calibration(model, data_path, prior: str, params, samples: int,
-                         progress: Callable[[int], None] | None) -> tuple[np.ndarray, np.ndarray]:
+                         progress: Callable[[int], None] | None,
+                         map_data: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Knots (K, Q') mapping NSN-Gen's decoded ``F[MAP_LAYER]`` onto the training images'
-    encoded ``F[MAP_LAYER]``, channel by channel (quantile matching, as the pixels)."""
+    encoded ``F[MAP_LAYER]``, channel by channel (quantile matching, as the pixels).
+    map_data: the training side's values (:func:`map_data_values`), else encoded here."""
     from nsn_cli import priors
 
     h, w, k = model.map_shape(MAP_LAYER)
-    chunks, count = data_pixel_chunks(data_path)
-    data = ValueReservoir(k, count * h * w, limit=MAP_VALUES, seed=FIT_SEED)
-    for chunk in chunks:
-        data.add(model.encode(chunk, upto=MAP_LAYER)[MAP_LAYER])
+    if map_data is None:
+        chunks, count = data_pixel_chunks(data_path)
+        data = ValueReservoir(k, count * h * w, limit=MAP_VALUES, seed=FIT_SEED)
+        for chunk in chunks:
+            data.add(model.encode(chunk, upto=MAP_LAYER)[MAP_LAYER])
+        map_data = data.values()
     generated = ValueReservoir(k, samples * h * w, limit=MAP_VALUES, seed=FIT_SEED + 1)
     top = len(model.layers)
     for first in range(0, samples, 1024):
@@ -428,4 +452,4 @@ def _fit_map_calibration(model, data_path, prior: str, params, samples: int,
         generated.add(model.decode(drawn, start, params, seed=FIT_SEED, first_sample=first, to_layer=MAP_LAYER))
         if progress is not None:
             progress(n)
-    return quantile_map(generated.values(), data.values(), knots=MAP_QUANTILES)
+    return quantile_map(generated.values(), map_data, knots=MAP_QUANTILES)

@@ -17,7 +17,7 @@ import numpy as np
 
 from nsn_cli import config as defaults
 from nsn_cli import interrupts, streams
-from nsn_cli.calibrate import calibrate_model, generated_images
+from nsn_cli.calibrate import MAP_LAYER, calibrate_model, generated_images, map_data_bytes, map_data_values
 from nsn_cli.engine.em import FilterCapError, LayerFit, StepStats, fit_layer, fit_layer_to_count, reference_scale
 from nsn_cli.engine.encode import LayerPatches, encoded_chunks, encoded_maps
 from nsn_cli.engine.geometry import arch_string, check_reaches_one, default_arch, map_sizes, parse_arch, preset_name
@@ -296,6 +296,7 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
         if threads is not None:
             numba.set_num_threads(threads)
         maps = images  # F[index - 1] of every image, or None while streaming
+        map_data = None  # what the calibration keeps of F[MAP_LAYER] of every image, once encoded
         for index, shape in enumerate(arch, 1):
             interrupts.check()
             done = index <= len(model.layers)
@@ -350,6 +351,9 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
                 if keep_maps(memory, maps.nbytes, n * _map_bytes(model, sizes)[index]):
                     maps = model.encode_layer(maps, index, progress=functools.partial(
                         reporter.step, f"encoding with layer {index}"))
+                    if index == MAP_LAYER and zca is None and model.calibration is None and \
+                            (memory is None or MAP_DATA_SHARE * map_data_bytes(model.layers[index - 1].filters) <= memory):
+                        map_data = map_data_values(maps)  # the calibration's training side, while at hand
                 else:
                     maps = None
         if model.top is None:
@@ -370,7 +374,7 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
                 done[0] += count
                 reporter.step(CALIBRATION_STEP, done[0], generated_images(model))
 
-            model.calibration = calibrate_model(model, data_path, progress=advance)
+            model.calibration = calibrate_model(model, data_path, progress=advance, map_data=map_data)
             check = check_model(model, data_path)
             model.memorisation = {"near_copies": check.samples, "near_copies_real": check.reference}
             if check.memorises:
@@ -383,6 +387,10 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
         numba.set_num_threads(previous_threads)
     return model
 
+
+#: The calibration's share of F[MAP_LAYER] (:func:`~nsn_cli.calibrate.map_data_values`) is held
+#: from that layer's encoding to the end when it takes at most 1 / MAP_DATA_SHARE of the budget.
+MAP_DATA_SHARE = 16
 
 #: The names :meth:`TrainReporter.step` reports the top-layer statistics, the save after them
 #: and the pixel calibration under.

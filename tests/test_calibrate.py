@@ -95,6 +95,17 @@ def test_trained_model_is_calibrated_and_its_samples_have_the_data_histogram(tin
     assert np.array_equal(generate(model, 400, seed=5, batch=64), samples)
 
 
+def test_train_fits_the_calibration_calibrate_fits_from_the_file(tiny_model, mnist_small):
+    """train hands the calibration the training images' layer-1 maps it encoded between its
+    layers; fitted from the data file instead (as `nsn calibrate` does), every knot is the same."""
+    from nsn_cli.calibrate import calibrate_model
+
+    _, model = tiny_model
+    refitted = calibrate_model(model, mnist_small)
+    for key in ("maps_source", "maps_target", "source", "target", "fill_kernel", "fill_bias"):
+        assert np.array_equal(getattr(refitted, key), getattr(model.calibration, key)), key
+
+
 def test_calibrate_command_refits_and_refuses_other_data(cli, tmp_path, tiny_model, mnist_small):
     import shutil
 
