@@ -128,6 +128,17 @@ def test_creation_pass_matches_sequential(rng, block):
     assert np.array_equal(labels, ref_labels)
 
 
+def test_activations_far_from_zero_are_exactly_what_exp_gives():
+    """Similarities past the underflow bound skip exp; the values are the formula's: float32
+    exp is 0 below about -103.97, and 1 / (1 + exp(-s)) is exactly 1 for s past ~37."""
+    sims = np.array([[-1e6, -200.0, -110.5, -109.5, -104.0, -100.0, 37.5, 109.5, 110.5, 200.0, 1e6]], np.float32)
+    sig = activate(sims, "sigmoid")[0]
+    assert np.array_equal(sig[:5], np.zeros(5)) and np.array_equal(sig[6:], np.ones(5))
+    assert 0.0 < sig[5] == np.float32(math.exp(-100.0))  # a subnormal float32, exp's own
+    rel = activate(np.array([[0.0, -109.5, -110.5, -1e6, -5.0]], np.float32), "relative")[0]
+    assert np.array_equal(rel[:4], [1.0, 0.0, 0.0, 0.0]) and rel[4] == np.float32(math.exp(-5.0))
+
+
 def test_take_rows_is_numpy_fancy_indexing(rng):
     source = rng.random((50, 7), dtype=np.float32)
     rows = rng.integers(0, 50, size=123)
