@@ -41,6 +41,9 @@ PATCH_COPIES = 3
 #: arrays' pages serve the next ones (:mod:`nsn_cli.heap`'s "reuse"), at the cost of the
 #: heap's fragmentation: the digits' peak RSS went from 1.04 to 1.15 GB.
 REUSE_HEADROOM = 2
+#: Samples whose maps the calibration may hold at once: its batches of 1,024, each decoded
+#: in batches of 256 with two per thread ahead.
+CALIBRATION_IN_FLIGHT = 2048
 #: The top statistics never keep fewer members than this, however small the budget.
 MIN_MEMBERS = 256
 
@@ -92,6 +95,20 @@ class LayerPlan:
     reuse_heap: bool = False
 
 
+def reuse_heap(memory: int | None, working_set: int) -> bool:
+    """Whether a phase of ``working_set`` bytes may keep freed memory for reuse: when it fits
+    the budget :data:`REUSE_HEADROOM` times over (or there is no budget)."""
+    return memory is None or REUSE_HEADROOM * working_set <= memory
+
+
+def after_layers_bytes(n: int, held_maps: int, dims: int, decode_bytes: int) -> int:
+    """Peak bytes of what ``train`` does after its layers: the top statistics (members and
+    neighbour blocks, :func:`~nsn_cli.top.top_stats_bytes`) beside ``F[L-1]`` if held
+    (``held_maps`` bytes), then the calibration and the copy check, which decode samples in
+    batches: :data:`CALIBRATION_IN_FLIGHT` samples of ``decode_bytes`` each."""
+    return max(top_stats_bytes(n, dims) + held_maps, CALIBRATION_IN_FLIGHT * decode_bytes)
+
+
 def plan_layer(memory: int | None, n: int, maps: Sequence[int], dims: int, n_patches: int,
                maps_in_memory: bool) -> LayerPlan:
     """The plan of layer ``l`` under ``memory`` bytes (None: no budget, all in memory).
@@ -106,7 +123,7 @@ def plan_layer(memory: int | None, n: int, maps: Sequence[int], dims: int, n_pat
         encode_chunk = 0 if maps_in_memory else image_chunk(
             None if memory is None else memory - n * maps[below], sum(maps))
         return LayerPlan(streamed=False, chunk=0, labels_on_disk=False, hold_maps=True, encode_chunk=encode_chunk,
-                         reuse_heap=memory is None or REUSE_HEADROOM * working_set <= memory)
+                         reuse_heap=reuse_heap(memory, working_set))
     labels = 4 * n_patches
     on_disk = labels > memory // LABELS_DIVISOR
     room = memory - (0 if on_disk else labels)

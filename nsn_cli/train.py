@@ -28,8 +28,18 @@ from nsn_cli.errors import Interrupted, NsnError, ParameterError, WriteError
 from nsn_cli.files import check_output_path, fingerprint, load_images, open_dataset, output_lock, same_file
 from nsn_cli.heap import set_heap_mode
 from nsn_cli.memorise import check_model
-from nsn_cli.memory_plan import LayerPlan, keep_maps, layer_bytes, map_bytes, plan_layer, plan_top
+from nsn_cli.memory_plan import (
+    LayerPlan,
+    after_layers_bytes,
+    keep_maps,
+    layer_bytes,
+    map_bytes,
+    plan_layer,
+    plan_top,
+    reuse_heap,
+)
 from nsn_cli.model import Layer, NSNModel
+from nsn_cli.sample import decode_bytes
 from nsn_cli.top import compute_top_stats
 
 #: alphas checked on MNIST-4k (SPEC.md), used when neither --alpha nor --filters is given.
@@ -356,9 +366,11 @@ def _train(data_path, output: Path, options: TrainOptions, *, resume: bool, forc
                         map_data = map_data_values(maps)  # the calibration's training side, while at hand
                 else:
                     maps = None
+        if tune_heap:  # the top statistics and the calibration have a working set of their own
+            held = 0 if maps is None else maps.nbytes
+            set_heap_mode("reuse" if reuse_heap(memory, after_layers_bytes(
+                n, held, model.layers[-1].flat_mu.shape[1], decode_bytes(model, len(model.layers)))) else "return")
         if model.top is None:
-            if tune_heap and maps is None:  # streamed from the file: a budget to keep to
-                set_heap_mode("return")
             reporter.top_start(n)
             model.top = _top_stats(data_path, model, sizes, n, maps, memory, options.seed,
                                    functools.partial(reporter.step, TOP_STEP))

@@ -40,6 +40,17 @@ def test_a_layer_that_fits_but_not_twice_returns_freed_memory():
     assert not plan_layer(36_211_199, 600, **LAYER1, n_patches=600 * 169, maps_in_memory=True).reuse_heap
 
 
+def test_what_follows_the_layers_reuses_freed_memory_only_when_it_fits_twice():
+    from nsn_cli.top import top_stats_bytes
+
+    assert memory_plan.reuse_heap(None, 10**12) and memory_plan.reuse_heap(100, 50)
+    assert not memory_plan.reuse_heap(99, 50)
+    # the top statistics beside the held F[L-1], or the calibration's 2,048 samples in flight
+    top = top_stats_bytes(4000, 3996)
+    assert memory_plan.after_layers_bytes(4000, 5 * MIB, 3996, 1000) == top + 5 * MIB
+    assert memory_plan.after_layers_bytes(4000, 0, 3996, 10**6) == 2048 * 10**6 > top
+
+
 def test_a_layer_past_the_budget_is_streamed_with_its_maps_held():
     # 18,105,600 > 16M (16,777,216): streamed. Labels 405,600 <= 16M / 8: in memory, leaving
     # 16,371,616. A chunk's image: 3 * 4 bytes * (169 + 1) * 16 patch values + 3,136 = 35,776;
