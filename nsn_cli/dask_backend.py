@@ -215,17 +215,35 @@ SCATTER_TRIES = 3
 SCATTER_TIMEOUT = 30
 
 
+#: Seconds since its last heartbeat within which a worker counts as alive for a retried copy.
+RECENTLY_SEEN = 5.0
+
+
+def _recently_seen(client) -> list[str]:
+    """Addresses of the workers whose heartbeat the scheduler had in the last RECENTLY_SEEN s."""
+    import time
+
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    now = time.time()
+    return [address for address, info in workers.items() if now - info.get("last_seen", 0.0) < RECENTLY_SEEN]
+
+
 def _scatter(client, data):
     """``data`` copied to every worker (so a lost worker loses no copy), retried when a worker
     dies during the copy; an NsnError if the cluster stays unreachable."""
     distributed = _import_distributed()
     for attempt in range(SCATTER_TRIES):
         try:
+            workers = None  # every worker the scheduler knows
             if attempt:
                 client.wait_for_workers(1, timeout=60)
+                # a killed worker stays on the scheduler's list until its heartbeats are missed
+                # for long, and a broadcast to it hangs again: retry on the ones heard from lately
+                workers = _recently_seen(client) or None
             # Client.scatter's own timeout does not bound a broadcast that waits on a lost worker;
             # Client.sync's callback_timeout cancels it (Client.scatter is this same call).
-            return client.sync(client._scatter, data, broadcast=True, callback_timeout=SCATTER_TIMEOUT)
+            return client.sync(client._scatter, data, workers=workers, broadcast=True,
+                               callback_timeout=SCATTER_TIMEOUT)
         except (distributed.comm.CommClosedError, OSError, TimeoutError) as exc:
             failure = exc
     raise _lost_cluster(failure, " while sending it the filters")

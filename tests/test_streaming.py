@@ -497,3 +497,20 @@ def test_a_dask_worker_encodes_each_chunk_once_per_layer(rng, monkeypatch):
         dask_backend._estep_task(source, "layer-3", 0, 40, mu, sigma, -2.0, 7, 0)
     assert Source.loads == 4
     dask_backend._forget_maps()
+
+
+def test_a_retried_copy_goes_to_the_workers_heard_from_lately():
+    """A killed worker stays on the scheduler's list for a while; a retried broadcast skips
+    the workers whose last heartbeat is older than RECENTLY_SEEN seconds."""
+    import time as clock
+
+    from nsn_cli.dask_backend import RECENTLY_SEEN, _recently_seen
+
+    class Scheduler:  # the one call _recently_seen makes, with a scheduler's answer
+        def scheduler_info(self, n_workers=-1):
+            now = clock.time()
+            return {"workers": {"tcp://a:1": {"last_seen": now - 0.5},
+                                "tcp://dead:2": {"last_seen": now - 10 * RECENTLY_SEEN},
+                                "tcp://b:3": {"last_seen": now}}}
+
+    assert _recently_seen(Scheduler()) == ["tcp://a:1", "tcp://b:3"]
