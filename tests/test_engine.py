@@ -139,6 +139,19 @@ def test_activations_far_from_zero_are_exactly_what_exp_gives():
     assert np.array_equal(rel[:4], [1.0, 0.0, 0.0, 0.0]) and rel[4] == np.float32(math.exp(-5.0))
 
 
+def test_nearest_is_the_brute_force_argmin_ties_to_the_lower_centre(rng):
+    from nsn_cli.engine.similarity import nearest
+
+    x = rng.random((600, 9), dtype=np.float32)
+    centres = rng.random((21, 9), dtype=np.float32)
+    centres[7] = centres[3]  # a tie: the lower centre wins
+    x[:5] = centres[3]
+    labels, d2 = nearest(x, centres)
+    exact = ((x[:, None, :].astype(np.float64) - centres[None].astype(np.float64)) ** 2).sum(axis=2)
+    assert np.array_equal(labels, exact.argmin(axis=1)) and np.allclose(d2, exact.min(axis=1), atol=1e-5)
+    assert np.array_equal(labels[:5], [3] * 5) and (labels != 7).all()
+
+
 def test_take_rows_is_numpy_fancy_indexing(rng):
     source = rng.random((50, 7), dtype=np.float32)
     rows = rng.integers(0, 50, size=123)

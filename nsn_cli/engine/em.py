@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from nsn_cli.config import JIT, JIT_PARALLEL, SIGMA_FLOOR_DIVISOR
-from nsn_cli.engine.similarity import BLOCK_ROWS, PAD_FILTERS, best_filter, row_norms
+from nsn_cli.engine.similarity import best_filter, nearest, row_norms
 from nsn_cli.engine.threads import single_blas
 from nsn_cli.errors import NsnError, ParameterError
 
@@ -122,36 +122,6 @@ def _validate_block(x, proposers, radius2, budget, seed_rows):
 
 
 @njit(**JIT_PARALLEL)
-def _nearest_earlier(x, seeds_t, ss, lanes, labels, d2):
-    """OUT labels, d2 (b,): for every row of x (b, D), the nearest of the S filters started
-    before its block (the columns of seeds_t (D, >= S), zero-padded; ss (S,) their squared
-    norms) and its squared distance ``max(||x||^2 - 2 x.s + ||s||^2, 0)``, ties to the lower
-    filter. Rows go in blocks of BLOCK_ROWS, one single-threaded BLAS product each, ``lanes``
-    lanes taking every lanes-th block: the blocks come from b alone, so the bits do not depend
-    on the thread count. ||x||^2 is summed as :func:`~.similarity.row_norms` sums it, while the
-    row is in cache from the product."""
-    n, s = x.shape[0], ss.shape[0]
-    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
-    for lane in prange(lanes):
-        dots = np.empty((BLOCK_ROWS, seeds_t.shape[1]), dtype=np.float32)
-        for block in range(lane, blocks, lanes):
-            a = block * BLOCK_ROWS
-            b = min(n, a + BLOCK_ROWS)
-            np.dot(x[a:b], seeds_t, dots[: b - a])
-            for i in range(a, b):
-                xx = 0.0
-                for t in range(x.shape[1]):
-                    v = np.float64(x[i, t])
-                    xx += v * v
-                best, label = np.inf, -1
-                for j in range(s):
-                    d = max(xx - 2.0 * dots[i - a, j] + ss[j], 0.0)
-                    if d < best:
-                        best, label = d, j
-                labels[i], d2[i] = label, best
-
-
-@njit(**JIT_PARALLEL)
 def _take_rows(source, rows, out):
     """OUT out (m, D) = source[rows] (np.take on every thread: a creation pass gathers up to
     half a GB of candidates in its first step)."""
@@ -164,17 +134,6 @@ def take_rows(source: np.ndarray, rows: np.ndarray) -> np.ndarray:
     out = np.empty((rows.shape[0], source.shape[1]), dtype=np.float32)
     _take_rows(source, np.ascontiguousarray(rows, dtype=np.int64), out)
     return out
-
-
-def _nearest_of_seeds(x: np.ndarray, seed_mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(label, squared distance) of the nearest row of seed_mu (S, D) to every row of x (b, D)."""
-    seeds_t = np.zeros((x.shape[1], -(-seed_mu.shape[0] // PAD_FILTERS) * PAD_FILTERS), dtype=np.float32)
-    seeds_t[:, : seed_mu.shape[0]] = seed_mu.T
-    ss = np.einsum("kd,kd->k", seed_mu, seed_mu, dtype=np.float64)
-    labels = np.empty(x.shape[0], dtype=np.int64)
-    d2 = np.empty(x.shape[0], dtype=np.float64)
-    _nearest_earlier(x, seeds_t, ss, numba.get_num_threads(), labels, d2)
-    return labels, d2
 
 
 @njit(**JIT_PARALLEL)
@@ -276,7 +235,7 @@ def creation_pass(
         b = min(m, a + block)
         x = candidates[a:b]
         if seed_mu.shape[0]:
-            old_label, old_d2 = _nearest_of_seeds(x, seed_mu)
+            old_label, old_d2 = nearest(x, seed_mu)
         else:
             old_label = np.full(b - a, -1, dtype=np.int64)
             old_d2 = np.full(b - a, np.inf)

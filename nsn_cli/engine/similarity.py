@@ -44,6 +44,16 @@ def _sim(xx, dot, mm, lognorm, inv_two_var):
     return lognorm - d2 * inv_two_var
 
 
+@njit(**JIT)
+def _sq_norm(x, i):
+    """||x[i]||^2 summed in float64 in row order: the one sum every kernel here uses."""
+    total = 0.0
+    for t in range(x.shape[1]):
+        v = np.float64(x[i, t])
+        total += v * v
+    return total
+
+
 #: Independent running maxima in :func:`_best_of_row` (a single running max is one long
 #: dependency chain; eight let the compiler and the CPU overlap them).
 _MAXIMA = 8
@@ -98,6 +108,30 @@ def _best_blocks(x, mu_t, norms, mm, lognorm, inv_two_var, lanes, labels, best):
 
 
 @njit(**JIT_PARALLEL)
+def _nearest_blocks(x, centres_t, cc, lanes, labels, d2):
+    """OUT labels, d2 (n): for every row of x (n, D), the nearest of the S centres (the columns
+    of centres_t (D, >= S), zero-padded; cc (S,) their squared norms) and its squared distance
+    ``max(||x||^2 - 2 x.c + ||c||^2, 0)``, ties to the lower centre; blocked as _best_blocks,
+    ||x||^2 summed while the row is in cache from the product."""
+    n, s = x.shape[0], cc.shape[0]
+    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    for lane in prange(lanes):
+        dots = np.empty((BLOCK_ROWS, centres_t.shape[1]), dtype=np.float32)
+        for block in range(lane, blocks, lanes):
+            a = block * BLOCK_ROWS
+            b = min(n, a + BLOCK_ROWS)
+            np.dot(x[a:b], centres_t, dots[: b - a])
+            for i in range(a, b):
+                xx = _sq_norm(x, i)
+                best, label = np.inf, -1
+                for j in range(s):
+                    d = max(xx - 2.0 * dots[i - a, j] + cc[j], 0.0)
+                    if d < best:
+                        best, label = d, j
+                labels[i], d2[i] = label, best
+
+
+@njit(**JIT_PARALLEL)
 def _sims_blocks(x, mu_t, mm, lognorm, inv_two_var, kind, lanes, out):
     """OUT out (n, K) float32 = Sim of every patch to every filter, then the activation
     ``kind`` (-1: none, else as in _activate_row); blocked as _best_blocks."""
@@ -111,10 +145,7 @@ def _sims_blocks(x, mu_t, mm, lognorm, inv_two_var, kind, lanes, out):
             b = min(n, a + BLOCK_ROWS)
             np.dot(x[a:b], mu_t, dots[: b - a])
             for i in range(a, b):
-                xx = 0.0
-                for t in range(x.shape[1]):
-                    v = np.float64(x[i, t])
-                    xx += v * v
+                xx = _sq_norm(x, i)
                 for j in range(k):
                     out[i, j] = _sim(xx, dots[i - a, j], mm[j], lognorm[j], inv_two_var[j])
                 if kind >= 0:
@@ -164,11 +195,7 @@ def _activate(sims, kind, out):
 def _row_norms(x, out):
     """OUT out (n) = ||x_i||^2 in float64."""
     for i in prange(x.shape[0]):
-        total = 0.0
-        for t in range(x.shape[1]):
-            v = np.float64(x[i, t])
-            total += v * v
-        out[i] = total
+        out[i] = _sq_norm(x, i)
 
 
 def row_norms(patches: np.ndarray) -> np.ndarray:
@@ -237,6 +264,22 @@ def similarity(patches: np.ndarray, mu: np.ndarray, sigma: np.ndarray, activatio
         raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
     _sims_blocks(patches, mu_t, mm, lognorm, inv, code, numba.get_num_threads(), out)
     return out
+
+
+@single_blas
+def nearest(x: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest row of ``centres`` (S, D) to every row of ``x`` (n, D), squared Euclidean
+    (the creation pass's distance to the filters of earlier blocks): labels (n,) int64, ties
+    to the lower centre, and squared distances (n,) float64."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    centres = np.ascontiguousarray(centres, dtype=np.float32)
+    centres_t = np.zeros((x.shape[1], -(-centres.shape[0] // PAD_FILTERS) * PAD_FILTERS), dtype=np.float32)
+    centres_t[:, : centres.shape[0]] = centres.T
+    cc = np.einsum("kd,kd->k", centres, centres, dtype=np.float64)
+    labels = np.empty(x.shape[0], dtype=np.int64)
+    d2 = np.empty(x.shape[0], dtype=np.float64)
+    _nearest_blocks(x, centres_t, cc, numba.get_num_threads(), labels, d2)
+    return labels, d2
 
 
 def activate(sims: np.ndarray, kind: str) -> np.ndarray:
