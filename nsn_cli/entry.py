@@ -4,15 +4,59 @@ Importing the toolkit (numpy, numba, h5py, the commands) takes about half a seco
 CLI's Ctrl-C handling (:mod:`nsn_cli.interrupts`) is in place; a Ctrl-C then printed Python's
 traceback and the process died by the signal. This module imports nothing heavy itself, so
 such a Ctrl-C is one line and exit status 130, as anywhere else.
+
+Exit status 130 needs more than ``sys.exit(130)``. CPython notes a KeyboardInterrupt that
+escapes code run by ``exec``/``eval`` of a string as "unhandled", even when a caller catches
+it, and after finalising the interpreter ends a ``python -m`` process by SIGINT instead of with
+its exit status. Imports run such code (scipy's array-API layer, the standard library's
+namedtuple), so a Ctrl-C landing there (``python -m nsn_cli sample`` starting its output: 7 of
+20 tries) turned a clean, reported interrupt into a death by signal. :func:`exit_interrupted`
+ends the process with 130 from the last exit handler, after every other one has run.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
 import sys
+from typing import NoReturn
 
 #: What an interrupted start says: no command had begun, so nothing was written.
 INTERRUPTED_AT_START = "interrupted: nothing was written (nsn had not started the command)\n"
+#: The exit status of a process stopped by Ctrl-C (128 + SIGINT), what shells, make and
+#: schedulers check for.
+INTERRUPTED = 130
+
+_interrupted = False
+
+
+def _end_interrupted() -> None:
+    """The last exit handler: after a handled Ctrl-C, end the process with status 130 here,
+    before CPython's finalisation can replace that status by a death by SIGINT."""
+    if not _interrupted:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # closed, or a broken pipe
+            pass
+    os._exit(INTERRUPTED)
+
+
+# registered first, so it runs last (exit handlers run in reverse order of registration): the
+# handlers of numba, Dask and the rest have run by then
+atexit.register(_end_interrupted)
+
+
+def exit_interrupted() -> NoReturn:
+    """End the process after a Ctrl-C the command has handled (it has cleaned up and said what
+    it kept): exit status 130, whatever CPython noted. Further Ctrl-Cs are ignored from here,
+    so a late one cannot turn that status into a death by signal either."""
+    global _interrupted
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _interrupted = True
+    sys.exit(INTERRUPTED)
 
 
 def main() -> None:
@@ -22,6 +66,5 @@ def main() -> None:
 
         cli_main()
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C may not turn 130 into a death by signal
         sys.stderr.write(INTERRUPTED_AT_START)
-        sys.exit(130)
+        exit_interrupted()

@@ -542,6 +542,30 @@ def test_a_ctrl_c_dropped_as_unraisable_is_kept_pending():
     assert sys.unraisablehook is before
 
 
+def test_a_ctrl_c_caught_after_escaping_exec_still_exits_130(tmp_path):
+    """CPython notes a KeyboardInterrupt that escapes ``exec`` of a string as unhandled, even
+    when caught, and ends a ``python -m`` process by SIGINT after finalising; imports run such
+    code, so a Ctrl-C landing in one made ``python -m nsn_cli sample`` die by signal though it
+    had reported the interrupt. The exit after a handled Ctrl-C keeps status 130 all the same."""
+    child = """
+import sys
+from nsn_cli import entry
+try:
+    exec("raise KeyboardInterrupt")
+except KeyboardInterrupt:
+    print("interrupted: handled", file=sys.stderr)
+entry.exit_interrupted()
+"""
+    (tmp_path / "bare.py").write_text(child.replace("entry.exit_interrupted()", "sys.exit(130)"))
+    (tmp_path / "child.py").write_text(child)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    bare = subprocess.run([sys.executable, "-m", "bare"], capture_output=True, text=True, timeout=60, env=env)
+    assert bare.returncode == -signal.SIGINT, bare.stderr  # CPython's doing (else this test guards nothing)
+    done = subprocess.run([sys.executable, "-m", "child"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == INTERRUPTED, done.stderr
+    assert one_line(done.stderr) == "interrupted: handled"
+
+
 @pytest.mark.parametrize("module", ["numba", "nsn_cli.cli"])
 def test_ctrl_c_while_nsn_starts_is_one_line_and_130(tmp_path, module):
     """A real SIGINT at the moment Python imports ``module`` for the console script, before the

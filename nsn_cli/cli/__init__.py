@@ -4,14 +4,12 @@
 :class:`~nsn_cli.errors.NsnError`, a usage error of the CLI, a failed write (full disk,
 read-only folder) and running out of memory become one red line on stderr and exit code 2
 (``--debug`` shows the traceback instead); Ctrl-C exits 130 with one line saying what was kept,
-after the job's own clean-up has run (:func:`main` then ends the process by SIGINT). Everything
-else is a bug and keeps its traceback.
+after the job's own clean-up has run. Everything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
@@ -29,6 +27,7 @@ from nsn_cli.cli import sample as _sample  # noqa: F401,E402
 from nsn_cli.cli import score as _score  # noqa: F401,E402
 from nsn_cli.cli import train as _train  # noqa: F401,E402
 from nsn_cli.cli._common import app, console_err, state, tidy_help
+from nsn_cli.entry import INTERRUPTED, exit_interrupted
 from nsn_cli.errors import WRITE_FAILURES, Interrupted, NsnError, write_reason
 
 #: What a bare Ctrl-C kept: every output is written to a temporary file and renamed at the end.
@@ -79,10 +78,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 1
     except Interrupted as exc:
         _line("interrupted", str(exc))
-        return 130
+        return INTERRUPTED
     except (KeyboardInterrupt, typer.Abort):  # Abort: Ctrl-C at a prompt (nsn asks none)
         _line("interrupted", NOTHING_WRITTEN)
-        return 130
+        return INTERRUPTED
     except NsnError as exc:
         if state.debug:
             raise
@@ -127,10 +126,9 @@ def main() -> None:
     """Console-script entry point.
 
     After Ctrl-C the job has cleaned up and said what it kept; the process exits with status
-    130 (128 + SIGINT), what scripts, make and schedulers check for. Further Ctrl-Cs are
-    ignored from then on, so a late one cannot turn that status into a death by signal."""
+    130 (:func:`nsn_cli.entry.exit_interrupted`)."""
     configure_process()
     code = run()
-    if code == 130:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if code == INTERRUPTED:
+        exit_interrupted()
     sys.exit(code)
