@@ -8,7 +8,8 @@
 - Per layer: seconds per EM iteration of nsn (``em_step`` as ``fit_layer`` runs it, with the
   trained filters) and per Lloyd iteration of KMeans on the same patches and cluster count,
   measured in turns (nsn, KMeans, nsn, ...) and taking each one's best, so load from other
-  processes on the machine costs both alike; GFLOP/s of nsn's E-step product against numpy's
+  processes on the machine costs both alike, with a pause of ``SETTLE`` seconds before each
+  (see there); GFLOP/s of nsn's E-step product against numpy's
   float32 matrix product (all cores) measured in the same run.
 Writes bench/results/train.json.
 """
@@ -32,6 +33,16 @@ from nsn_cli.engine.similarity import best_filter, row_norms
 from nsn_cli.model import NSNModel
 
 KMEANS_ITERATIONS = 10
+#: Seconds of quiet before each timed iteration. OpenMP's idle threads (scikit-learn's and
+#: numba's) spin for a while after their last parallel loop, taking cores from whatever runs
+#: next: nsn's layer-3 iteration measured 35-38 ms right after a KMeans fit, 31 ms after a
+#: pause; KMeans right after nsn, 39-49 ms against 38 ms.
+SETTLE = 0.5
+
+
+def settle() -> None:
+    """Let the other library's idle threads stop spinning before a measurement."""
+    time.sleep(SETTLE)
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -60,6 +71,7 @@ def nsn_train_seconds(data, model, env=None) -> float:
 def nsn_iteration(patches, mu, sigma, alpha, norms, labels) -> float:
     """Seconds of one EM iteration as fit_layer runs it (row norms kept across steps)."""
     rng = np.random.default_rng(0)
+    settle()
     t = time.perf_counter()
     em_step(patches, mu, sigma, alpha=alpha, sigma_floor=sigma_new(alpha) / 32, rng=rng, norms=norms,
             previous_labels=labels)
@@ -71,6 +83,7 @@ def kmeans_fit(patches, k: int, iterations: int, init) -> tuple[float, int]:
     from sklearn.cluster import KMeans
 
     km = KMeans(n_clusters=k, init=init, n_init=1, max_iter=iterations, tol=0.0, algorithm="lloyd")
+    settle()
     t = time.perf_counter()
     km.fit(patches)
     return time.perf_counter() - t, int(km.n_iter_)
