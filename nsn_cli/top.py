@@ -253,16 +253,20 @@ def _pair_candidates(bits, norms, block, pairs, first, last, lanes, top_d2, top_
     a second product: the distance matrix is symmetric. ``lanes`` parallel lanes take every
     lanes-th pair, each with its float32 blocks allocated once (a fresh 2 MB block per pair
     is a fresh mapping, page faults and all, under train's malloc setting); every pair writes
-    its own slots, so the lanes do not change the result."""
+    its own slots, so the lanes do not change the result. Pairs come ordered by a, so a lane
+    converts block a once for its run of pairs (a, c)."""
     m, dims = bits.shape
     for lane in prange(lanes):
         rows = np.empty((block, dims), dtype=np.float32)
         cols = np.empty((block, dims), dtype=np.float32)
+        converted = -1
         for p in range(first + lane, last, lanes):
             a, c = pairs[p, 0], pairs[p, 1]
             a0, a1 = a * block, min(m, (a + 1) * block)
             c0, c1 = c * block, min(m, (c + 1) * block)
-            _half_to_float(bits[a0:a1], rows[: a1 - a0])
+            if a != converted:
+                _half_to_float(bits[a0:a1], rows[: a1 - a0])
+                converted = a
             _half_to_float(bits[c0:c1], cols[: c1 - c0])
             dots = np.dot(rows[: a1 - a0], cols[: c1 - c0].T)
             for i in range(a1 - a0):
