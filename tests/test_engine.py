@@ -26,7 +26,7 @@ from nsn_cli.engine.em import (
 )
 from nsn_cli.engine.geometry import check_reaches_one, map_sizes, parse_arch
 from nsn_cli.engine.patches import extract_patches
-from nsn_cli.engine.similarity import activate, best_filter, similarity
+from nsn_cli.engine.similarity import activate, best_filter, row_norms, similarity
 from nsn_cli.errors import NsnError
 
 from . import reference as ref
@@ -306,11 +306,23 @@ def test_m_step(rng, n, dims):
     keep = skipped < 5
     assert np.array_equal(kept, np.bincount(labels[keep], minlength=5))
     assert np.allclose(sums, [x[keep & (labels == k)].sum(axis=0, dtype=np.float64) for k in range(5)])
+    assert np.allclose(squares, [(np.float64(x[keep & (labels == k)]) ** 2).sum() for k in range(5)])
     numba.set_num_threads(1)
     try:
         assert all(np.array_equal(a, b) for a, b in zip(moments(x, skipped, 5), (sums, squares, kept)))
     finally:
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+@pytest.mark.parametrize("n, dims", [(5000, 16), (3000, 891), (800, 3996), (777, 13)])
+def test_m_step_with_the_row_norms_gives_the_same_bits(rng, n, dims):
+    """The EM passes the norms it keeps to the M-step, which then reads ||x||^2 instead of
+    summing it: the same sum, so the same bits as summed inline."""
+    x = (rng.standard_normal((n, dims)) * 3.7).astype(np.float32)
+    labels = rng.integers(0, 8, size=n)  # 7: a candidate, left out
+    inline = moments(x, labels, 7)
+    given = moments(x, labels, 7, row_norms(x))
+    assert all(np.array_equal(a, b) for a, b in zip(inline, given))
 
 
 def test_m_step_filter_groups_give_the_same_bits(rng):
@@ -323,7 +335,7 @@ def test_m_step_filter_groups_give_the_same_bits(rng):
     results = []
     for groups in (1, 2, 3, 9, 10):
         out = np.zeros((1, 9, 37)), np.zeros((1, 9)), np.zeros((1, 9), dtype=np.int64)
-        em._chunk_moments(x, labels, bounds, groups, *out)
+        em._chunk_moments(x, labels, np.empty(0), False, bounds, groups, *out)
         results.append(out)
     assert all(np.array_equal(a, b) for other in results[1:] for a, b in zip(results[0], other))
     keep = labels < 9

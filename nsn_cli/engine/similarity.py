@@ -46,7 +46,7 @@ def _sim(xx, dot, mm, lognorm, inv_two_var):
 
 
 @njit(**JIT)
-def _sq_norm(x, i):
+def row_sq_norm(x, i):
     """||x[i]||^2 summed in float64 in row order: the one sum every kernel here uses."""
     total = 0.0
     for t in range(x.shape[1]):
@@ -123,7 +123,7 @@ def _nearest_blocks(x, centres_t, cc, lanes, labels, d2):
             b = min(n, a + BLOCK_ROWS)
             np.dot(x[a:b], centres_t, dots[: b - a])
             for i in range(a, b):
-                xx = _sq_norm(x, i)
+                xx = row_sq_norm(x, i)
                 best, label = np.inf, -1
                 for j in range(s):
                     d = max(xx - 2.0 * dots[i - a, j] + cc[j], 0.0)
@@ -146,7 +146,7 @@ def _sims_blocks(x, mu_t, mm, lognorm, inv_two_var, kind, lanes, out):
             b = min(n, a + BLOCK_ROWS)
             np.dot(x[a:b], mu_t, dots[: b - a])
             for i in range(a, b):
-                xx = _sq_norm(x, i)
+                xx = row_sq_norm(x, i)
                 for j in range(k):
                     out[i, j] = _sim(xx, dots[i - a, j], mm[j], lognorm[j], inv_two_var[j])
                 if kind >= 0:
@@ -196,7 +196,7 @@ def _activate(sims, kind, out):
 def _row_norms(x, out):
     """OUT out (n) = ||x_i||^2 in float64."""
     for i in prange(x.shape[0]):
-        out[i] = _sq_norm(x, i)
+        out[i] = row_sq_norm(x, i)
 
 
 def row_norms(patches: np.ndarray) -> np.ndarray:
