@@ -46,6 +46,20 @@ def test_extract_selected_patches(rng):
     assert np.array_equal(extract_patches(maps, 4, 2, image, position), full[image * 9 + position])
 
 
+def test_extract_patches_into_a_reused_buffer(rng):
+    """A buffer of at least the rows needed takes the patches in its first rows; a wrong one
+    is refused rather than written past or converted."""
+    maps = rng.random((3, 8, 8, 2), dtype=np.float32)
+    buffer = np.full((40, 32), np.nan, dtype=np.float32)
+    got = extract_patches(maps[:2], 4, 2, out=buffer)
+    assert got.shape == (18, 32) and np.shares_memory(got, buffer)
+    assert np.array_equal(got, ref.patches(maps[:2], 4, 2)) and np.isnan(buffer[18:]).all()
+    for wrong in (np.empty((17, 32), np.float32), np.empty((40, 32), np.float64), np.empty((40, 31), np.float32),
+                  np.empty((32, 40), np.float32).T):
+        with pytest.raises(ValueError, match="out must be"):
+            extract_patches(maps[:2], 4, 2, out=wrong)
+
+
 def test_reference_stitch_inverts_extract(rng):
     """The numpy stitch the fused decode is checked against averages overlaps back to the maps."""
     maps = rng.random((2, 13, 13, 3), dtype=np.float32)

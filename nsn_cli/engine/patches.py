@@ -76,12 +76,15 @@ def extract_patches(
     stride: int,
     image: np.ndarray | None = None,
     position: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Patches of ``maps`` (N, H, W, C) as float32 rows of ``patch * patch * C``.
 
     With ``image`` and ``position`` (flat index ``row * w + col`` into the ``h x w`` grid) only
     those patches are cut, in that order; otherwise all of them, image-major, row-major.
-    Returns an array of shape ``(n_patches, patch * patch * C)``.
+    Returns an array of shape ``(n_patches, patch * patch * C)``: ``out``'s first rows, if
+    given (float32, C-contiguous, at least that many rows; a caller cutting chunk after chunk
+    reuses one buffer instead of paging in fresh memory for each).
     """
     maps = np.ascontiguousarray(maps, dtype=np.float32)
     n, height, width, channels = maps.shape
@@ -93,7 +96,13 @@ def extract_patches(
         position = np.tile(np.arange(h * w, dtype=np.int64), n)
     image = np.asarray(image, dtype=np.int64)
     position = np.asarray(position, dtype=np.int64)
-    out = np.empty((image.shape[0], patch * patch * channels), dtype=np.float32)
+    shape = (image.shape[0], patch * patch * channels)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    else:
+        if out.dtype != np.float32 or not out.flags.c_contiguous or out.shape[0] < shape[0] or out.shape[1:] != shape[1:]:
+            raise ValueError(f"out must be float32, C-contiguous, at least {shape}; got {out.dtype} {out.shape}")
+        out = out[: shape[0]]
     _gather(maps.reshape(n, height, width * channels), patch, stride, image, position // w, position % w, out)
     return out
 
