@@ -25,6 +25,7 @@ model's decodings of training images' ``F[L-1]`` to the images themselves, sharp
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -377,7 +378,7 @@ def calibrate_model(model, data_path, *, samples: int = FIT_SAMPLES,
     has them (a model that is not ZCA-whitened: a whitened one encodes its clipped pixels)."""
     from nsn_cli import priors
     from nsn_cli.model import DecodeParams
-    from nsn_cli.sample import generate
+    from nsn_cli.sample import generated_batches
 
     if not model.complete:
         raise NsnError(f"calibration needs a complete model ({len(model.layers)} of {len(model.arch)} layers trained)")
@@ -393,12 +394,23 @@ def calibrate_model(model, data_path, *, samples: int = FIT_SAMPLES,
     model.calibration = Calibration(identity, identity, maps_source=maps[0], maps_target=maps[1])
     try:
         chunks, count = data_pixel_chunks(data_path)
+        # one stream of batches for every group fit_calibration asks for, so the batches run
+        # side by side across the groups (a call per group: 0.53 s for 4 x 1,024, 0.38 s in one)
+        with contextlib.closing(generated_batches(model, samples, prior=prior, params=params, seed=FIT_SEED,
+                                                  raw=True)) as batches:
 
-        def generate_raw(first: int, n: int) -> np.ndarray:
-            return generate(model, n, prior=prior, params=params, seed=FIT_SEED, first=first, raw=True)
+            def generate_raw(first: int, n: int) -> np.ndarray:
+                parts = []
+                while sum(len(part) for part in parts) < n:
+                    offset, images = next(batches)
+                    assert offset == first + sum(len(part) for part in parts)  # asked for in order
+                    parts.append(images)
+                images = np.concatenate(parts)
+                assert len(images) == n  # groups of whole batches (1,024 = 4 x 256)
+                return images
 
-        fitted = fit_calibration(generate_raw, chunks, count, channels, height * width, samples=samples,
-                                 sampler=sampler, progress=progress)
+            fitted = fit_calibration(generate_raw, chunks, count, channels, height * width, samples=samples,
+                                     sampler=sampler, progress=progress)
         fitted.maps_source, fitted.maps_target = maps
         if len(model.layers) > 1:  # the fill's members are decoded with the maps just fitted
             model.calibration = fitted

@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -49,6 +49,40 @@ def generate(
     first sample (samples ``first .. first + n - 1`` of the seed's streams). raw: the decoder's
     de-whitened pixels, neither calibrated nor clipped (what the calibration is fitted on).
     """
+    out = None
+    with contextlib.closing(generated_batches(model, n, layer=layer, prior=prior, params=params, seed=seed,
+                                              batch=batch, calibrate=calibrate, first=first, raw=raw)) as batches:
+        for offset, images in batches:
+            count = images.shape[0]
+            if sink is not None:
+                sink(offset, images)
+            else:
+                if out is None:
+                    out = np.empty((n,) + images.shape[1:], dtype=np.float32)
+                out[offset : offset + count] = images
+            if progress is not None:
+                progress(count)
+    return out
+
+
+def generated_batches(
+    model: NSNModel,
+    n: int,
+    *,
+    layer: int | None = None,
+    prior: str | None = None,
+    params: DecodeParams | None = None,
+    seed: int = 0,
+    batch: int = BATCH,
+    calibrate: bool = True,
+    first: int = 0,
+    raw: bool = False,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """:func:`generate`'s samples as ``(offset, images)`` batches of ``batch``, in order, the
+    batches decoded side by side; a caller that takes them in groups of its own keeps every
+    core busy across the groups (one call per group started each group on one core). The
+    arguments are checked here, before the first batch is asked for; close the iterator when
+    stopping early."""
     params = (params or DecodeParams.for_sampling()).validate()
     layer = len(model.layers) if layer is None else layer
     if prior is None:
@@ -65,23 +99,15 @@ def generate(
         return model.finish_images(model.decode(maps, start, params, seed=seed, first_sample=index, calibrate=calibrate),
                                    calibrate=calibrate, raw=raw)
 
-    offsets = range(0, n, batch)
-    out = None
-    # batches are independent (each sample has its own random streams): they run side by side
-    for offset, images in zip(offsets, map_ordered(one_batch, offsets)):
-        interrupts.check()  # a Ctrl-C held while numba loaded its kernels (see nsn_cli.interrupts)
-        count = images.shape[0]
-        if sink is not None:
-            sink(offset, images)
-            if progress is not None:
-                progress(count)
-            continue
-        if out is None:
-            out = np.empty((n,) + images.shape[1:], dtype=np.float32)
-        out[offset : offset + count] = images
-        if progress is not None:
-            progress(count)
-    return out
+    def batches() -> Iterator[tuple[int, np.ndarray]]:
+        offsets = range(0, n, batch)
+        # batches are independent (each sample has its own random streams): they run side by side
+        with contextlib.closing(map_ordered(one_batch, offsets)) as results:
+            for offset, images in zip(offsets, results):
+                interrupts.check()  # a Ctrl-C held while numba loaded its kernels (see nsn_cli.interrupts)
+                yield offset, images
+
+    return batches()
 
 
 def from_top(model: NSNModel, vectors: np.ndarray, params: DecodeParams, seed: int,

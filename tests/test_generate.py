@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nsn_cli.errors import NsnError
+from nsn_cli.errors import NsnError, ParameterError
 from nsn_cli.files import load_images
 from nsn_cli.model import DecodeParams, NSNModel
 from nsn_cli.priors import PRIORS
 from nsn_cli.restore import hole_maps, inpaint
-from nsn_cli.sample import arithmetic, generate, interpolate, one_filter
+from nsn_cli.sample import arithmetic, generate, generated_batches, interpolate, one_filter
 from nsn_cli.style import style
 from nsn_cli.top import TopStats, compute_top_stats
 
@@ -24,6 +24,18 @@ def test_same_seed_same_images_across_batch_sizes(tiny_model):
         assert np.array_equal(a, b), prior
         assert a.shape == (10, 28, 28, 1) and a.min() >= 0 and a.max() <= 1
         assert not np.array_equal(a, generate(model, 10, prior=prior, params=params, seed=5))
+
+
+def test_generated_batches_are_generate_in_order_and_check_arguments_at_once(tiny_model):
+    """The batch stream calibration takes its groups from: offsets in order, the images of
+    generate to the bit; a bad argument fails at the call, not at the first batch."""
+    _, model = tiny_model
+    whole = generate(model, 37, seed=4, first=5, raw=True)
+    got = list(generated_batches(model, 37, seed=4, first=5, raw=True, batch=8))
+    assert [offset for offset, _ in got] == list(range(0, 37, 8))
+    assert np.array_equal(np.concatenate([images for _, images in got]), whole)
+    with pytest.raises(ParameterError):
+        generated_batches(model, 0)
 
 
 def test_hidden_layer_samples_have_receptive_field_size(tiny_model):
