@@ -234,6 +234,22 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+#: Every output :func:`atomic_path` renamed into place in this process, in order: what a
+#: Ctrl-C that no job caught had left complete (:func:`committed_since`).
+_COMMITTED: list[Path] = []
+
+
+def commit_mark() -> int:
+    """A mark for :func:`committed_since`: the outputs committed so far."""
+    return len(_COMMITTED)
+
+
+def committed_since(mark: int) -> list[Path]:
+    """The outputs renamed into place since ``mark`` (:func:`commit_mark`), each once, in
+    the order of their last commit."""
+    return list(dict.fromkeys(reversed(_COMMITTED[mark:])))[::-1]
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only on success.
@@ -257,7 +273,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-            os.replace(temp, path)
+            with interrupts.held():  # renamed and recorded, or neither
+                os.replace(temp, path)
+                _COMMITTED.append(path)
         except OSError as exc:
             raise write_failure(path, exc) from None
     finally:

@@ -10,6 +10,7 @@ after the job's own clean-up has run. Everything else is a bug and keeps its tra
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Sequence
 
 import typer
 
-from nsn_cli import interrupts
+from nsn_cli import files, interrupts
 from nsn_cli.cli import calibrate as _calibrate  # noqa: F401,E402
 
 # Importing the command modules registers their commands on ``app``.
@@ -32,6 +33,16 @@ from nsn_cli.errors import WRITE_FAILURES, Interrupted, NsnError, write_reason
 
 #: What a bare Ctrl-C kept: every output is written to a temporary file and renamed at the end.
 NOTHING_WRITTEN = "nothing was written (no partial file is left)"
+
+
+def kept_outputs(paths: Sequence[Path]) -> str:
+    """What a Ctrl-C that the job did not catch itself left: the outputs already renamed
+    into place (complete) or nothing (a Ctrl-C after the job's last write, while it reported,
+    had said "nothing was written" beside a finished file)."""
+    if not paths:
+        return NOTHING_WRITTEN
+    names = ", ".join(str(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return f"the job had written {names} (complete) before it stopped; nothing else was written"
 
 
 def _line(label: str, message: str) -> None:
@@ -64,6 +75,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         argv = ["--help"]
     command = tidy_help(typer.main.get_command(app))
     state.debug = "--debug" in argv
+    mark = files.commit_mark()
     try:
         # the command is invoked here rather than through its main(): main() turns Ctrl-C
         # into an exit code the caller must notice and an empty file's EOFError into "Aborted!"
@@ -80,7 +92,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         _line("interrupted", str(exc))
         return INTERRUPTED
     except (KeyboardInterrupt, typer.Abort):  # Abort: Ctrl-C at a prompt (nsn asks none)
-        _line("interrupted", NOTHING_WRITTEN)
+        _line("interrupted", kept_outputs(files.committed_since(mark)))
         return INTERRUPTED
     except NsnError as exc:
         if state.debug:
@@ -131,4 +143,7 @@ def main() -> None:
     code = run()
     if code == INTERRUPTED:
         exit_interrupted()
+    # the job is done and has said so: a Ctrl-C while the process exits (its threads joined,
+    # its exit handlers run) would only turn that into a death by signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)
