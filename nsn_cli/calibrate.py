@@ -82,8 +82,14 @@ class Calibration:
     fill_bias: np.ndarray | None = None  # (C,) float32
 
     def apply(self, images: np.ndarray) -> np.ndarray:
-        """Map images (N, H, W, C) channel by channel; float32, same shape."""
-        return _map_channels(images, self.source, self.target, "images")
+        """Map images (N, H, W, C) channel by channel; float32, same shape. Through an index of
+        the knots built once per knots (every pixel of every sample goes through here)."""
+        from nsn_cli.engine.lut import KnotIndex
+
+        images = np.asarray(images, dtype=np.float32)
+        if images.shape[-1] != self.source.shape[0]:
+            raise ValueError(f"calibration of {self.source.shape[0]} channels, images have {images.shape[-1]}")
+        return self._built("_pixel_index", self.source, self.target, KnotIndex.of).apply(images)
 
     def apply_maps(self, maps: np.ndarray) -> np.ndarray:
         """Map decoded ``F[MAP_LAYER]`` maps (N, h, w, K) channel by channel (unchanged when this
@@ -106,10 +112,15 @@ class Calibration:
 
         if self.maps_source is None:
             return None
-        cached = self.__dict__.get("_channel_map")
-        if cached is None or cached[0] is not self.maps_source or cached[1] is not self.maps_target:
-            cached = (self.maps_source, self.maps_target, ChannelMap.of(self.maps_source, self.maps_target))
-            self.__dict__["_channel_map"] = cached
+        return self._built("_channel_map", self.maps_source, self.maps_target, ChannelMap.of)
+
+    def _built(self, key: str, source: np.ndarray, target: np.ndarray, build: Callable):
+        """``build(source, target)``, kept under ``key`` while these are the knots (a table
+        built once, not per batch of samples; two threads may both build it, alike)."""
+        cached = self.__dict__.get(key)
+        if cached is None or cached[0] is not source or cached[1] is not target:
+            cached = (source, target, build(source, target))
+            self.__dict__[key] = cached
         return cached[2]
 
     def write(self, handle: h5py.File) -> None:

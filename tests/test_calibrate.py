@@ -173,6 +173,33 @@ def test_channel_maps_are_np_interp_bit_for_bit(rng):
     assert got.dtype == np.float32 and np.array_equal(got, expected.astype(np.float32))
 
 
+@pytest.mark.parametrize("buckets", [1, 3, 64, 4096])
+def test_indexed_maps_are_np_interp_bit_for_bit(rng, buckets):
+    """The knot index the pixel calibration maps through gives np.interp's values exactly:
+    with knots crowded where the values are (a calibration's quantiles), on the knots, at
+    bucket edges, outside the knots, NaN; any bucket count."""
+    from nsn_cli.engine.lut import KnotIndex
+
+    channels = 3
+    crowded = np.concatenate([1e-4 * rng.random((channels, 200)), rng.random((channels, 60))], axis=1)
+    source = np.sort(crowded, axis=1).astype(np.float32)
+    assert (np.diff(source, axis=1) > 0).all()
+    target = np.sort(rng.random(source.shape), axis=1).astype(np.float32)
+    values = np.concatenate([1e-4 * rng.random((4000, channels)), rng.random((4000, channels)) * 1.2 - 0.1])
+    values = values.astype(np.float32)
+    values[:5] = source[:, [0, 1, 100, -2, -1]].T  # on knots
+    first, last = source[:, 0].astype(np.float64), source[:, -1].astype(np.float64)
+    values[5:5 + buckets + 1] = (first + (last - first) * np.linspace(0, 1, buckets + 1)[:, None]).astype(np.float32)
+    values[-1] = np.nan
+    index = KnotIndex.of(source, target, buckets=buckets)
+    got = index.apply(values.reshape(-1, 2, channels))
+    expected = np.stack([np.interp(values[:, c], source[c], target[c]) for c in range(channels)], axis=-1)
+    assert got.shape == (values.shape[0] // 2, 2, channels)
+    assert np.array_equal(got.reshape(values.shape), expected.astype(np.float32), equal_nan=True)
+    with pytest.raises(ValueError, match="3 channels"):
+        index.apply(values[:, :2])
+
+
 def _filtered_by_hand(images: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """The fill filter with explicit loops: edges repeated, kernel rows in (dy, dx) order."""
     n, height, width, channels = images.shape

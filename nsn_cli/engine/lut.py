@@ -37,15 +37,21 @@ def interp_value(x, source, target, slope, c):
         return np.float64(target[c, 0])
     if x >= source[c, last]:
         return np.float64(target[c, last])
-    # the last knot <= x, by halving a range: each choice is a conditional move, and the steps
-    # depend on the knot count only (a branch on the comparison is mispredicted half the time,
-    # the most of a lookup's cost; narrowing the range by a bucket table gained nothing)
-    lo, n = 0, last
+    lo = _last_knot_at_most(x, source, c, 0, last - 1)
+    return slope[c, lo] * (x - np.float64(source[c, lo])) + np.float64(target[c, lo])
+
+
+@njit(**JIT)
+def _last_knot_at_most(x, source, c, lo, hi):
+    """The last k in lo..hi with source[c, k] <= x, given it is there: by halving the range,
+    each choice a conditional move and the steps set by the range alone (a branch on the
+    comparison is mispredicted half the time, the most of a lookup's cost)."""
+    n = hi - lo + 1
     while n > 1:
         half = n >> 1
         lo = lo + half if source[c, lo + half] <= x else lo
         n -= half
-    return slope[c, lo] * (x - np.float64(source[c, lo])) + np.float64(target[c, lo])
+    return lo
 
 
 def slopes(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -63,6 +69,26 @@ def _interp_rows(values, source, target, slope, out):
             out[i, c] = interp_value(np.float64(values[i, c]), source, target, slope, c)
 
 
+@njit(**JIT_PARALLEL)
+def _interp_indexed_rows(values, source, target, slope, origin, scale, low, high, out):
+    """_interp_rows with the knot search narrowed to low[c, b]..high[c, b] for a value in
+    bucket b (:class:`KnotIndex`): the same segment, so the same numbers."""
+    n, channels = values.shape
+    last = source.shape[1] - 1
+    buckets = low.shape[1]
+    for i in prange(n):
+        for c in range(channels):
+            x = np.float64(values[i, c])
+            if x <= source[c, 0]:
+                out[i, c] = target[c, 0]
+            elif x >= source[c, last]:
+                out[i, c] = target[c, last]
+            else:
+                b = bucket_of(x, c, origin, scale, buckets)
+                lo = _last_knot_at_most(x, source, c, low[c, b], high[c, b])
+                out[i, c] = slope[c, lo] * (x - np.float64(source[c, lo])) + np.float64(target[c, lo])
+
+
 @njit(**JIT)
 def bucket_of(x, c, origin, scale, buckets):
     """Channel c's bucket of x in a ChannelMap of ``buckets`` buckets, clamped (NaN: 0)."""
@@ -73,6 +99,59 @@ def bucket_of(x, c, origin, scale, buckets):
 
 def _as_knots(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+#: Uniform buckets per channel of a :class:`KnotIndex`. The pixel calibration's 525 knots
+#: crowd around the background's values, where most pixels are: at 16,384 buckets the search
+#: in a bucket takes 0.1 steps on average (33 at most), and mapping 50,000 digits' pixels
+#: took 282 ms against 519 ms for the search over every knot (65,536: 250 ms).
+INDEX_BUCKETS = 1 << 14
+
+
+@dataclass(frozen=True)
+class KnotIndex:
+    """The per-channel map ``np.interp(x, source[c], target[c])`` with an index of its knots:
+    a value in uniform bucket b of ``[source[c, 0], source[c, -1]]`` has its segment among
+    ``low[c, b] .. high[c, b]`` (the segments from one bucket below to one above, so the
+    rounding of b cannot miss it). Build once per knots (:meth:`of`), apply to many values."""
+
+    source: np.ndarray  # (C, Q) float32, strictly increasing
+    target: np.ndarray  # (C, Q) float32
+    slope: np.ndarray  # (C, Q - 1) float64
+    origin: np.ndarray  # (C,) float64
+    scale: np.ndarray  # (C,) float64: buckets per unit of x
+    low: np.ndarray  # (C, B) int64
+    high: np.ndarray  # (C, B) int64
+
+    @classmethod
+    def of(cls, source: np.ndarray, target: np.ndarray, buckets: int = INDEX_BUCKETS) -> KnotIndex:
+        source, target = _as_knots(source), _as_knots(target)
+        channels, knots = source.shape
+        first, last = source[:, 0].astype(np.float64), source[:, -1].astype(np.float64)
+        span = last - first
+        scale = np.where(span > 0, buckets / np.where(span > 0, span, 1.0), 0.0)
+        low = np.zeros((channels, buckets), np.int64)
+        high = np.zeros((channels, buckets), np.int64)
+        for c in range(channels):
+            if scale[c] == 0.0:
+                continue  # one knot: every value is at or past it
+            edges = first[c] + np.arange(buckets + 3) / scale[c]  # edges[b]: where bucket b starts
+            segment = np.clip(np.searchsorted(source[c].astype(np.float64), edges, side="right") - 1, 0, knots - 2)
+            b = np.arange(buckets)
+            low[c] = segment[np.maximum(b - 1, 0)]
+            high[c] = segment[b + 2]
+        return cls(source, target, slopes(source, target), first, scale, low, high)
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (..., C) mapped channel by channel: :func:`interp_channels`'s numbers."""
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        if values.shape[-1] != self.source.shape[0]:
+            raise ValueError(f"a map of {self.source.shape[0]} channels, values of {values.shape[-1]}")
+        flat = values.reshape(-1, values.shape[-1])
+        out = np.empty_like(flat)
+        _interp_indexed_rows(flat, self.source, self.target, self.slope, self.origin, self.scale, self.low,
+                             self.high, out)
+        return out.reshape(values.shape)
 
 
 @dataclass(frozen=True)
