@@ -69,24 +69,27 @@ def _interp_rows(values, source, target, slope, out):
             out[i, c] = interp_value(np.float64(values[i, c]), source, target, slope, c)
 
 
+@njit(**JIT)
+def interp_indexed(x, source, target, slope, c, origin, scale, low, high):
+    """:func:`interp_value` with the knot search narrowed to low[c, b]..high[c, b] for a value
+    in bucket b (:class:`KnotIndex`): the same segment, so the same number."""
+    last = source.shape[1] - 1
+    if x <= source[c, 0]:
+        return np.float64(target[c, 0])
+    if x >= source[c, last]:
+        return np.float64(target[c, last])
+    b = bucket_of(x, c, origin, scale, low.shape[1])
+    lo = _last_knot_at_most(x, source, c, low[c, b], high[c, b])
+    return slope[c, lo] * (x - np.float64(source[c, lo])) + np.float64(target[c, lo])
+
+
 @njit(**JIT_PARALLEL)
 def _interp_indexed_rows(values, source, target, slope, origin, scale, low, high, out):
-    """_interp_rows with the knot search narrowed to low[c, b]..high[c, b] for a value in
-    bucket b (:class:`KnotIndex`): the same segment, so the same numbers."""
+    """_interp_rows through a :class:`KnotIndex`."""
     n, channels = values.shape
-    last = source.shape[1] - 1
-    buckets = low.shape[1]
     for i in prange(n):
         for c in range(channels):
-            x = np.float64(values[i, c])
-            if x <= source[c, 0]:
-                out[i, c] = target[c, 0]
-            elif x >= source[c, last]:
-                out[i, c] = target[c, last]
-            else:
-                b = bucket_of(x, c, origin, scale, buckets)
-                lo = _last_knot_at_most(x, source, c, low[c, b], high[c, b])
-                out[i, c] = slope[c, lo] * (x - np.float64(source[c, lo])) + np.float64(target[c, lo])
+            out[i, c] = interp_indexed(np.float64(values[i, c]), source, target, slope, c, origin, scale, low, high)
 
 
 @njit(**JIT)
@@ -104,8 +107,30 @@ def _as_knots(array: np.ndarray) -> np.ndarray:
 #: Uniform buckets per channel of a :class:`KnotIndex`. The pixel calibration's 525 knots
 #: crowd around the background's values, where most pixels are: at 16,384 buckets the search
 #: in a bucket takes 0.1 steps on average (33 at most), and mapping 50,000 digits' pixels
-#: took 282 ms against 519 ms for the search over every knot (65,536: 250 ms).
+#: took 282 ms against 519 ms for the search over every knot (65,536: 250 ms). (The decode's
+#: exact map of a few layer-1 channels per position ran slower through such an index, 1,024
+#: buckets for each of 99 channels: 2.2-2.7 s against 1.95 s for ten passes over 2,000 samples.)
 INDEX_BUCKETS = 1 << 14
+
+
+def knot_index(source: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A :class:`KnotIndex`'s ``scale`` (C,) and ``low``, ``high`` (C, buckets) int32 for the
+    knots ``source`` (C, Q), strictly increasing; buckets start at ``source[:, 0]``."""
+    channels, knots = source.shape
+    first, last = source[:, 0].astype(np.float64), source[:, -1].astype(np.float64)
+    span = last - first
+    scale = np.where(span > 0, buckets / np.where(span > 0, span, 1.0), 0.0)
+    low = np.zeros((channels, buckets), np.int32)
+    high = np.zeros((channels, buckets), np.int32)
+    for c in range(channels):
+        if scale[c] == 0.0:
+            continue  # one knot: every value is at or past it
+        edges = first[c] + np.arange(buckets + 3) / scale[c]  # edges[b]: where bucket b starts
+        segment = np.clip(np.searchsorted(source[c].astype(np.float64), edges, side="right") - 1, 0, knots - 2)
+        b = np.arange(buckets)
+        low[c] = segment[np.maximum(b - 1, 0)]
+        high[c] = segment[b + 2]
+    return scale, low, high
 
 
 @dataclass(frozen=True)
@@ -120,27 +145,14 @@ class KnotIndex:
     slope: np.ndarray  # (C, Q - 1) float64
     origin: np.ndarray  # (C,) float64
     scale: np.ndarray  # (C,) float64: buckets per unit of x
-    low: np.ndarray  # (C, B) int64
-    high: np.ndarray  # (C, B) int64
+    low: np.ndarray  # (C, B) int32
+    high: np.ndarray  # (C, B) int32
 
     @classmethod
     def of(cls, source: np.ndarray, target: np.ndarray, buckets: int = INDEX_BUCKETS) -> KnotIndex:
         source, target = _as_knots(source), _as_knots(target)
-        channels, knots = source.shape
-        first, last = source[:, 0].astype(np.float64), source[:, -1].astype(np.float64)
-        span = last - first
-        scale = np.where(span > 0, buckets / np.where(span > 0, span, 1.0), 0.0)
-        low = np.zeros((channels, buckets), np.int64)
-        high = np.zeros((channels, buckets), np.int64)
-        for c in range(channels):
-            if scale[c] == 0.0:
-                continue  # one knot: every value is at or past it
-            edges = first[c] + np.arange(buckets + 3) / scale[c]  # edges[b]: where bucket b starts
-            segment = np.clip(np.searchsorted(source[c].astype(np.float64), edges, side="right") - 1, 0, knots - 2)
-            b = np.arange(buckets)
-            low[c] = segment[np.maximum(b - 1, 0)]
-            high[c] = segment[b + 2]
-        return cls(source, target, slopes(source, target), first, scale, low, high)
+        scale, low, high = knot_index(source, buckets)
+        return cls(source, target, slopes(source, target), source[:, 0].astype(np.float64), scale, low, high)
 
     def apply(self, values: np.ndarray) -> np.ndarray:
         """``values`` (..., C) mapped channel by channel: :func:`interp_channels`'s numbers."""
