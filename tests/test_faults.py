@@ -560,7 +560,8 @@ sys.argv = ["nsn", "train", {str(inputs / "data.h5")!r}, "-o", {str(out)!r}, "--
 from nsn_cli.entry import main
 main()
 """
-    done = subprocess.run([sys.executable, "-c", child], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", child], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          preexec_fn=_child_setup(None))
     assert done.returncode == INTERRUPTED, done.stderr
     line = [text for text in done.stderr.splitlines() if text.startswith("interrupted")]
     assert line == [f"interrupted: the job had written {out} (complete) before it stopped; nothing else was written"], \
@@ -584,7 +585,8 @@ def late_ctrl_c():
 atexit.register(late_ctrl_c)  # runs before nsn's own exit handler
 main()
 """
-    done = subprocess.run([sys.executable, "-c", child], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", child], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          preexec_fn=_child_setup(None))
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "interrupted" not in done.stderr and "Exception" not in done.stderr
     assert np.load(out)["images"].shape == (4, 28, 28, 1)
@@ -607,9 +609,11 @@ entry.exit_interrupted()
     (tmp_path / "bare.py").write_text(child.replace("entry.exit_interrupted()", "sys.exit(130)"))
     (tmp_path / "child.py").write_text(child)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
-    bare = subprocess.run([sys.executable, "-m", "bare"], capture_output=True, text=True, timeout=60, env=env)
+    bare = subprocess.run([sys.executable, "-m", "bare"], capture_output=True, text=True, timeout=60, env=env,
+                          preexec_fn=_child_setup(None))
     assert bare.returncode == -signal.SIGINT, bare.stderr  # CPython's doing (else this test guards nothing)
-    done = subprocess.run([sys.executable, "-m", "child"], capture_output=True, text=True, timeout=60, env=env)
+    done = subprocess.run([sys.executable, "-m", "child"], capture_output=True, text=True, timeout=60, env=env,
+                          preexec_fn=_child_setup(None))
     assert done.returncode == INTERRUPTED, done.stderr
     assert one_line(done.stderr) == "interrupted: handled"
 
