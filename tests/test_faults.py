@@ -542,6 +542,7 @@ def test_a_ctrl_c_dropped_as_unraisable_is_kept_pending():
     assert sys.unraisablehook is before
 
 
+@pytest.mark.slow  # a fresh nsn process each (numba's kernels loaded anew): 5-7 s
 def test_a_ctrl_c_after_the_last_write_names_the_finished_output(tmp_path, inputs):
     """A real SIGINT while ``nsn train`` prints its summary, after the model file is complete:
     the line says the model was written, not "nothing was written", and the exit is 130."""
@@ -569,6 +570,7 @@ main()
     assert h5py.File(out, "r").attrs["layers-complete"] == 3 and not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.slow  # a fresh nsn process each (numba's kernels loaded anew): 5-7 s
 def test_a_ctrl_c_while_a_finished_job_exits_changes_nothing(tmp_path, inputs):
     """A real SIGINT while the process exits after a finished job (its exit handlers running):
     status 0 and the job's own output only, not a death by signal or a traceback."""
