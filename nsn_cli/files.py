@@ -234,20 +234,21 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
-#: Every output :func:`atomic_path` renamed into place in this process, in order: what a
-#: Ctrl-C that no job caught had left complete (:func:`committed_since`).
-_COMMITTED: list[Path] = []
+#: The lists :func:`recording_commits` blocks collect committed outputs in (none outside them).
+_RECORDS: list[list[Path]] = []
 
 
-def commit_mark() -> int:
-    """A mark for :func:`committed_since`: the outputs committed so far."""
-    return len(_COMMITTED)
-
-
-def committed_since(mark: int) -> list[Path]:
-    """The outputs renamed into place since ``mark`` (:func:`commit_mark`), each once, in
-    the order of their last commit."""
-    return list(dict.fromkeys(reversed(_COMMITTED[mark:])))[::-1]
+@contextlib.contextmanager
+def recording_commits() -> Iterator[list[Path]]:
+    """Within the block, every output :func:`atomic_path` renames into place is appended to the
+    list yielded (the CLI names what a Ctrl-C that no job caught had left complete). Nothing is
+    kept once the block ends."""
+    record: list[Path] = []
+    _RECORDS.append(record)
+    try:
+        yield record
+    finally:
+        _RECORDS.remove(record)
 
 
 @contextlib.contextmanager
@@ -275,7 +276,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
             with interrupts.held():  # renamed and recorded, or neither
                 os.replace(temp, path)
-                _COMMITTED.append(path)
+                for record in _RECORDS:
+                    record.append(path)
         except OSError as exc:
             raise write_failure(path, exc) from None
     finally:

@@ -138,3 +138,29 @@ def test_top_version_1_may_lack_neighbours_and_version_2_may_not(tmp_path):
     model = NSNModel.load(path)
     assert model.top.member_neighbours is None
     assert np.array_equal(model.top.neighbours(), expected)
+
+
+def test_committed_outputs_are_recorded_only_within_a_recording_block(tmp_path):
+    """The CLI names the outputs a stray Ctrl-C left complete from a recording block: every
+    rename into place inside it, in order, nested blocks alike; a failed write is not one,
+    and nothing is kept once the blocks end."""
+    from nsn_cli import files
+
+    def write(name: str, fail: bool = False) -> None:
+        with files.atomic_path(tmp_path / name) as temp:
+            temp.write_text(name)
+            if fail:
+                raise RuntimeError("the job failed before its rename")
+
+    write("before.txt")
+    with files.recording_commits() as outer:
+        write("a.txt")
+        with files.recording_commits() as inner:
+            write("b.txt")
+            with pytest.raises(RuntimeError):
+                write("c.txt", fail=True)
+        write("a.txt")
+    write("after.txt")
+    assert outer == [tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "a.txt"]
+    assert inner == [tmp_path / "b.txt"]
+    assert not (tmp_path / "c.txt").exists() and not files._RECORDS

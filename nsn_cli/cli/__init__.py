@@ -37,8 +37,9 @@ NOTHING_WRITTEN = "nothing was written (no partial file is left)"
 
 def kept_outputs(paths: Sequence[Path]) -> str:
     """What a Ctrl-C that the job did not catch itself left: the outputs already renamed
-    into place (complete) or nothing (a Ctrl-C after the job's last write, while it reported,
-    had said "nothing was written" beside a finished file)."""
+    into place (complete; each named once) or nothing (a Ctrl-C after the job's last write,
+    while it reported, had said "nothing was written" beside a finished file)."""
+    paths = list(dict.fromkeys(paths))
     if not paths:
         return NOTHING_WRITTEN
     names = ", ".join(str(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
@@ -75,7 +76,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         argv = ["--help"]
     command = tidy_help(typer.main.get_command(app))
     state.debug = "--debug" in argv
-    mark = files.commit_mark()
+    with files.recording_commits() as written:
+        return _run(command, argv, written)
+
+
+def _run(command, argv: list[str], written: list[Path]) -> int:
+    """:func:`run` after the set-up; ``written`` collects the outputs committed meanwhile."""
     try:
         # the command is invoked here rather than through its main(): main() turns Ctrl-C
         # into an exit code the caller must notice and an empty file's EOFError into "Aborted!"
@@ -92,7 +98,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         _line("interrupted", str(exc))
         return INTERRUPTED
     except (KeyboardInterrupt, typer.Abort):  # Abort: Ctrl-C at a prompt (nsn asks none)
-        _line("interrupted", kept_outputs(files.committed_since(mark)))
+        _line("interrupted", kept_outputs(written))
         return INTERRUPTED
     except NsnError as exc:
         if state.debug:
