@@ -411,14 +411,14 @@ def calibrate_model(model, data_path, *, samples: int = FIT_SAMPLES,
                                                   raw=True)) as batches:
 
             def generate_raw(first: int, n: int) -> np.ndarray:
-                parts = []
-                while sum(len(part) for part in parts) < n:
+                parts, got = [], 0
+                while got < n:
                     offset, images = next(batches)
-                    assert offset == first + sum(len(part) for part in parts)  # asked for in order
+                    assert offset == first + got  # asked for in order
                     parts.append(images)
-                images = np.concatenate(parts)
-                assert len(images) == n  # groups of whole batches (1,024 = 4 x 256)
-                return images
+                    got += len(images)
+                assert got == n  # groups of whole batches (1,024 = 4 x 256)
+                return np.concatenate(parts)
 
             fitted = fit_calibration(generate_raw, chunks, count, channels, height * width, samples=samples,
                                      sampler=sampler, progress=progress)

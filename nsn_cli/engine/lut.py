@@ -32,12 +32,19 @@ REACH_LEVELS = 128
 def interp_value(x, source, target, slope, c):
     """np.interp(x, source[c], target[c]) in float64; source rows strictly increasing, slope the
     segments' slopes (:func:`slopes`)."""
+    return _interp_within(x, source, target, slope, c, 0, source.shape[1] - 2)
+
+
+@njit(**JIT)
+def _interp_within(x, source, target, slope, c, lo, hi):
+    """np.interp(x, source[c], target[c]), given that x's segment, if x is inside the knots,
+    is one of lo..hi."""
     last = source.shape[1] - 1
     if x <= source[c, 0]:
         return np.float64(target[c, 0])
     if x >= source[c, last]:
         return np.float64(target[c, last])
-    lo = _last_knot_at_most(x, source, c, 0, last - 1)
+    lo = _last_knot_at_most(x, source, c, lo, hi)
     return slope[c, lo] * (x - np.float64(source[c, lo])) + np.float64(target[c, lo])
 
 
@@ -73,14 +80,8 @@ def _interp_rows(values, source, target, slope, out):
 def interp_indexed(x, source, target, slope, c, origin, scale, low, high):
     """:func:`interp_value` with the knot search narrowed to low[c, b]..high[c, b] for a value
     in bucket b (:class:`KnotIndex`): the same segment, so the same number."""
-    last = source.shape[1] - 1
-    if x <= source[c, 0]:
-        return np.float64(target[c, 0])
-    if x >= source[c, last]:
-        return np.float64(target[c, last])
     b = bucket_of(x, c, origin, scale, low.shape[1])
-    lo = _last_knot_at_most(x, source, c, low[c, b], high[c, b])
-    return slope[c, lo] * (x - np.float64(source[c, lo])) + np.float64(target[c, lo])
+    return _interp_within(x, source, target, slope, c, low[c, b], high[c, b])
 
 
 @njit(**JIT_PARALLEL)
@@ -113,13 +114,20 @@ def _as_knots(array: np.ndarray) -> np.ndarray:
 INDEX_BUCKETS = 1 << 14
 
 
+def _buckets(source: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The uniform buckets over each channel's knots ``[source[c, 0], source[c, -1]]`` that
+    :func:`bucket_of` reads: first and last knots (C,) float64, and buckets per unit of x
+    (0 for a channel whose knots span nothing)."""
+    first, last = source[:, 0].astype(np.float64), source[:, -1].astype(np.float64)
+    span = last - first
+    return first, last, np.where(span > 0, buckets / np.where(span > 0, span, 1.0), 0.0)
+
+
 def knot_index(source: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A :class:`KnotIndex`'s ``scale`` (C,) and ``low``, ``high`` (C, buckets) int32 for the
     knots ``source`` (C, Q), strictly increasing; buckets start at ``source[:, 0]``."""
     channels, knots = source.shape
-    first, last = source[:, 0].astype(np.float64), source[:, -1].astype(np.float64)
-    span = last - first
-    scale = np.where(span > 0, buckets / np.where(span > 0, span, 1.0), 0.0)
+    first, _, scale = _buckets(source, buckets)
     low = np.zeros((channels, buckets), np.int32)
     high = np.zeros((channels, buckets), np.int32)
     for c in range(channels):
@@ -195,15 +203,13 @@ class ChannelMap:
     @classmethod
     def of(cls, source: np.ndarray, target: np.ndarray, buckets: int = BOUND_BUCKETS) -> ChannelMap:
         source, target = _as_knots(source), _as_knots(target)
-        first, last = source[:, 0].astype(np.float64), source[:, -1].astype(np.float64)
+        first, last, scale = _buckets(source, buckets)
         edges = first[:, None] + (last - first)[:, None] * np.linspace(0.0, 1.0, buckets + 1)
         at_edges = interp_channels(edges.T.astype(np.float32), source, target).T  # (C, B + 1)
         below = np.maximum(np.arange(buckets) - 1, 0)  # bucket b's outer edges: b - 1 and b + 2
         above = np.minimum(np.arange(buckets) + 2, buckets)
         lower = np.nextafter(at_edges[:, below], np.float32(-np.inf))
         upper = np.nextafter(at_edges[:, above], np.float32(np.inf))
-        span = last - first
-        scale = np.where(span > 0, buckets / np.where(span > 0, span, 1.0), 0.0)
         levels, level_origin, level_scale, reach = _reach_table(upper, first, scale)
         return cls(source, target, slopes(source, target), first, scale, np.ascontiguousarray(lower, np.float32),
                    np.ascontiguousarray(upper, np.float32), levels, level_origin, level_scale, reach)
