@@ -30,17 +30,20 @@ def _gather(maps, patch, stride, image, row, col, out):
 
 
 @njit(**JIT)
-def add_patch(out, rows, row, top, left, patch):
-    """INOUT out (H, W, C) += the flat patch ``rows[row]`` placed with its corner at (top, left)."""
-    # plain indices, no array views: a sampled digit adds 169 patches of 16 values, and a view
-    # per patch (or per patch row) cost more than the adds
-    channels = out.shape[2]
-    e = 0
+def add_patch(flat, width, channels, rows, row, top, left, patch):
+    """INOUT flat += the flat patch ``rows[row]`` placed with its corner at (top, left), where
+    flat is an (H, W, C) map of ``width`` W and ``channels`` C, flattened.
+
+    A patch row is ``patch * C`` consecutive values in both the patch and the map: one loop the
+    compiler vectorises (3x3 patches of 99 channels: 297 values). Plain indices, no array
+    views: a sampled digit adds 169 patches of 16 values, and a view per patch (or per patch
+    row) cost more than the adds; the caller flattens its map once."""
+    span = patch * channels
     for dy in range(patch):
-        for dx in range(patch):
-            for c in range(channels):
-                out[top + dy, left + dx, c] += rows[row, e]
-                e += 1
+        start = ((top + dy) * width + left) * channels
+        first = dy * span
+        for e in range(span):
+            flat[start + e] += rows[row, first + e]
 
 
 @njit(**JIT)
@@ -49,9 +52,10 @@ def _stitch_one(patches, patch, stride, out):
     out[:] = 0.0
     h, w, d = patches.shape
     rows = patches.reshape(h * w, d)
+    flat = out.reshape(-1)
     for i in range(h):
         for j in range(w):
-            add_patch(out, rows, i * w + j, i * stride, j * stride, patch)
+            add_patch(flat, out.shape[1], out.shape[2], rows, i * w + j, i * stride, j * stride, patch)
 
 
 @njit(**JIT_PARALLEL)
