@@ -205,10 +205,17 @@ def _decode_position(v, chosen, count, mu, var, delta1, delta2, delta3, draws, s
 
 
 @njit(**JIT)
-def _mapped_candidates(v, delta1, draws, source, target, slope, origin, scale, lower, upper, levels, level_origin,
+def _ordered(bits):
+    """A float32's bits (as int32) to an int32 in the float's order (NaN aside; -0.0 just below
+    +0.0): integers, whose max the compiler vectorises, where a float max it may not (NaN)."""
+    return bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))
+
+
+@njit(**JIT)
+def _mapped_candidates(v, bits, delta1, draws, source, target, slope, origin, scale, lower, upper, levels, level_origin,
                        level_scale, reach, bound, chosen, out):
-    """OUT out (K,), chosen (K,): v mapped channel by channel (the input map, np.interp's
-    values rounded to float32) at the channels ``chosen[:count]`` that may reach the softmax's
+    """OUT out (K,), chosen (K,): v (K,) float32, whose bits are ``bits`` (K,) int32, mapped
+    channel by channel (the input map, np.interp's values rounded to float32) at the channels ``chosen[:count]`` that may reach the softmax's
     cutoff at this position; returns count. The others' weight in :func:`_decode_position` is 0
     whatever their value, so the patch is the same to the bit, and only a few of the K
     channels need the exact map. Scratch: bound (K,) float64.
@@ -223,11 +230,13 @@ def _mapped_candidates(v, delta1, draws, source, target, slope, origin, scale, l
     test on the rest keeps exactly the channels it keeps on all of them."""
     k, buckets = v.shape[0], lower.shape[1]
     nan = False
-    top, largest = 0, v[0]
+    largest = np.int32(-2147483647 - 1)
     for j in range(k):  # a NaN is noted, not branched on: it maps every channel below
         nan |= v[j] != v[j]
-        top = j if v[j] > largest else top  # conditional moves, the largest value kept in a register
-        largest = max(largest, v[j])
+        largest = max(largest, _ordered(bits[j]))  # bits: v's, as int32
+    top = 0
+    while _ordered(bits[top]) != largest:
+        top += 1
     cutoff = EXPECTED_CUTOFF if draws == 0 else 40.0
     level = 0
     if delta1 > 0.0:  # at delta1 = 0 every channel is within the cutoff: level -inf
@@ -274,6 +283,7 @@ def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_s
     into out at once and the overlaps averaged (no (N, h, w, D) patch array is held). With ``mapped``, each
     position's channel vector goes through the input map first (see _mapped_candidates)."""
     n, h, w, k = maps.shape
+    keys = maps.view(np.int32)
     for i in prange(n):
         state = _key(seed, first_sample + i, stream)
         prob, weight, picked, bound = np.empty(k), np.empty(k), np.empty(k), np.empty(k)
@@ -289,7 +299,7 @@ def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_s
         for r in range(h):
             for c in range(w):
                 if mapped:
-                    count = _mapped_candidates(maps[i, r, c], delta1, draws, source, target, slope, origin, scale,
+                    count = _mapped_candidates(maps[i, r, c], keys[i, r, c], delta1, draws, source, target, slope, origin, scale,
                                                lower, upper, levels, level_origin, level_scale, reach, bound, chosen, v)
                     state, row = _decode_position(v, chosen, count, mu, var, delta1, delta2, delta3, draws, state,
                                                   prob, active, weight, picked, True, buffer)
