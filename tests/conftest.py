@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from nsn_cli.cli import run
+from nsn_cli.kernel_cache import PACKAGE, forget_stale_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
+# the tests' own kernels (tests/unfused.py) inline the engine's: compiled afresh when either changed
+forget_stale_kernels(ROOT / "tests", depends=(PACKAGE,))
 DATA = ROOT / "data"
 MNIST_IMAGES = DATA / "mnist-4k-images-idx3-ubyte.gz"
 MNIST_LABELS = DATA / "mnist-4k-labels-idx1-ubyte.gz"

@@ -618,3 +618,40 @@ def test_masked_similarity(rng):
             d2 = np.sum((np.float64(x[i, k]) - mu[j, k]) ** 2) * 8 / k.sum()
             expected = -math.log(math.sqrt(2 * math.pi) * sigma[j]) - d2 / (2 * sigma[j] ** 2)
             assert got[i, j] == pytest.approx(expected, abs=1e-4)
+
+
+def test_cached_kernels_go_when_a_source_they_may_inline_changes(tmp_path):
+    """numba's cache checks a kernel's own file only; forget_stale_kernels removes every cache
+    file under a folder once any source there, or in a folder it depends on, changed."""
+    import os
+
+    from nsn_cli.kernel_cache import forget_stale_kernels
+
+    root, engine = tmp_path / "tests", tmp_path / "engine"
+    for folder in (root / "__pycache__", root / "sub" / "__pycache__", engine):
+        folder.mkdir(parents=True)
+    (root / "kernels.py").write_text("x = 1\n")
+    (engine / "inlined.py").write_text("y = 1\n")
+
+    def cache_files() -> list[Path]:
+        for name in ("kernels.f-1.py311.nbi", "kernels.f-1.py311.1.nbc"):
+            (root / "__pycache__" / name).write_bytes(b"cached")
+        (root / "sub" / "__pycache__" / "a.g-2.py311.nbi").write_bytes(b"cached")
+        (root / "__pycache__" / "kernels.cpython-311.pyc").write_bytes(b"bytecode")
+        return sorted(p.name for p in root.rglob("*.nb[ic]"))
+
+    cache_files()
+    assert forget_stale_kernels(root, depends=(engine,)) == 3  # no record yet: start clean
+    assert list(root.rglob("*.nb[ic]")) == [] and (root / "__pycache__" / "kernels.cpython-311.pyc").exists()
+    kept = cache_files()
+    assert forget_stale_kernels(root, depends=(engine,)) == 0  # nothing changed
+    assert sorted(p.name for p in root.rglob("*.nb[ic]")) == kept
+    stat = (engine / "inlined.py").stat()
+    os.utime(engine / "inlined.py", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # an inlined module edited
+    assert forget_stale_kernels(root, depends=(engine,)) == 3
+    cache_files()
+    (root / "kernels.py").write_text("x = 22\n")  # the folder's own source
+    assert forget_stale_kernels(root, depends=(engine,)) == 3
+    cache_files()
+    (root / "new.py").write_text("z = 1\n")  # a module added
+    assert forget_stale_kernels(root, depends=(engine,)) == 3
