@@ -26,7 +26,7 @@ from nsn_cli.engine.em import (
 )
 from nsn_cli.engine.geometry import check_reaches_one, map_sizes, parse_arch
 from nsn_cli.engine.patches import extract_patches
-from nsn_cli.engine.similarity import activate, best_filter, row_norms, similarity
+from nsn_cli.engine.similarity import BLOCK_ROWS, activate, best_filter, row_norms, similarity
 from nsn_cli.errors import NsnError
 
 from . import reference as ref
@@ -78,21 +78,37 @@ def test_similarity_and_best_filter(rng):
     assert np.allclose(best, expected.max(axis=1), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("n, dims, k", [(257, 40, 17), (600, 5, 33), (1, 64, 1)])
+@pytest.mark.parametrize("n, dims, k", [(BLOCK_ROWS + 1, 40, 17), (2 * BLOCK_ROWS + 88, 5, 33), (1, 64, 1)])
 def test_blocked_e_step_matches_reference(rng, n, dims, k):
     """Several blocks of BLOCK_ROWS rows (the last one short), filters padded to a multiple
-    of PAD_FILTERS: the same argmax, Sim and activations as the float64 reference."""
+    of PAD_FILTERS: the same argmax, Sim and activations as the float64 reference. Filters 0
+    and K-1 are one filter: a tie in float64, which the float32 product may round either way
+    (BLAS's kernels for different columns sum in different orders), so there the label is
+    either of them."""
     x = rng.random((n, dims), dtype=np.float32)
     mu = rng.random((k, dims), dtype=np.float32)
-    mu[-1] = mu[0]  # a tie: the lower index wins
+    mu[-1] = mu[0]
     sigma = rng.uniform(0.5, 2.0, size=k)
     sigma[-1] = sigma[0]
     expected = ref.sim_matrix(x, mu, sigma)
     labels, best = best_filter(x, mu, sigma)
-    assert np.array_equal(labels, expected.argmax(axis=1))
+    wanted = expected.argmax(axis=1)
+    assert np.array_equal(np.where(labels == k - 1, 0, labels), wanted)  # argmax of a float64 tie: the first
     assert np.allclose(best, expected.max(axis=1), rtol=1e-5, atol=1e-5)
     assert np.allclose(similarity(x, mu, sigma), expected, rtol=1e-4, atol=1e-4)
     assert np.allclose(similarity(x, mu, sigma, "sigmoid"), 1 / (1 + np.exp(-expected)), atol=1e-5)
+
+
+def test_a_tie_in_sim_goes_to_the_lower_filter():
+    """Equal Sim (here from equal dots): the first filter holding the maximum, as argmax."""
+    from nsn_cli.engine.similarity import _MAXIMA, _best_of_row
+
+    k = 2 * _MAXIMA + 3  # the maxima's lanes and the remainder
+    for first, second in ((2, 11), (5, k - 1), (0, k - 2)):
+        dots = np.zeros(k)
+        dots[[first, second]] = 3.0
+        label, top = _best_of_row(10.0, dots, np.ones(k), np.zeros(k), np.ones(k), np.empty(k), np.empty(_MAXIMA))
+        assert (label, top) == (first, -5.0)  # -(10 - 2 * 3 + 1) * 1; the others -(10 + 1)
 
 
 def test_engine_calls_leave_the_blas_thread_limits_as_they_were(rng):

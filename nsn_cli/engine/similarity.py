@@ -22,8 +22,10 @@ from nsn_cli.engine.threads import single_blas
 ACTIVATIONS = ("sigmoid", "relative")
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 #: Rows per block: one BLAS product (rows, D) x (D, K) whose (rows, K) result the argmax
-#: reads back from cache (bench/bench_train.py; 128 to 1024 rows measured within 10%).
-BLOCK_ROWS = 256
+#: reads back from cache (128 to 1024 rows measured within 10%; best of 7 passes over the
+#: digits, 512 rows took 5% less than 256 on layers 2 and 3 (173.6 and 24.6 ms against 183.7
+#: and 25.6), the same on layer 1; the same bits either way).
+BLOCK_ROWS = 512
 #: Filters are padded with zero columns to a multiple of this for the product: OpenBLAS's
 #: float32 kernels work in strips (layer 2's 111 filters ran at 77% of the one-thread matmul
 #: peak, padded to 112 at 84%). 8, not 16: layer 3's 117 filters padded to 128 did 9% more
