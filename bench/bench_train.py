@@ -5,8 +5,9 @@
   empty numba cache (``NUMBA_CACHE_DIR`` set to a new folder) is reported apart as "cold".
   Against it: the sum of ``KMeans(algorithm="lloyd")`` fits of 10 iterations on each layer's
   patches with that layer's filter count (the best of ``--repeats`` fits per layer).
-- Per layer: seconds per EM iteration of nsn (``em_step`` as ``fit_layer`` runs it, with the
-  trained filters) and per Lloyd iteration of KMeans on the same patches and cluster count,
+- Per layer: seconds per EM iteration of nsn (``em_step`` as ``fit_layer`` runs it, five in a
+  row from the trained filters) and per Lloyd iteration of KMeans (a fit of five iterations
+  from the same filters) on the same patches and cluster count,
   measured in turns (nsn, KMeans, nsn, ...) and taking each one's best, so load from other
   processes on the machine costs both alike, with a pause of ``SETTLE`` seconds before each
   (see there); GFLOP/s of nsn's E-step product against numpy's
@@ -68,14 +69,21 @@ def nsn_train_seconds(data, model, env=None) -> float:
     return seconds
 
 
-def nsn_iteration(patches, mu, sigma, alpha, norms, labels) -> float:
-    """Seconds of one EM iteration as fit_layer runs it (row norms kept across steps)."""
+#: Iterations per timed run, nsn's and KMeans's alike: both run them back to back from the
+#: same filters after the same pause, so the first one's cold caches weigh the same in both.
+ITERATIONS_TIMED = 5
+
+
+def nsn_iterations(patches, mu, sigma, alpha, norms, labels) -> float:
+    """Seconds per EM iteration of ITERATIONS_TIMED run as fit_layer runs them (each step from
+    the last one's filters and labels, row norms kept across steps)."""
     rng = np.random.default_rng(0)
     settle()
     t = time.perf_counter()
-    em_step(patches, mu, sigma, alpha=alpha, sigma_floor=sigma_new(alpha) / 32, rng=rng, norms=norms,
-            previous_labels=labels)
-    return time.perf_counter() - t
+    for _ in range(ITERATIONS_TIMED):
+        mu, sigma, _, labels, _ = em_step(patches, mu, sigma, alpha=alpha, sigma_floor=sigma_new(alpha) / 32,
+                                          rng=rng, norms=norms, previous_labels=labels)
+    return (time.perf_counter() - t) / ITERATIONS_TIMED
 
 
 def kmeans_fit(patches, k: int, iterations: int, init) -> tuple[float, int]:
@@ -129,12 +137,12 @@ def main(argv: list[str] | None = None) -> dict:
         mu, sigma = layer.flat_mu, layer.sigma
         norms = row_norms(p)
         labels, _ = best_filter(p, mu, sigma, norms)
-        nsn_iteration(p, mu, sigma, layer.alpha, norms, labels)  # warm-up
+        nsn_iterations(p, mu, sigma, layer.alpha, norms, labels)  # warm-up
         kmeans_fit(p, layer.filters, 2, mu)
         nsn_runs, km_runs = [], []
         for _ in range(max(3, args.repeats)):
-            nsn_runs.append(nsn_iteration(p, mu, sigma, layer.alpha, norms, labels))
-            seconds, iterations = kmeans_fit(p, layer.filters, 5, mu)
+            nsn_runs.append(nsn_iterations(p, mu, sigma, layer.alpha, norms, labels))
+            seconds, iterations = kmeans_fit(p, layer.filters, ITERATIONS_TIMED, mu)
             km_runs.append(seconds / max(iterations, 1))
         nsn, km = min(nsn_runs), min(km_runs)
         flops = 2.0 * p.shape[0] * p.shape[1] * layer.filters
