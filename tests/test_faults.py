@@ -620,6 +620,35 @@ entry.exit_interrupted()
     assert one_line(done.stderr) == "interrupted: handled"
 
 
+def test_the_end_of_a_command_skips_only_the_interpreters_teardown(tmp_path):
+    """After a command the process ends from the last exit handler: with the command's status,
+    its buffered output flushed (to a pipe too), every other exit handler run (finalizers of
+    temporary folders among them), and CPython's teardown (objects' __del__ at shutdown) skipped."""
+    child = """
+import atexit, sys, tempfile, weakref
+from nsn_cli import entry
+
+class TornDown:
+    def __del__(self, _open=open):  # the builtin bound now: the teardown clears names first
+        _open("torn-down", "w").close()
+
+keep = TornDown()  # a module global: deleted only by the interpreter's teardown
+folder = tempfile.TemporaryDirectory(dir=".")  # removed by its finalizer at exit
+open("folder", "w").write(folder.name)
+atexit.register(lambda: open("handler-ran", "w").close())
+sys.stdout.write("x" * 100000 + "end")  # buffered, not flushed
+entry.exit_with(3)
+"""
+    done = subprocess.run([sys.executable, "-c", child], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "x" * 100000 + "end" and done.stderr == ""
+    assert (tmp_path / "handler-ran").exists() and not Path((tmp_path / "folder").read_text()).exists()
+    assert not (tmp_path / "torn-down").exists()
+    without = subprocess.run([sys.executable, "-c", child.replace("entry.exit_with(3)", "sys.exit(3)")], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+    assert without.returncode == 3 and (tmp_path / "torn-down").exists()  # a plain exit runs the teardown
+
+
 @pytest.mark.parametrize("module", ["numba", "nsn_cli.cli"])
 def test_ctrl_c_while_nsn_starts_is_one_line_and_130(tmp_path, module):
     """A real SIGINT at the moment Python imports ``module`` for the console script, before the

@@ -10,7 +10,6 @@ after the job's own clean-up has run. Everything else is a bug and keeps its tra
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
@@ -28,7 +27,7 @@ from nsn_cli.cli import sample as _sample  # noqa: F401,E402
 from nsn_cli.cli import score as _score  # noqa: F401,E402
 from nsn_cli.cli import train as _train  # noqa: F401,E402
 from nsn_cli.cli._common import app, console_err, state, tidy_help
-from nsn_cli.entry import INTERRUPTED, exit_interrupted
+from nsn_cli.entry import INTERRUPTED, exit_with
 from nsn_cli.errors import WRITE_FAILURES, Interrupted, NsnError, write_reason
 
 #: What a bare Ctrl-C kept: every output is written to a temporary file and renamed at the end.
@@ -144,12 +143,7 @@ def main() -> None:
     """Console-script entry point.
 
     After Ctrl-C the job has cleaned up and said what it kept; the process exits with status
-    130 (:func:`nsn_cli.entry.exit_interrupted`)."""
+    130 (:func:`nsn_cli.entry.exit_with`)."""
     configure_process()
-    code = run()
-    if code == INTERRUPTED:
-        exit_interrupted()
-    # the job is done and has said so: a Ctrl-C while the process exits (its threads joined,
-    # its exit handlers run) would only turn that into a death by signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.exit(code)
+    # the job is done and has said so; 130 after a Ctrl-C (see nsn_cli.entry)
+    exit_with(run())
