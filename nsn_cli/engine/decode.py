@@ -220,8 +220,8 @@ def _ordered(bits):
 def _mapped_candidates(v, bits, delta1, draws, source, target, slope, origin, scale, lower, upper, levels, level_origin,
                        level_scale, reach, bound, chosen, out):
     """OUT out (K,), chosen (K,): v (K,) float32, whose bits are ``bits`` (K,) int32, mapped
-    channel by channel (the input map, np.interp's values rounded to float32) at the channels ``chosen[:count]`` that may reach the softmax's
-    cutoff at this position; returns count. The others' weight in :func:`_decode_position` is 0
+    channel by channel (the input map, np.interp's values rounded to float32) at the channels
+    ``chosen[:count]`` that may reach the softmax's cutoff at this position; returns count. The others' weight in :func:`_decode_position` is 0
     whatever their value, so the patch is the same to the bit, and only a few of the K
     channels need the exact map. Scratch: bound (K,) float64.
 
@@ -304,8 +304,9 @@ def _decode_stitched(maps, mu, var, delta1, delta2, delta3, draws, seed, first_s
         for r in range(h):
             for c in range(w):
                 if mapped:
-                    count = _mapped_candidates(maps[i, r, c], keys[i, r, c], delta1, draws, source, target, slope, origin, scale,
-                                               lower, upper, levels, level_origin, level_scale, reach, bound, chosen, v)
+                    count = _mapped_candidates(maps[i, r, c], keys[i, r, c], delta1, draws, source, target, slope,
+                                               origin, scale, lower, upper, levels, level_origin, level_scale, reach,
+                                               bound, chosen, v)
                     state, row = _decode_position(v, chosen, count, mu, var, delta1, delta2, delta3, draws, state,
                                                   prob, active, weight, picked, True, buffer)
                 else:
