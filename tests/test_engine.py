@@ -99,6 +99,46 @@ def test_blocked_e_step_matches_reference(rng, n, dims, k):
     assert np.allclose(similarity(x, mu, sigma, "sigmoid"), 1 / (1 + np.exp(-expected)), atol=1e-5)
 
 
+def test_all_zero_rows_are_found_once_and_the_rest_keep_their_bits(rng):
+    """Blocks with a few, many and only all-zero rows (+0.0 and -0.0), and one with a single
+    other row: the float64 reference's labels and Sim; every zero row gets the result of a zero
+    row's product; the other rows, with their product run on them copied together, get the bits
+    they get with no zero row among them."""
+    from nsn_cli.engine.similarity import ZERO_ROWS_TO_GATHER
+
+    dims, k = 12, 9
+    x = rng.random((5 * BLOCK_ROWS + 7, dims), dtype=np.float32)
+    zero = np.zeros(len(x), dtype=bool)
+    zero[: ZERO_ROWS_TO_GATHER - 1] = True  # block 0: too few to copy the others for
+    zero[BLOCK_ROWS : 2 * BLOCK_ROWS : 2] = True  # block 1: half
+    zero[2 * BLOCK_ROWS : 3 * BLOCK_ROWS] = True  # block 2: only zeros
+    zero[3 * BLOCK_ROWS : 4 * BLOCK_ROWS - 1] = True  # block 3: one other row
+    x[zero] = 0.0
+    x[np.flatnonzero(zero)[::3]] = -0.0
+    mu = rng.random((k, dims), dtype=np.float32)
+    sigma = rng.uniform(0.5, 2.0, size=k)
+    expected = ref.sim_matrix(x, mu, sigma)
+    labels, best = best_filter(x, mu, sigma)
+    assert np.array_equal(labels, expected.argmax(axis=1))
+    assert np.allclose(best, expected.max(axis=1), rtol=1e-5, atol=1e-5)
+    # a zero row's Sim as the product path computes it: ||x||^2 = 0, x.mu = 0, Eq. 1's order
+    from nsn_cli.engine.similarity import log_norm
+
+    mm = np.einsum("kd,kd->k", mu, mu, dtype=np.float64)
+    zero_sims = log_norm(sigma) - np.maximum(0.0 - 2.0 * 0.0 + mm, 0.0) * (0.5 / sigma**2)
+    assert set(labels[zero]) == {zero_sims.argmax()} and set(best[zero]) == {zero_sims.max()}
+    other_labels, other_best = best_filter(x[~zero], mu, sigma)
+    assert np.array_equal(labels[~zero], other_labels) and np.array_equal(best[~zero], other_best)
+    # the layer outputs (encoding) likewise: a zero row's output is found once and copied
+    for activation in (None, "sigmoid", "relative"):
+        out = similarity(x, mu, sigma, activation)
+        want = zero_sims.astype(np.float32)[None]
+        want = want if activation is None else activate(want, activation)
+        assert np.array_equal(out[zero].view(np.uint32), np.repeat(want, zero.sum(), axis=0).view(np.uint32))
+        others = similarity(x[~zero], mu, sigma, activation)
+        assert np.array_equal(out[~zero].view(np.uint32), others.view(np.uint32)), activation
+
+
 def test_a_tie_in_sim_goes_to_the_lower_filter():
     """Equal Sim (here from equal dots): the first filter holding the maximum, as argmax."""
     from nsn_cli.engine.similarity import _MAXIMA, _best_of_row

@@ -88,26 +88,62 @@ def _best_of_row(xx, dots, mm, lognorm, inv_two_var, sims, maxima):
     return 0, top  # K == 0, or every Sim NaN
 
 
+#: A block with at least this many all-zero rows has its other rows copied together for the
+#: product (a zero row's result is known: see _best_blocks); below it the copy would cost more
+#: than the product's rows it saves (a row's copy is about a sixth of its share of the product).
+ZERO_ROWS_TO_GATHER = BLOCK_ROWS // 8
+
+
 @njit(**JIT_PARALLEL)
 def _best_blocks(x, mu_t, norms, mm, lognorm, inv_two_var, lanes, labels, best):
     """IN mu_t (D, >= K) the K filters transposed (zero-padded); OUT labels (n), best (n):
     argmax_j Sim and its value. Blocks of BLOCK_ROWS rows, each one single-threaded BLAS
     product; ``lanes`` parallel lanes take every lanes-th block with their buffers allocated
     once (train's malloc setting maps every buffer over 256 kB afresh). Blocks come from n
-    alone, so the bits depend on neither the lanes nor the threads."""
-    n = x.shape[0]
+    alone, so the bits depend on neither the lanes nor the threads.
+
+    An all-zero row (``norms[i] == 0``, which no other row has) has x.mu = 0 and ||x||^2 = 0:
+    its label and Sim are found once, with the same arithmetic, and neither its product nor
+    its argmax is run again (56% of the digits' layer-1 patches are background). A block with
+    ZERO_ROWS_TO_GATHER of them copies its other rows together for the product."""
+    n, dims = x.shape
     k = mm.shape[0]
     blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    zero_label, zero_best = _best_of_row(0.0, np.zeros(k, dtype=np.float32), mm, lognorm, inv_two_var, np.empty(k),
+                                         np.empty(_MAXIMA))
     for lane in prange(lanes):
         dots = np.empty((BLOCK_ROWS, mu_t.shape[1]), dtype=np.float32)
         sims = np.empty(k)
         maxima = np.empty(_MAXIMA)
+        kept = np.empty(BLOCK_ROWS, dtype=np.int64)
+        gathered = np.empty((0, dims), dtype=np.float32)  # allocated when a block first needs it
         for block in range(lane, blocks, lanes):
             a = block * BLOCK_ROWS
             b = min(n, a + BLOCK_ROWS)
-            np.dot(x[a:b], mu_t, dots[: b - a])
+            m = 0
             for i in range(a, b):
-                labels[i], best[i] = _best_of_row(norms[i], dots[i - a, :k], mm, lognorm, inv_two_var, sims, maxima)
+                if norms[i] == 0.0:
+                    labels[i], best[i] = zero_label, zero_best
+                else:
+                    kept[m] = i
+                    m += 1
+            if m == 0:
+                continue
+            if b - a - m < ZERO_ROWS_TO_GATHER:
+                np.dot(x[a:b], mu_t, dots[: b - a])
+                for s in range(m):
+                    i = kept[s]
+                    labels[i], best[i] = _best_of_row(norms[i], dots[i - a, :k], mm, lognorm, inv_two_var, sims,
+                                                      maxima)
+            else:
+                if gathered.shape[0] == 0:
+                    gathered = np.empty((BLOCK_ROWS, dims), dtype=np.float32)
+                for s in range(m):
+                    gathered[s] = x[kept[s]]
+                np.dot(gathered[:m], mu_t, dots[:m])
+                for s in range(m):
+                    i = kept[s]
+                    labels[i], best[i] = _best_of_row(norms[i], dots[s, :k], mm, lognorm, inv_two_var, sims, maxima)
 
 
 @njit(**JIT_PARALLEL)
@@ -137,10 +173,17 @@ def _nearest_blocks(x, centres_t, cc, lanes, labels, d2):
 @njit(**JIT_PARALLEL)
 def _sims_blocks(x, mu_t, mm, lognorm, inv_two_var, kind, lanes, out):
     """OUT out (n, K) float32 = Sim of every patch to every filter, then the activation
-    ``kind`` (-1: none, else as in _activate_row); blocked as _best_blocks."""
+    ``kind`` (-1: none, else as in _activate_row); blocked as _best_blocks. An all-zero row's
+    output is found once, with the same arithmetic (x.mu = 0), and copied: its Sims and
+    sigmoids were most of encoding the digits' layer 1, whose patches are 56% background."""
     n = x.shape[0]
     k = mm.shape[0]
     blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    zero_row = np.empty(k, dtype=np.float32)
+    for j in range(k):
+        zero_row[j] = _sim(0.0, np.float32(0.0), mm[j], lognorm[j], inv_two_var[j])
+    if kind >= 0:
+        _activate_row(zero_row, kind, zero_row)
     for lane in prange(lanes):
         dots = np.empty((BLOCK_ROWS, mu_t.shape[1]), dtype=np.float32)
         for block in range(lane, blocks, lanes):
@@ -149,6 +192,9 @@ def _sims_blocks(x, mu_t, mm, lognorm, inv_two_var, kind, lanes, out):
             np.dot(x[a:b], mu_t, dots[: b - a])
             for i in range(a, b):
                 xx = row_sq_norm(x, i)
+                if xx == 0.0:
+                    out[i] = zero_row
+                    continue
                 for j in range(k):
                     out[i, j] = _sim(xx, dots[i - a, j], mm[j], lognorm[j], inv_two_var[j])
                 if kind >= 0:
