@@ -689,7 +689,7 @@ def test_cached_kernels_go_when_a_source_they_may_inline_changes(tmp_path):
     (root / "kernels.py").write_text("x = 1\n")
     (engine / "inlined.py").write_text("y = 1\n")
 
-    def cache_files() -> list[Path]:
+    def cache_files() -> list[str]:
         for name in ("kernels.f-1.py311.nbi", "kernels.f-1.py311.1.nbc"):
             (root / "__pycache__" / name).write_bytes(b"cached")
         (root / "sub" / "__pycache__" / "a.g-2.py311.nbi").write_bytes(b"cached")

@@ -129,21 +129,19 @@ def _best_blocks(x, mu_t, norms, mm, lognorm, inv_two_var, lanes, labels, best):
                     m += 1
             if m == 0:
                 continue
-            if b - a - m < ZERO_ROWS_TO_GATHER:
-                np.dot(x[a:b], mu_t, dots[: b - a])
-                for s in range(m):
-                    i = kept[s]
-                    labels[i], best[i] = _best_of_row(norms[i], dots[i - a, :k], mm, lognorm, inv_two_var, sims,
-                                                      maxima)
-            else:
+            gather = b - a - m >= ZERO_ROWS_TO_GATHER
+            if gather:
                 if gathered.shape[0] == 0:
                     gathered = np.empty((BLOCK_ROWS, dims), dtype=np.float32)
                 for s in range(m):
                     gathered[s] = x[kept[s]]
                 np.dot(gathered[:m], mu_t, dots[:m])
-                for s in range(m):
-                    i = kept[s]
-                    labels[i], best[i] = _best_of_row(norms[i], dots[s, :k], mm, lognorm, inv_two_var, sims, maxima)
+            else:
+                np.dot(x[a:b], mu_t, dots[: b - a])
+            for s in range(m):
+                i = kept[s]
+                row = s if gather else i - a  # the row's product: copied rows in order, else in place
+                labels[i], best[i] = _best_of_row(norms[i], dots[row, :k], mm, lognorm, inv_two_var, sims, maxima)
 
 
 @njit(**JIT_PARALLEL)
